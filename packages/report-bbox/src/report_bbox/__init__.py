@@ -30,6 +30,7 @@ from .organs import (
     v1_to_v2,
 )
 from .report import LESION_ORGANS, Report, parse_size_mm
+from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
 from .sampling import check_report_fits, sample_report
 from .vocabulary import (
     ATTRIBUTES,
@@ -49,6 +50,10 @@ __all__ = [
     "ATTRIBUTES",
     "CATEGORICAL_ATTRIBUTES",
     "DEFAULT_BBOX_RULES",
+    "FakeReportWriter",
+    "OpenAIChatReportWriter",
+    "ReportRequest",
+    "ReportWriter",
     "IMAGE_ATTRIBUTES",
     "LESION_ORGANS",
     "LESION_TYPES",

@@ -381,6 +381,7 @@ class Report(BaseModel):
             "maxItems": 3,
             "description": "lesion extent in millimetres along x, y, z",
         }
+        schema["required"] = [k for k in schema.get("required", []) if k != "organ_type"]
         schema["title"] = "LesionReport"
         return schema
 
