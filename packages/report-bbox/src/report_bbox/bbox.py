@@ -177,7 +177,10 @@ class _OrganGeometry:
         # Outside the image the organ is assumed to continue ("edge" padding), so the image border
         # is never mistaken for an organ surface.
         padded = np.pad(organ, 1, mode="edge")
-        d_in = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+        if padded.all():  # no surface anywhere: the organ fills the image
+            d_in = np.full(organ.shape, np.inf)
+        else:
+            d_in = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
         self.d_out = ndimage.distance_transform_edt(~organ, sampling=spacing)
         idx = np.nonzero(organ)
         depth = d_in[idx]
