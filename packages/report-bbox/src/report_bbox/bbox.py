@@ -226,9 +226,9 @@ _CACHE_SIZE = 8
 
 
 def _fingerprint(labels: np.ndarray) -> int:
-    flat = labels.reshape(-1)
-    step = max(1, flat.size // 65536)
-    return hash((labels.shape, labels.dtype.str, flat[::step].tobytes()))
+    # A strided ~32**3 sample: cheap for any memory layout (no copy of the whole map).
+    sample = labels[tuple(slice(None, None, max(1, n // 32)) for n in labels.shape)]
+    return hash((labels.shape, labels.dtype.str, np.ascontiguousarray(sample).tobytes()))
 
 
 def clear_bbox_cache() -> None:
@@ -329,7 +329,8 @@ def sample_bbox(
         )
     if location == "wall thickening" and geo.below(wall_mm)[1] == 0:
         raise BBoxError(f"no wall voxels: organ {organ_text} has no surface inside the image")
-    scales = np.linspace(1.0, 1.0 - rules.shrink_tolerance, rules.shrink_steps + 1)
+    steps = rules.shrink_steps
+    scales = [1.0 - rules.shrink_tolerance * k / steps for k in range(steps + 1)] if steps else [1.0]
     reasons: dict[str, int] = {}
     for scale in scales:
         n = np.maximum(1, np.round(size_mm * scale / spacing_arr)).astype(np.int64)
