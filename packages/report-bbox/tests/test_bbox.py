@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from report_bbox import DEFAULT_BBOX_RULES, BBox, BBoxError, Report, organ_ids, sample_bbox
 
 RULES = DEFAULT_BBOX_RULES
@@ -18,9 +17,17 @@ SHAPE_FOR = {"wall thickening": "irregular wall thickening"}
 
 
 def make_report(organ, location, size):
-    return Report(shape=SHAPE_FOR.get(location, "round-like"), lesion_location=location, organ=organ, size=size,
-                  relationship_with_surrounding_organs="no close relationship", surface_characteristics="ill-defined margin",
-                  enhancement_status="enhanced CT", density="hypodense", density_variations="homogeneous")
+    return Report(
+        shape=SHAPE_FOR.get(location, "round-like"),
+        lesion_location=location,
+        organ=organ,
+        size=size,
+        relationship_with_surrounding_organs="no close relationship",
+        surface_characteristics="ill-defined margin",
+        enhancement_status="enhanced CT",
+        density="hypodense",
+        density_variations="homogeneous",
+    )
 
 
 def blob_organ(seed, spacing, label):
@@ -28,7 +35,9 @@ def blob_organ(seed, spacing, label):
     and a distractor organ (spleen, id 1) elsewhere."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(np.ceil(70.0 / s)) for s in spacing)
-    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    grids = np.meshgrid(
+        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
+    )
     labels = np.zeros(shape, dtype=np.uint8)
     for _ in range(2):
         c = rng.uniform(30, 40, 3)
@@ -40,7 +49,12 @@ def blob_organ(seed, spacing, label):
 
 
 def ellipsoid_voxels(box):
-    idx = np.stack(np.meshgrid(*[np.arange(l, h) for l, h in zip(box.lo, box.hi, strict=True)], indexing="ij"), -1)
+    idx = np.stack(
+        np.meshgrid(
+            *[np.arange(a0, h) for a0, h in zip(box.lo, box.hi, strict=True)], indexing="ij"
+        ),
+        -1,
+    )
     centre = (np.array(box.lo) + np.array(box.hi) - 1) / 2
     half = np.array(box.size) / 2
     return idx[(((idx - centre) / half) ** 2).sum(-1) <= 1]
@@ -58,7 +72,7 @@ def min_distance_mm(points, targets, spacing):
 def assert_rule(box, report, labels, spacing):
     organ = np.isin(labels, organ_ids(report.organ))
     shape = np.array(labels.shape)
-    assert all(l >= 0 for l in box.lo) and np.all(np.array(box.hi) <= shape)
+    assert all(v >= 0 for v in box.lo) and np.all(np.array(box.hi) <= shape)
     jit = RULES.jitter
     for n, s_mm, sp in zip(box.size, report.size, spacing, strict=True):
         lo_n = max(1, np.floor((1 - RULES.shrink_tolerance) * (1 - jit) * s_mm / sp))
@@ -89,8 +103,12 @@ spacings = st.tuples(*[st.sampled_from([1.0, 1.5, 2.0, 3.0])] * 3)
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), spacing=spacings, location=st.sampled_from(sorted(LOCATIONS)),
-       size=st.tuples(*[st.floats(2.0, 14.0)] * 3))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    spacing=spacings,
+    location=st.sampled_from(sorted(LOCATIONS)),
+    size=st.tuples(*[st.floats(2.0, 14.0)] * 3),
+)
 def test_every_box_satisfies_its_rule(seed, spacing, location, size):
     organ = LOCATIONS[location]
     labels = blob_organ(seed, spacing, organ_ids(organ)[0])
@@ -110,7 +128,9 @@ def test_every_box_satisfies_its_rule(seed, spacing, location, size):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), spacing=spacings, location=st.sampled_from(sorted(LOCATIONS)))
+@given(
+    seed=st.integers(0, 2**31 - 1), spacing=spacings, location=st.sampled_from(sorted(LOCATIONS))
+)
 def test_deterministic_given_rng(seed, spacing, location):
     organ = LOCATIONS[location]
     labels = blob_organ(seed, spacing, organ_ids(organ)[0])
@@ -136,24 +156,38 @@ def test_impossible_requests_raise(seed, spacing):
     labels = blob_organ(seed, spacing, 5)
     rng = np.random.default_rng(seed)
     with pytest.raises(BBoxError, match="absent"):
-        sample_bbox(make_report("pancreas", "within the parenchymal organ", 5), labels, spacing, rng)
-    with pytest.raises(BBoxError, match="organ smaller than the lesion|did not fit"):
+        sample_bbox(
+            make_report("pancreas", "within the parenchymal organ", 5), labels, spacing, rng
+        )
+    with pytest.raises(BBoxError, match=r"organ smaller than the lesion|did not fit"):
         sample_bbox(make_report("liver", "within the parenchymal organ", 90), labels, spacing, rng)
     with pytest.raises(BBoxError, match="larger than the image"):
-        sample_bbox(make_report("liver", "protruding from the parenchymal organ", 400), labels, spacing, rng)
+        sample_bbox(
+            make_report("liver", "protruding from the parenchymal organ", 400), labels, spacing, rng
+        )
 
 
 def test_thin_hollow_organ_has_no_lumen():
     labels = np.zeros((30, 30, 30), np.uint8)
     labels[5:25, 5:25, 14:17] = 21  # a 3-voxel (3 mm) sheet
     with pytest.raises(BBoxError, match="no lumen voxels"):
-        sample_bbox(make_report("bladder", "within the lumen", 4), labels, (1, 1, 1), np.random.default_rng(0))
+        sample_bbox(
+            make_report("bladder", "within the lumen", 4),
+            labels,
+            (1, 1, 1),
+            np.random.default_rng(0),
+        )
 
 
 def test_organ_filling_the_image_has_no_wall():
     labels = np.full((10, 10, 10), 21, np.uint8)
     with pytest.raises(BBoxError, match="no wall voxels"):
-        sample_bbox(make_report("bladder", "wall thickening", 4), labels, (1, 1, 1), np.random.default_rng(0))
+        sample_bbox(
+            make_report("bladder", "wall thickening", 4),
+            labels,
+            (1, 1, 1),
+            np.random.default_rng(0),
+        )
 
 
 def test_full_organ_raises_overlap_reason():

@@ -7,7 +7,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-
 from report_bbox import (
     FakeReportWriter,
     OpenAIChatReportWriter,
@@ -53,9 +52,18 @@ class ChatServer:
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "not found"})
                 if reject_response_format and "response_format" in body:
-                    return self._send(400, {"error": {"message": "response_format is not supported"}})
+                    return self._send(
+                        400, {"error": {"message": "response_format is not supported"}}
+                    )
                 content = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
-                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+                self._send(
+                    200,
+                    {
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": content}}
+                        ]
+                    },
+                )
 
             def _send(self, status, payload):
                 data = json.dumps(payload).encode()
@@ -92,13 +100,21 @@ def writer(server, **kw):
 def test_malformed_answer_is_recovered_with_feedback():
     with ChatServer(["Sure! Here is the report: {shape: punctate", json.dumps(VALID)]) as server:
         report = writer(server, api_key="k-123").write(ReportRequest(lesion_type="gallstone"))
-    assert isinstance(report, Report) and report.density == "hyperdense" and report.lesion_type == "gallstone"
+    assert (
+        isinstance(report, Report)
+        and report.density == "hyperdense"
+        and report.lesion_type == "gallstone"
+    )
     assert len(server.requests) == 2
     first, second = server.requests
     assert first["model"] == "test-model" and first["response_format"]["type"] == "json_schema"
     assert first["response_format"]["json_schema"]["schema"]["properties"]["density"]["enum"]
     feedback = second["messages"][-1]["content"]
-    assert second["messages"][-2]["role"] == "assistant" and "invalid" in feedback and "JSON" in feedback
+    assert (
+        second["messages"][-2]["role"] == "assistant"
+        and "invalid" in feedback
+        and "JSON" in feedback
+    )
     assert server.headers[0]["Authorization"] == "Bearer k-123"
 
 
@@ -127,7 +143,9 @@ def test_fallback_when_server_rejects_response_format():
 
 def test_fixed_values_override_answer():
     with ChatServer([json.dumps(VALID)]) as server:
-        report = writer(server).write(ReportRequest(lesion_type="gallstone", fixed={"size": "12 mm"}))
+        report = writer(server).write(
+            ReportRequest(lesion_type="gallstone", fixed={"size": "12 mm"})
+        )
     assert report.size == (12.0, 12.0, 12.0)
     assert "12" in server.requests[0]["messages"][1]["content"]
 
@@ -143,7 +161,9 @@ def test_never_valid_server_gives_clear_error_after_budget():
 
 def test_silent_server_times_out_within_bound():
     with ChatServer([json.dumps(VALID)], delay_s=3.0) as server:
-        w = OpenAIChatReportWriter(base_url=server.base_url, model="m", timeout_s=0.3, max_attempts=2)
+        w = OpenAIChatReportWriter(
+            base_url=server.base_url, model="m", timeout_s=0.3, max_attempts=2
+        )
         t0 = time.monotonic()
         with pytest.raises(ReportWriterError, match="after 2 attempts"):
             w.write(ReportRequest(lesion_type="gallstone"))
@@ -152,7 +172,9 @@ def test_silent_server_times_out_within_bound():
 
 def test_http_error_is_reported():
     with ChatServer([json.dumps(VALID)]) as server:
-        w = OpenAIChatReportWriter(base_url=server.base_url + "/wrong", model="m", max_attempts=1, timeout_s=5)
+        w = OpenAIChatReportWriter(
+            base_url=server.base_url + "/wrong", model="m", max_attempts=1, timeout_s=5
+        )
         with pytest.raises(ReportWriterError, match="HTTP 404"):
             w.write(ReportRequest())
 
@@ -175,4 +197,6 @@ def test_fake_writer_is_a_report_writer():
     sampled = fake.write(ReportRequest(lesion_type="kidney_cyst"))
     assert sampled.lesion_type == "kidney_cyst"
     with pytest.raises(ReportWriterError):
-        FakeReportWriter(answers=[{**VALID, "organ": "liver"}]).write(ReportRequest(lesion_type="gallstone"))
+        FakeReportWriter(answers=[{**VALID, "organ": "liver"}]).write(
+            ReportRequest(lesion_type="gallstone")
+        )

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from report_bbox import (
     ORGANS,
     TOTALSEG_V1,
@@ -19,10 +18,27 @@ def test_table_sizes_and_anchor_ids():
     # Anchors from the LesionDiffusion organ_type.json (v1: "5" liver, "104" urinary bladder)
     # and from TotalSegmentator's documented v2 class list.
     assert TOTALSEG_V1[5] == "liver" and TOTALSEG_V1[104] == "urinary_bladder"
-    assert TOTALSEG_V1[10] == "pancreas" and TOTALSEG_V1[42] == "esophagus" and TOTALSEG_V1[57] == "colon"
-    expected_v2 = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver",
-                   6: "stomach", 7: "pancreas", 15: "esophagus", 20: "colon", 21: "urinary_bladder",
-                   51: "heart", 52: "aorta", 90: "brain", 117: "costal_cartilages"}
+    assert (
+        TOTALSEG_V1[10] == "pancreas"
+        and TOTALSEG_V1[42] == "esophagus"
+        and TOTALSEG_V1[57] == "colon"
+    )
+    expected_v2 = {
+        1: "spleen",
+        2: "kidney_right",
+        3: "kidney_left",
+        4: "gallbladder",
+        5: "liver",
+        6: "stomach",
+        7: "pancreas",
+        15: "esophagus",
+        20: "colon",
+        21: "urinary_bladder",
+        51: "heart",
+        52: "aorta",
+        90: "brain",
+        117: "costal_cartilages",
+    }
     for i, name in expected_v2.items():
         assert TOTALSEG_V2[i] == name
 
@@ -41,14 +57,22 @@ def test_v1_to_v2_preserves_names():
     assert v2.reshape(-1)[0] == 0
     with pytest.raises(OrganError, match="pulmonary_artery"):
         v1_to_v2(np.array([49]), unmapped="error")
-    with pytest.raises(OrganError, match="0..104"):
+    with pytest.raises(OrganError, match=r"0\.\.104"):
         v1_to_v2(np.array([105]))
 
 
 @pytest.mark.parametrize(
     ("name", "canonical"),
-    [("bladder", "urinary_bladder"), ("Urinary Bladder", "urinary_bladder"), ("kidney left", "kidney_left"),
-     ("left kidney", "kidney_left"), ("oesophagus", "esophagus"), ("lungs", "lung"), (5, "liver"), ("21", "urinary_bladder")],
+    [
+        ("bladder", "urinary_bladder"),
+        ("Urinary Bladder", "urinary_bladder"),
+        ("kidney left", "kidney_left"),
+        ("left kidney", "kidney_left"),
+        ("oesophagus", "esophagus"),
+        ("lungs", "lung"),
+        (5, "liver"),
+        ("21", "urinary_bladder"),
+    ],
 )
 def test_aliases(name, canonical):
     assert resolve_organ(name) == canonical
@@ -67,5 +91,5 @@ def test_did_you_mean():
     with pytest.raises(OrganError) as info:
         resolve_organ("livr")
     assert info.value.suggestion == "liver" and "did you mean 'liver'" in str(info.value)
-    with pytest.raises(OrganError, match="1..117"):
+    with pytest.raises(OrganError, match=r"1\.\.117"):
         resolve_organ(118)

@@ -3,7 +3,6 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from report_bbox import (
     ATTRIBUTES,
     IMAGE_ATTRIBUTES,
@@ -29,22 +28,41 @@ BASE = {
 }
 
 # The authors' demo/Liver_cancer/type.json (LesionDiffusion, pipeline/demo).
-LEGACY = {"5": ["irregular,", "", {"enhancement status": "enhanced CT,", "lesion location": "5", "shape": "irregular,",
-        "size": "[[28 29 26]] pixel,", "density": "low density lesion,", "density variations": "heterogeneous,",
-        "CT value": "Mean density of the lesion region is approximately 57 HU,",
-        "surface characteristics": "ill-defined margin,",
-        "relationship with adjacent organs": "no close relationship with surrounding organs,",
-        "specific features": "presence of increased density areas,presence of decreased density areas,"},
-        [[[261, 179, 107]], [[28, 29, 26]]]]}
+LEGACY = {
+    "5": [
+        "irregular,",
+        "",
+        {
+            "enhancement status": "enhanced CT,",
+            "lesion location": "5",
+            "shape": "irregular,",
+            "size": "[[28 29 26]] pixel,",
+            "density": "low density lesion,",
+            "density variations": "heterogeneous,",
+            "CT value": "Mean density of the lesion region is approximately 57 HU,",
+            "surface characteristics": "ill-defined margin,",
+            "relationship with adjacent organs": "no close relationship with surrounding organs,",
+            "specific features": "presence of increased density areas,presence of decreased density areas,",
+        },
+        [[[261, 179, 107]], [[28, 29, 26]]],
+    ]
+}
 
-ALL_SYNONYMS = [(a, c, s) for a, g in VOCABULARY.items() for c, syns in g.items() for s in (c, *syns)]
+ALL_SYNONYMS = [
+    (a, c, s) for a, g in VOCABULARY.items() for c, syns in g.items() for s in (c, *syns)
+]
 
 
 def test_eleven_attributes_split():
     assert len(ATTRIBUTES) == 11
     assert len(MASK_ATTRIBUTES) == 8 and len(IMAGE_ATTRIBUTES) == 8
     assert set(MASK_ATTRIBUTES) & set(IMAGE_ATTRIBUTES) == {
-        "organ", "size", "relationship_with_surrounding_organs", "surface_characteristics", "specific_features"}
+        "organ",
+        "size",
+        "relationship_with_surrounding_organs",
+        "surface_characteristics",
+        "specific_features",
+    }
 
 
 @pytest.mark.parametrize(("attr", "canonical", "synonym"), ALL_SYNONYMS)
@@ -54,7 +72,10 @@ def test_every_synonym_round_trips(attr, canonical, synonym):
     if attr in ("organ_type",):
         return
     data = dict(BASE)
-    if attr == "lesion_location" and canonical in ("within the lumen of a hollow organ", "wall thickening"):
+    if attr == "lesion_location" and canonical in (
+        "within the lumen of a hollow organ",
+        "wall thickening",
+    ):
         data["organ"] = "stomach"
     data[attr.replace("_", " ")] = synonym
     report = Report.from_dict(data)
@@ -67,7 +88,9 @@ def test_legacy_demo_report():
     r = Report.from_legacy(LEGACY)
     assert r.organ == "liver" and r.organ_type == "parenchymal organ"
     assert r.size == (28.0, 29.0, 26.0)
-    assert r.density == "hypodense" and r.specific_features == "increased- and decreased-density areas"
+    assert (
+        r.density == "hypodense" and r.specific_features == "increased- and decreased-density areas"
+    )
     assert r.lesion_location == "within the parenchymal organ"
     r2 = Report.from_legacy(json.dumps(LEGACY), spacing=(0.5, 0.5, 2.0))
     assert r2.size == (14.0, 14.5, 52.0)
@@ -99,11 +122,13 @@ def test_schema_lists_vocabulary():
 
 @pytest.mark.parametrize(
     ("change", "field", "suggestion"),
-    [({"density": "hypodens"}, "density", "hypodense"),
-     ({"organ": "bladdr"}, "organ", "urinary_bladder"),
-     ({"lesion location": "wall thickening"}, "lesion_location", "within the parenchymal organ"),
-     ({"organ type": "hollow organ"}, "organ_type", "parenchymal organ"),
-     ({"shpe": "round-like"}, "shpe", "shape")],
+    [
+        ({"density": "hypodens"}, "density", "hypodense"),
+        ({"organ": "bladdr"}, "organ", "urinary_bladder"),
+        ({"lesion location": "wall thickening"}, "lesion_location", "within the parenchymal organ"),
+        ({"organ type": "hollow organ"}, "organ_type", "parenchymal organ"),
+        ({"shpe": "round-like"}, "shpe", "shape"),
+    ],
 )
 def test_invalid_values(change, field, suggestion):
     with pytest.raises(ReportError) as info:
@@ -122,7 +147,7 @@ def test_bad_sizes(size):
 def test_size_units():
     assert Report.from_dict({**BASE, "size": "2 cm"}).size == (20.0, 20.0, 20.0)
     assert Report.from_dict({**BASE, "size": [10, 11.5, 12]}).size == (10.0, 11.5, 12.0)
-    assert Report.from_dict({**BASE, "size": "10 × 11 × 12mm"}).size == (10.0, 11.0, 12.0)
+    assert Report.from_dict({**BASE, "size": "10 \u00d7 11 \u00d7 12mm"}).size == (10.0, 11.0, 12.0)
 
 
 def test_aorta_has_no_organ_type():

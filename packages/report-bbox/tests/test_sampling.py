@@ -1,19 +1,48 @@
 import numpy as np
 import pytest
-
-from report_bbox import LESION_TYPES, ORGANS, Report, ReportError, check_report_fits, rule_violations, sample_report
+from report_bbox import (
+    LESION_TYPES,
+    ORGANS,
+    Report,
+    ReportError,
+    check_report_fits,
+    rule_violations,
+    sample_report,
+)
 from report_bbox.vocabulary import VOCABULARY
 
-FOURTEEN = {"gallstone", "kidney_stone", "liver_cyst", "pancreas_cyst", "kidney_cyst", "esophageal_cancer",
-            "gallbladder_cancer", "lung_cancer", "liver_cancer", "pancreas_cancer", "kidney_cancer",
-            "stomach_cancer", "colon_cancer", "bladder_cancer"}
+FOURTEEN = {
+    "gallstone",
+    "kidney_stone",
+    "liver_cyst",
+    "pancreas_cyst",
+    "kidney_cyst",
+    "esophageal_cancer",
+    "gallbladder_cancer",
+    "lung_cancer",
+    "liver_cancer",
+    "pancreas_cancer",
+    "kidney_cancer",
+    "stomach_cancer",
+    "colon_cancer",
+    "bladder_cancer",
+}
 
 
 def test_table_has_the_fourteen_types():
     assert set(LESION_TYPES) == FOURTEEN
     organs = {s.organ for s in LESION_TYPES.values()}
-    assert organs == {"gallbladder", "kidney", "liver", "pancreas", "esophagus", "lung", "stomach", "colon",
-                      "urinary_bladder"}
+    assert organs == {
+        "gallbladder",
+        "kidney",
+        "liver",
+        "pancreas",
+        "esophagus",
+        "lung",
+        "stomach",
+        "colon",
+        "urinary_bladder",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(FOURTEEN))
@@ -35,10 +64,17 @@ def test_medical_rules():
     rng = np.random.default_rng(2)
     stone = sample_report(rng, lesion_type="gallstone")
     assert (stone.shape, stone.density, stone.density_variations, stone.lesion_location) == (
-        stone.shape, "hyperdense", "homogeneous", "within the lumen of a hollow organ")
+        stone.shape,
+        "hyperdense",
+        "homogeneous",
+        "within the lumen of a hollow organ",
+    )
     assert stone.shape in ("punctate", "round-like")
     cyst = sample_report(rng, lesion_type="liver_cyst")
-    assert cyst.density_variations == "homogeneous" and cyst.surface_characteristics == "well-defined margin"
+    assert (
+        cyst.density_variations == "homogeneous"
+        and cyst.surface_characteristics == "well-defined margin"
+    )
     for _ in range(20):
         c = sample_report(rng, lesion_type="colon_cancer")
         if c.shape in ("irregular wall thickening", "luminal narrowing"):
@@ -62,12 +98,14 @@ def test_fixed_values_honoured():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [(dict(lesion_type="gallstone", density="hypodense"), "gallstone allows density"),
-     (dict(organ="spleen"), "allows organ"),
-     (dict(lesion_type="liver_cyst", size="300 mm"), "outside the liver_cyst range"),
-     (dict(shape="luminal narrowing", lesion_location="within the lumen"), "contradict"),
-     (dict(lesion_type="gallstne"), "did you mean 'gallstone'"),
-     (dict(densty="hypodense"), "unknown attribute")],
+    [
+        (dict(lesion_type="gallstone", density="hypodense"), "gallstone allows density"),
+        (dict(organ="spleen"), "allows organ"),
+        (dict(lesion_type="liver_cyst", size="300 mm"), "outside the liver_cyst range"),
+        (dict(shape="luminal narrowing", lesion_location="within the lumen"), "contradict"),
+        (dict(lesion_type="gallstne"), "did you mean 'gallstone'"),
+        (dict(densty="hypodense"), "unknown attribute"),
+    ],
 )
 def test_fixed_values_rejected_with_reason(kwargs, match):
     with pytest.raises(ReportError, match=match):
@@ -75,10 +113,18 @@ def test_fixed_values_rejected_with_reason(kwargs, match):
 
 
 def test_check_report_fits_catches_oversize():
-    r = Report(shape="punctate", lesion_location="within the lumen", organ="gallbladder", size=90,
-               relationship_with_surrounding_organs="no close relationship", surface_characteristics="well-defined margin",
-               specific_features="stone", enhancement_status="enhanced CT", density="hyperdense",
-               density_variations="homogeneous")
+    r = Report(
+        shape="punctate",
+        lesion_location="within the lumen",
+        organ="gallbladder",
+        size=90,
+        relationship_with_surrounding_organs="no close relationship",
+        surface_characteristics="well-defined margin",
+        specific_features="stone",
+        enhancement_status="enhanced CT",
+        density="hyperdense",
+        density_variations="homogeneous",
+    )
     problems = check_report_fits(r, "gallstone")
     assert any("does not fit the gallbladder" in p for p in problems)
     assert any("outside the gallstone range" in p for p in problems)

@@ -15,7 +15,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .bbox import DEFAULT_BBOX_RULES, BBox, BBoxRules, clear_bbox_cache, sample_bbox
 from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
-from .lesion_types import LESION_TYPES, RULES, LesionTypeSpec, Rule, lesion_type_name, rule_violations
+from .lesion_types import (
+    LESION_TYPES,
+    RULES,
+    LesionTypeSpec,
+    Rule,
+    lesion_type_name,
+    rule_violations,
+)
+from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
 from .organs import (
     ORGAN_GROUPS,
     ORGANS,
@@ -30,7 +38,6 @@ from .organs import (
     v1_to_v2,
 )
 from .report import LESION_ORGANS, Report, parse_size_mm
-from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
 from .sampling import check_report_fits, sample_report
 from .vocabulary import (
     ATTRIBUTES,
@@ -50,10 +57,6 @@ __all__ = [
     "ATTRIBUTES",
     "CATEGORICAL_ATTRIBUTES",
     "DEFAULT_BBOX_RULES",
-    "FakeReportWriter",
-    "OpenAIChatReportWriter",
-    "ReportRequest",
-    "ReportWriter",
     "IMAGE_ATTRIBUTES",
     "LESION_ORGANS",
     "LESION_TYPES",
@@ -68,11 +71,15 @@ __all__ = [
     "BBox",
     "BBoxError",
     "BBoxRules",
+    "FakeReportWriter",
     "LesionTypeSpec",
+    "OpenAIChatReportWriter",
     "Organ",
     "OrganError",
     "Report",
     "ReportError",
+    "ReportRequest",
+    "ReportWriter",
     "ReportWriterError",
     "Rule",
     "__version__",

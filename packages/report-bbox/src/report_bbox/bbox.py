@@ -57,28 +57,32 @@ class BBox:
     hi: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        if len(self.lo) != 3 or len(self.hi) != 3 or any(h <= l for l, h in zip(self.lo, self.hi, strict=True)):
+        if (
+            len(self.lo) != 3
+            or len(self.hi) != 3
+            or any(h <= a0 for a0, h in zip(self.lo, self.hi, strict=True))
+        ):
             raise BBoxError(f"BBox needs 3-d corners with hi > lo, got lo={self.lo} hi={self.hi}")
 
     @property
     def size(self) -> tuple[int, int, int]:
         """Extent in voxels ``hi - lo``."""
-        return tuple(h - l for l, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
+        return tuple(h - a0 for a0, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
 
     @property
     def center(self) -> tuple[float, float, float]:
         """Geometric centre in voxel coordinates, ``(lo + hi - 1) / 2``."""
-        return tuple((l + h - 1) / 2 for l, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
+        return tuple((a0 + h - 1) / 2 for a0, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
 
     @property
     def center_voxel(self) -> tuple[int, int, int]:
         """The voxel the sampler drew as centre, ``lo + size // 2``."""
-        return tuple(l + s // 2 for l, s in zip(self.lo, self.size, strict=True))  # type: ignore[return-value]
+        return tuple(a0 + s // 2 for a0, s in zip(self.lo, self.size, strict=True))  # type: ignore[return-value]
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
         """Index the box region of an array: ``array[box.slices]``."""
-        return tuple(slice(l, h) for l, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
+        return tuple(slice(a0, h) for a0, h in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
 
     def size_mm(self, spacing: Sequence[float]) -> tuple[float, float, float]:
         """Extent in mm for a voxel spacing."""
@@ -86,7 +90,9 @@ class BBox:
 
     def overlaps(self, other: BBox) -> bool:
         """Whether the two half-open boxes share a voxel."""
-        return all(a < d and c < b for a, b, c, d in zip(self.lo, self.hi, other.lo, other.hi, strict=True))
+        return all(
+            a < d and c < b for a, b, c, d in zip(self.lo, self.hi, other.lo, other.hi, strict=True)
+        )
 
     def to_mask(self, shape: Sequence[int]) -> np.ndarray:
         """Boolean array of ``shape`` that is True inside the box (clipped to the array)."""
@@ -159,7 +165,11 @@ class _OrganGeometry:
     """Distance transform and depth-sorted voxels of one organ (a union of ids) in a label map."""
 
     def __init__(
-        self, labels: np.ndarray, ids: tuple[int, ...], spacing: tuple[float, float, float], pad_mm: float
+        self,
+        labels: np.ndarray,
+        ids: tuple[int, ...],
+        spacing: tuple[float, float, float],
+        pad_mm: float,
     ) -> None:
         self.shape = labels.shape
         self.spacing = spacing
@@ -167,8 +177,12 @@ class _OrganGeometry:
         self.count = int(mask.sum())
         if self.count == 0:
             return
-        nz = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
-        pad = [int(math.ceil(pad_mm / s)) + 1 for s in spacing]
+        nz = (
+            np.nonzero(mask.any(axis=(1, 2)))[0],
+            np.nonzero(mask.any(axis=(0, 2)))[0],
+            np.nonzero(mask.any(axis=(0, 1)))[0],
+        )
+        pad = [math.ceil(pad_mm / s) + 1 for s in spacing]
         self.origin = np.array([max(0, int(a[0]) - p) for a, p in zip(nz, pad, strict=True)])
         end = [min(n, int(a[-1]) + 1 + p) for a, p, n in zip(nz, pad, self.shape, strict=True)]
         self.crop = tuple(slice(int(o), e) for o, e in zip(self.origin, end, strict=True))
@@ -202,7 +216,7 @@ class _OrganGeometry:
         hi = np.array(box.hi) - self.origin
         clo = np.maximum(lo, 0)
         chi = np.minimum(hi, self.organ.shape)
-        inner = ell[tuple(slice(a - l, b - l) for a, b, l in zip(clo, chi, lo, strict=True))]
+        inner = ell[tuple(slice(a - a0, b - a0) for a, b, a0 in zip(clo, chi, lo, strict=True))]
         sl = tuple(slice(a, b) for a, b in zip(clo, chi, strict=True))
         outside_crop = int(ell.sum()) - int(inner.sum())
         if want == "within":
@@ -259,7 +273,9 @@ def _check_inputs(
     if isinstance(report, dict):
         report = Report.from_dict(report)
     if not isinstance(report, Report):
-        raise TypeError(f"report must be a report_bbox.Report or a dict, got {type(report).__name__}")
+        raise TypeError(
+            f"report must be a report_bbox.Report or a dict, got {type(report).__name__}"
+        )
     if not isinstance(labels, np.ndarray) or labels.ndim != 3:
         raise BBoxError(
             f"organ_labels must be a 3-d numpy array of TotalSegmentator v2 ids, got "
@@ -330,7 +346,9 @@ def sample_bbox(
     if location == "wall thickening" and geo.below(wall_mm)[1] == 0:
         raise BBoxError(f"no wall voxels: organ {organ_text} has no surface inside the image")
     steps = rules.shrink_steps
-    scales = [1.0 - rules.shrink_tolerance * k / steps for k in range(steps + 1)] if steps else [1.0]
+    scales = (
+        [1.0 - rules.shrink_tolerance * k / steps for k in range(steps + 1)] if steps else [1.0]
+    )
     reasons: dict[str, int] = {}
     for scale in scales:
         n = np.maximum(1, np.round(size_mm * scale / spacing_arr)).astype(np.int64)
@@ -343,7 +361,9 @@ def sample_bbox(
         pools: list[tuple[tuple[int, int], str | None]]
         if location == "within the parenchymal organ":
             pools = [(geo.at_least(r_max + even_slack + 1e-9), None)]
-            pools.append((geo.at_least(max(0.0, r_min - rules.within_margin_mm - even_slack)), "within"))
+            pools.append(
+                (geo.at_least(max(0.0, r_min - rules.within_margin_mm - even_slack)), "within")
+            )
             if geo.max_depth + rules.within_margin_mm + even_slack < r_min:
                 reasons[
                     f"organ smaller than the lesion: {organ_text} is at most "
@@ -351,7 +371,10 @@ def sample_bbox(
                 ] = 1
                 continue
         elif location == "protruding from the parenchymal organ":
-            pools = [(geo.below(r_min + even_slack), "protruding"), ((0, len(geo.depth)), "protruding")]
+            pools = [
+                (geo.below(r_min + even_slack), "protruding"),
+                ((0, len(geo.depth)), "protruding"),
+            ]
         elif location == "within the lumen of a hollow organ":
             deep = max(rules.lumen_depth_mm, r_max + even_slack + 1e-9)
             pools = [(geo.at_least(deep), None), (geo.at_least(rules.lumen_depth_mm), None)]
@@ -369,14 +392,18 @@ def sample_bbox(
                 tries += 1
                 lo, hi = _box_at(geo.voxels[pick], n)
                 if np.any(lo < 0) or np.any(hi > shape):
-                    reasons["boxes around the allowed centres leave the image"] = reasons.get("boxes around the allowed centres leave the image", 0) + 1
+                    reasons["boxes around the allowed centres leave the image"] = (
+                        reasons.get("boxes around the allowed centres leave the image", 0) + 1
+                    )
                     continue
                 box = BBox(tuple(int(v) for v in lo), tuple(int(v) for v in hi))  # type: ignore[arg-type]
                 if any(box.overlaps(e) for e in existing):
                     key = f"every try overlapped one of the {len(existing)} existing boxes"
                     reasons[key] = reasons.get(key, 0) + 1
                     continue
-                if check is not None and not geo.ellipsoid_check(box, check, rules.within_margin_mm):
+                if check is not None and not geo.ellipsoid_check(
+                    box, check, rules.within_margin_mm
+                ):
                     key = (
                         "the lesion ellipsoid did not fit inside the organ"
                         if check == "within"

@@ -47,12 +47,14 @@ def bbox_violation(
         organ, d_in, d_out = _cache[key]
     else:
         organ = np.isin(organ_labels, organ_ids(report.organ))
-        d_in = ndimage.distance_transform_edt(np.pad(organ, 1, mode="edge"), sampling=spacing)[1:-1, 1:-1, 1:-1]
+        d_in = ndimage.distance_transform_edt(np.pad(organ, 1, mode="edge"), sampling=spacing)[
+            1:-1, 1:-1, 1:-1
+        ]
         d_out = ndimage.distance_transform_edt(~organ, sampling=spacing)
         if _cache is not None:
             _cache[key] = (organ, d_in, d_out)
     shape = organ_labels.shape
-    if any(l < 0 for l in box.lo) or any(h > n for h, n in zip(box.hi, shape, strict=True)):
+    if any(v < 0 for v in box.lo) or any(h > n for h, n in zip(box.hi, shape, strict=True)):
         return f"box {box} leaves the image {shape}"
     ell = _ellipsoid(box.size)
     organ_b, d_in_b, d_out_b = organ[box.slices], d_in[box.slices], d_out[box.slices]
@@ -139,13 +141,18 @@ def benchmark_bboxes(
         invalid = 0
         if verify:
             invalid = sum(
-                bbox_violation(r, organ_labels, spacing, b, _cache=check_cache) is not None for r, b in boxes
+                bbox_violation(r, organ_labels, spacing, b, _cache=check_cache) is not None
+                for r, b in boxes
             )
-        rows.append(BenchRow(name, spec.organ, n_boxes, len(boxes), dict(failures), invalid, first, seconds))
+        rows.append(
+            BenchRow(name, spec.organ, n_boxes, len(boxes), dict(failures), invalid, first, seconds)
+        )
     return rows
 
 
-def _load(path: str, spacing: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, float, float]]:
+def _load(
+    path: str, spacing: Sequence[float] | None
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     if path.endswith((".nii", ".nii.gz")):
         try:
             import nibabel as nib
@@ -165,7 +172,9 @@ def _load(path: str, spacing: Sequence[float] | None) -> tuple[np.ndarray, tuple
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print per-lesion-type rates of report + bbox sampling on an organ map."""
-    parser = argparse.ArgumentParser(prog="python -m report_bbox.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m report_bbox.bench", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("labels", help="organ label map (.nii/.nii.gz with nibabel, or .npy/.npz)")
     parser.add_argument("--spacing", type=float, nargs=3, default=None, help="voxel spacing in mm")
     parser.add_argument("--n", type=int, default=1000, help="boxes per lesion type")
@@ -176,14 +185,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = benchmark_bboxes(labels, spacing, n_boxes=args.n, seed=args.seed)
     total = time.perf_counter() - t0
     print(f"label map {labels.shape} spacing {spacing} mm; {args.n} reports per lesion type")
-    print(f"{'lesion type':<20}{'organ':<17}{'placed':>8}{'invalid':>8}{'first s':>9}{'per s':>9}  failures")
+    print(
+        f"{'lesion type':<20}{'organ':<17}{'placed':>8}{'invalid':>8}{'first s':>9}{'per s':>9}  failures"
+    )
     for r in rows:
         fail = "; ".join(f"{n}x {k}" for k, n in r.failures.items()) or "-"
-        print(f"{r.lesion_type:<20}{r.organ:<17}{r.placed:>8}{r.invalid:>8}{r.first_call_s:>9.3f}{r.rate:>9.0f}  {fail}")
+        print(
+            f"{r.lesion_type:<20}{r.organ:<17}{r.placed:>8}{r.invalid:>8}{r.first_call_s:>9.3f}{r.rate:>9.0f}  {fail}"
+        )
     placed = sum(r.placed for r in rows)
     secs = sum(r.seconds + r.first_call_s for r in rows)
-    print(f"total: {placed} boxes placed, {sum(r.invalid for r in rows)} invalid, "
-          f"{placed / secs:.0f} samples/s in sampling, {total:.1f} s wall including verification")
+    print(
+        f"total: {placed} boxes placed, {sum(r.invalid for r in rows)} invalid, "
+        f"{placed / secs:.0f} samples/s in sampling, {total:.1f} s wall including verification"
+    )
     return 0
 
 

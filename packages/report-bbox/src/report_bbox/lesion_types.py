@@ -46,7 +46,10 @@ _WITHIN = "within the parenchymal organ"
 _PROTRUDING = "protruding from the parenchymal organ"
 _LUMEN = "within the lumen of a hollow organ"
 _WALL = "wall thickening"
-_BOTH_REL = ("no close relationship with surrounding organs", "close relationship with adjacent organs")
+_BOTH_REL = (
+    "no close relationship with surrounding organs",
+    "close relationship with adjacent organs",
+)
 _NO_REL = ("no close relationship with surrounding organs",)
 _ENH = ("enhanced CT", "non-contrast CT")
 
@@ -180,7 +183,10 @@ LESION_TYPES: dict[str, LesionTypeSpec] = {
             shape=("round-like", "cystic"),
             density=("fluid-like hypodense", "hypodense"),
             density_variations=("homogeneous",),
-            surface_characteristics=("well-defined margin", "clear boundary with the renal parenchyma"),
+            surface_characteristics=(
+                "well-defined margin",
+                "clear boundary with the renal parenchyma",
+            ),
             relationship_with_surrounding_organs=_NO_REL,
             specific_features=("none",),
             size_mm=(5.0, 50.0),
@@ -343,15 +349,63 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("shape", "luminal narrowing", "lesion_location", (_WALL,), "luminal narrowing is a wall lesion"),
-    Rule("shape", "irregular wall thickening", "lesion_location", (_WALL,), "wall thickening is a wall lesion"),
-    Rule("shape", "protrusion into the lumen", "lesion_location", (_LUMEN,), "a protrusion into the lumen lies in the lumen"),
-    Rule("lesion_location", _WALL, "shape", ("irregular wall thickening", "luminal narrowing", "irregular"), "a wall lesion thickens the wall"),
-    Rule("density", "fluid-like hypodense", "density_variations", ("homogeneous",), "fluid is homogeneous"),
-    Rule("density", "ring enhancement", "enhancement_status", ("enhanced CT",), "ring enhancement needs contrast"),
+    Rule(
+        "shape",
+        "luminal narrowing",
+        "lesion_location",
+        (_WALL,),
+        "luminal narrowing is a wall lesion",
+    ),
+    Rule(
+        "shape",
+        "irregular wall thickening",
+        "lesion_location",
+        (_WALL,),
+        "wall thickening is a wall lesion",
+    ),
+    Rule(
+        "shape",
+        "protrusion into the lumen",
+        "lesion_location",
+        (_LUMEN,),
+        "a protrusion into the lumen lies in the lumen",
+    ),
+    Rule(
+        "lesion_location",
+        _WALL,
+        "shape",
+        ("irregular wall thickening", "luminal narrowing", "irregular"),
+        "a wall lesion thickens the wall",
+    ),
+    Rule(
+        "density",
+        "fluid-like hypodense",
+        "density_variations",
+        ("homogeneous",),
+        "fluid is homogeneous",
+    ),
+    Rule(
+        "density",
+        "ring enhancement",
+        "enhancement_status",
+        ("enhanced CT",),
+        "ring enhancement needs contrast",
+    ),
     Rule("specific_features", "stone", "density", ("hyperdense",), "a stone is hyperdense"),
-    Rule("specific_features", "stone", "density_variations", ("homogeneous",), "a stone is homogeneous"),
-    Rule("shape", "cystic", "density", ("fluid-like hypodense", "hypodense", "mixed density"), "a cystic lesion holds fluid"),
+    Rule(
+        "specific_features",
+        "stone",
+        "density_variations",
+        ("homogeneous",),
+        "a stone is homogeneous",
+    ),
+    Rule(
+        "shape",
+        "cystic",
+        "density",
+        ("fluid-like hypodense", "hypodense", "mixed density"),
+        "a cystic lesion holds fluid",
+    ),
 )
 """Co-occurrence constraints applied to every sampled report, whatever its lesion type."""
 
@@ -396,7 +450,9 @@ def lesion_type_name(name: str) -> str:
         ReportError: Unknown name, with the closest known one.
     """
     if not isinstance(name, str):
-        raise ReportError(f"lesion_type must be a string, got {name!r}", field="lesion_type", value=name)
+        raise ReportError(
+            f"lesion_type must be a string, got {name!r}", field="lesion_type", value=name
+        )
     key = re.sub(r"[\s\-]+", "_", name.strip().lower())
     key = _TYPE_ALIASES.get(key, key)
     if key in LESION_TYPES:
@@ -427,7 +483,9 @@ def _check_table() -> None:
                 if v not in VOCABULARY[attr]:  # pragma: no cover - table bug
                     raise RuntimeError(f"{spec.name}: {attr} value {v!r} not in the vocabulary")
         for loc in spec.lesion_location:
-            if not any(loc in LOCATIONS_BY_ORGAN_TYPE[f"{k} organ"] for k in kinds):  # pragma: no cover
+            if not any(
+                loc in LOCATIONS_BY_ORGAN_TYPE[f"{k} organ"] for k in kinds
+            ):  # pragma: no cover
                 raise RuntimeError(f"{spec.name}: location {loc!r} does not fit {kinds}")
 
 

@@ -99,7 +99,12 @@ class FakeReportWriter:
         rng: Generator for sampled reports.
     """
 
-    def __init__(self, *, answers: Iterable[dict[str, Any] | str] = (), rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        answers: Iterable[dict[str, Any] | str] = (),
+        rng: np.random.Generator | None = None,
+    ) -> None:
         self._answers = list(answers)
         self._rng = rng if rng is not None else np.random.default_rng(0)
         self.requests: list[ReportRequest] = []
@@ -212,7 +217,9 @@ class OpenAIChatReportWriter:
         if not base_url:
             raise ReportWriterError(f"no LLM endpoint: pass base_url= or set {ENV_BASE_URL}")
         if not re.match(r"https?://", base_url):
-            raise ReportWriterError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise ReportWriterError(
+                f"base_url must start with http:// or https://, got {base_url!r}"
+            )
         if not model:
             raise ReportWriterError(f"no LLM model: pass model= or set {ENV_MODEL}")
         if structured_output not in ("auto", "json_schema", "none"):
@@ -250,7 +257,7 @@ class OpenAIChatReportWriter:
             self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 payload = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
@@ -271,7 +278,9 @@ class OpenAIChatReportWriter:
         try:
             content = payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise _TransportError(f"{self.url} answered without choices[0].message.content") from None
+            raise _TransportError(
+                f"{self.url} answered without choices[0].message.content"
+            ) from None
         if not isinstance(content, str):
             raise _TransportError("choices[0].message.content is not a string")
         return content

@@ -55,7 +55,6 @@ OrganKind = Literal["parenchymal", "hollow", "other"]
 # (TotalSegmentator v2 "total" id, name, kind). Ids and names follow TotalSegmentator 2.x
 # ``map_to_binary.class_map["total"]``.
 _V2_TABLE: tuple[tuple[int, str, OrganKind], ...] = (
-
     (1, "spleen", "parenchymal"),
     (2, "kidney_right", "parenchymal"),
     (3, "kidney_left", "parenchymal"),
@@ -523,7 +522,9 @@ def v1_to_v2(
     for v1, v2 in V1_TO_V2.items():
         lut[v1] = v2
     if unmapped == "error":
-        missing = sorted(TOTALSEG_V1[int(i)] for i in np.unique(labels) if i and V1_TO_V2[int(i)] == 0)
+        missing = sorted(
+            TOTALSEG_V1[int(i)] for i in np.unique(labels) if i and V1_TO_V2[int(i)] == 0
+        )
         if missing:
             raise OrganError(f"v1 classes {missing} have no TotalSegmentator v2 class")
     return lut[labels]

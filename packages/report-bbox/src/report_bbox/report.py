@@ -50,20 +50,24 @@ _KEY_ALIASES: dict[str, str] = {
 }
 _KEYS = (*ATTRIBUTES, "lesion_type")
 
+
 def _norm_key(key: str) -> str:
     return re.sub(r"[\s\-]+", "_", key.strip().lower()).strip("_")
+
 
 def _closest(value: str, options: list[str]) -> str | None:
     close = difflib.get_close_matches(value, options, n=1, cutoff=0.0)
     return close[0] if close else None
 
+
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+
 
 def parse_size_mm(value: object) -> tuple[float, float, float]:
     """Parse a lesion size into three axes in millimetres.
 
     Accepts a number (a sphere's diameter), a sequence of one or three numbers, or a string such
-    as ``"20 mm"``, ``"20x18x15 mm"``, ``"20 × 18 × 15mm"``, ``"2 cm"``. Voxel units are refused.
+    as ``"20 mm"``, ``"20x18x15 mm"``, ``"20 by 18 by 15mm"`` (``x``, ``*``, the multiplication sign or ``by``), ``"2 cm"``. Voxel units are refused.
 
     Returns:
         ``(x, y, z)`` in mm, each in ``(0, MAX_SIZE_MM]``.
@@ -92,7 +96,7 @@ def parse_size_mm(value: object) -> tuple[float, float, float]:
                 value=value,
             )
         m = re.fullmatch(
-            rf"({_NUMBER})(?:\s*(?:x|×|\*|by)\s*({_NUMBER})\s*(?:x|×|\*|by)\s*({_NUMBER}))?\s*(mm|cm|millimet(?:re|er)s?)?",
+            rf"({_NUMBER})(?:\s*(?:x|\u00d7|\*|by)\s*({_NUMBER})\s*(?:x|\u00d7|\*|by)\s*({_NUMBER}))?\s*(mm|cm|millimet(?:re|er)s?)?",
             text,
         )
         if m:
@@ -120,8 +124,10 @@ def parse_size_mm(value: object) -> tuple[float, float, float]:
         )
     return (mm[0], mm[1], mm[2])
 
+
 def _fmt_mm(v: float) -> str:
     return f"{v:.1f}".rstrip("0").rstrip(".")
+
 
 class Report(BaseModel):
     """A validated LesionDiffusion structured report (11 attributes, sizes in mm).
@@ -192,7 +198,9 @@ class Report(BaseModel):
             if key in out:
                 raise ReportError(f"attribute {key!r} given twice", field=key, value=value)
             out[key] = value
-        missing = [k for k in ATTRIBUTES if k not in out and k not in ("organ_type", "specific_features")]
+        missing = [
+            k for k in ATTRIBUTES if k not in out and k not in ("organ_type", "specific_features")
+        ]
         if missing:
             raise ReportError(f"report is missing attributes {missing}", field=missing[0])
         for key, value in list(out.items()):
@@ -326,7 +334,9 @@ class Report(BaseModel):
         if len(nums) != 3 and len(entry) >= 5:
             nums = [float(n) for n in re.findall(_NUMBER, json.dumps(entry[4]))]
         if len(nums) != 3:
-            raise ReportError(f"legacy size {size_text!r} does not hold three numbers", field="size")
+            raise ReportError(
+                f"legacy size {size_text!r} does not hold three numbers", field="size"
+            )
         size = [n * float(s) for n, s in zip(nums, spacing, strict=True)]
         features = attrs.get("specific features", "")
         if "cavity" in attrs and str(attrs["cavity"]).strip(" ,"):
@@ -432,13 +442,18 @@ class Report(BaseModel):
         enhancement, density, density variations) as one string."""
         return "; ".join(self.attribute_texts("image").values()) + "."
 
+
 def _validate_organ(value: object) -> str:
     try:
         name = resolve_organ(value)  # type: ignore[arg-type]
     except OrganError as exc:
         suggestion = exc.suggestion if exc.suggestion in LESION_ORGANS else None
         raise ReportError(
-            f"organ: {exc}", field="organ", value=value, allowed=LESION_ORGANS, suggestion=suggestion
+            f"organ: {exc}",
+            field="organ",
+            value=value,
+            allowed=LESION_ORGANS,
+            suggestion=suggestion,
         ) from None
     if name not in LESION_ORGANS:
         raise ReportError(
@@ -451,6 +466,7 @@ def _validate_organ(value: object) -> str:
         )
     return name
 
+
 def _as_report_error(exc: ValidationError) -> ReportError:
     for err in exc.errors():
         inner = (err.get("ctx") or {}).get("error")
@@ -459,4 +475,3 @@ def _as_report_error(exc: ValidationError) -> ReportError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first.get("loc", ())) or None
     return ReportError(f"{field}: {first.get('msg')}", field=field, value=first.get("input"))
-

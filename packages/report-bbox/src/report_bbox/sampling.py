@@ -18,7 +18,7 @@ import numpy as np
 from .exceptions import ReportError
 from .lesion_types import LESION_TYPES, LesionTypeSpec, lesion_type_name, rule_violations
 from .organs import ORGANS
-from .report import Report, _KEY_ALIASES, _norm_key, _validate_organ, parse_size_mm
+from .report import _KEY_ALIASES, Report, _norm_key, _validate_organ, parse_size_mm
 from .vocabulary import ATTRIBUTES, VOCABULARY, canonical_value
 
 __all__ = ["check_report_fits", "sample_report"]
