@@ -234,3 +234,19 @@ def test_cache_sees_in_place_changes():
     labels[0:4, 0:20, 0:20] = 3  # much of the array changes: fingerprint differs
     with pytest.raises(BBoxError, match="absent"):
         sample_bbox(report, labels, (1, 1, 1), np.random.default_rng(0))
+
+
+def test_sample_report_and_bbox_redraws_reports():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[8:32, 8:32, 8:32] = (
+        2  # a 24 mm "right kidney" cube: big kidney cancers do not fit within
+    )
+    rng = np.random.default_rng(0)
+    from report_bbox import sample_report_and_bbox
+
+    for _ in range(20):
+        report, box = sample_report_and_bbox(rng, labels, (1, 1, 1), organ="kidney")
+        assert report.organ in ("kidney", "kidney_left", "kidney_right")
+        assert_rule(box, report, labels, (1, 1, 1))
+    with pytest.raises(BBoxError, match="absent"):
+        sample_report_and_bbox(rng, labels, (1, 1, 1), organ="liver")

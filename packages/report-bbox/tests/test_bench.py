@@ -14,14 +14,21 @@ def synthetic_map():
 def test_benchmark_rows_and_verification():
     labels = synthetic_map()
     rows = benchmark_bboxes(labels, (2.0, 2.0, 2.0), n_boxes=20, seed=0)
+    assert {r.lesion_type for r in rows} == {"liver", "gallbladder"}
+    for r in rows:
+        assert r.invalid == 0 and r.placed + sum(r.failures.values()) == r.attempts
+    assert all(r.placed == r.attempts for r in rows)
+
+
+def test_benchmark_by_lesion_type():
+    rows = benchmark_bboxes(synthetic_map(), (2.0, 2.0, 2.0), n_boxes=10, by="lesion_type")
     assert {r.lesion_type for r in rows} == {
         "liver_cyst",
         "liver_cancer",
         "gallstone",
         "gallbladder_cancer",
     }
-    for r in rows:
-        assert r.invalid == 0 and r.placed + sum(r.failures.values()) == r.attempts
+    assert all(r.invalid == 0 for r in rows)
 
 
 def test_violation_detects_bad_boxes():
@@ -45,4 +52,4 @@ def test_cli_on_npy(tmp_path, capsys):
     np.save(path, synthetic_map())
     assert main([str(path), "--spacing", "2", "2", "2", "--n", "5"]) == 0
     out = capsys.readouterr().out
-    assert "liver_cyst" in out and "0 invalid" in out
+    assert "liver" in out and "0 invalid" in out

@@ -13,7 +13,14 @@ Public API:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .bbox import DEFAULT_BBOX_RULES, BBox, BBoxRules, clear_bbox_cache, sample_bbox
+from .bbox import (
+    DEFAULT_BBOX_RULES,
+    BBox,
+    BBoxRules,
+    clear_bbox_cache,
+    sample_bbox,
+    sample_report_and_bbox,
+)
 from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
 from .lesion_types import (
     LESION_TYPES,
@@ -95,5 +102,6 @@ __all__ = [
     "rule_violations",
     "sample_bbox",
     "sample_report",
+    "sample_report_and_bbox",
     "v1_to_v2",
 ]

@@ -41,7 +41,14 @@ from .exceptions import BBoxError
 from .organs import ORGANS, organ_ids
 from .report import Report
 
-__all__ = ["DEFAULT_BBOX_RULES", "BBox", "BBoxRules", "clear_bbox_cache", "sample_bbox"]
+__all__ = [
+    "DEFAULT_BBOX_RULES",
+    "BBox",
+    "BBoxRules",
+    "clear_bbox_cache",
+    "sample_bbox",
+    "sample_report_and_bbox",
+]
 
 
 @dataclass(frozen=True)
@@ -418,3 +425,57 @@ def sample_bbox(
         f"{len(scales)} sizes x {rules.max_tries} tries, shrinking down to "
         f"{1 - rules.shrink_tolerance:.0%}: {why}"
     )
+
+
+def sample_report_and_bbox(
+    rng: np.random.Generator,
+    organ_labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    lesion_type: str | None = None,
+    organ: str | None = None,
+    existing: Iterable[BBox] = (),
+    max_reports: int = 20,
+    rules: BBoxRules = DEFAULT_BBOX_RULES,
+    **fixed: object,
+) -> tuple[Report, BBox]:
+    """Draw a report and place its box, drawing a new report when the box does not fit.
+
+    A report drawn from the lesion-type table knows nothing of this patient's organ (a 90 mm
+    kidney cancer "within" a 40 mm kidney); this redraws the report, up to ``max_reports`` times.
+
+    Args:
+        rng: Source of randomness (reports and boxes).
+        organ_labels: ``(X, Y, Z)`` TotalSegmentator v2 ids.
+        spacing: Voxel spacing in mm.
+        lesion_type: Passed to :func:`~report_bbox.sample_report`.
+        organ: Passed to :func:`~report_bbox.sample_report`.
+        existing: Boxes the new one must not overlap.
+        max_reports: Reports to try before giving up.
+        rules: Placement parameters.
+        **fixed: Fixed report values, passed to :func:`~report_bbox.sample_report`.
+
+    Returns:
+        ``(report, box)``.
+
+    Raises:
+        ReportError: The request itself is invalid (see :func:`~report_bbox.sample_report`).
+        BBoxError: No drawn report could be placed; the message gives the last reason.
+    """
+    from .sampling import sample_report
+
+    if max_reports < 1:
+        raise BBoxError(f"max_reports must be >= 1, got {max_reports}")
+    existing = tuple(existing)
+    last: BBoxError | None = None
+    for _ in range(max_reports):
+        report = sample_report(rng, lesion_type=lesion_type, organ=organ, **fixed)
+        try:
+            return report, sample_bbox(
+                report, organ_labels, spacing, rng, existing=existing, rules=rules
+            )
+        except BBoxError as exc:
+            last = exc
+            if "absent from the label map" in str(exc):
+                break
+    raise BBoxError(f"no placeable report in {max_reports} draws; last: {last}")

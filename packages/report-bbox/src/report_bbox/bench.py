@@ -1,8 +1,9 @@
 """Benchmark of report sampling + bbox placement on a real organ label map.
 
-For every lesion type whose organ is present in the map, draw ``n_boxes`` reports of that type and
-place one box per report, verify every placed box with :func:`bbox_violation` (full-volume
-distance transforms, independent of the sampler's cached crops), and time it.
+For every organ of the lesion-type table present in the map (or every lesion type, ``--by
+lesion_type``), sample ``n_boxes`` reports with their boxes, verify every placed box with
+:func:`bbox_violation` (full-volume distance transforms, independent of the sampler's cached
+crops), and time it.
 
 Run: ``python -m report_bbox.bench ORGANS.nii.gz`` (NIfTI needs ``pip install nibabel``) or
 ``python -m report_bbox.bench ORGANS.npy --spacing 3 3 3``.
@@ -15,11 +16,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
-from .bbox import DEFAULT_BBOX_RULES, BBox, BBoxRules, _ellipsoid, clear_bbox_cache, sample_bbox
+from .bbox import (
+    DEFAULT_BBOX_RULES,
+    BBox,
+    BBoxRules,
+    _ellipsoid,
+    clear_bbox_cache,
+    sample_bbox,
+    sample_report_and_bbox,
+)
 from .exceptions import BBoxError
 from .lesion_types import LESION_TYPES
 from .organs import ORGANS, organ_ids
@@ -78,7 +88,7 @@ def bbox_violation(
 
 @dataclass(frozen=True)
 class BenchRow:
-    """Result for one lesion type: reports drawn, boxes placed, failures, invalid boxes, time."""
+    """Result for one organ or lesion type: samples, boxes placed, failures, invalid boxes, time."""
 
     lesion_type: str
     organ: str
@@ -100,37 +110,59 @@ def benchmark_bboxes(
     spacing: Sequence[float],
     *,
     n_boxes: int = 1000,
+    by: Literal["organ", "lesion_type"] = "organ",
     seed: int = 0,
     verify: bool = True,
 ) -> list[BenchRow]:
-    """Time report sampling + bbox placement per lesion type whose organ is in the map.
+    """Time report + bbox sampling on an organ map, per organ or per lesion type.
+
+    ``by="organ"``: for every organ of the lesion-type table present in the map, ``n_boxes``
+    calls of :func:`~report_bbox.sample_report_and_bbox` (a report is redrawn when its box does not
+    fit this organ). ``by="lesion_type"``: for every lesion type whose organ is present,
+    ``n_boxes`` reports drawn up front and one :func:`~report_bbox.sample_bbox` call each (no
+    redraw), so the failures show which reports do not fit this patient.
 
     Args:
         organ_labels: ``(X, Y, Z)`` TotalSegmentator v2 ids.
         spacing: Voxel spacing in mm.
-        n_boxes: Reports (and box placements) per lesion type.
+        n_boxes: Samples per row.
+        by: Row grouping, see above.
         seed: Seed of the numpy generator.
         verify: Check every placed box with :func:`bbox_violation` (not timed).
 
     Returns:
-        One :class:`BenchRow` per lesion type present.
+        One :class:`BenchRow` per organ or lesion type present.
     """
+    if by not in ("organ", "lesion_type"):
+        raise ValueError(f"by must be 'organ' or 'lesion_type', got {by!r}")
     present = set(np.unique(organ_labels).tolist())
-    rows = []
     rng = np.random.default_rng(seed)
     check_cache: dict = {}
     clear_bbox_cache()
-    for name, spec in LESION_TYPES.items():
-        if not present.intersection(ORGANS[spec.organ].ids):
-            continue
-        reports = [sample_report(rng, lesion_type=name) for _ in range(n_boxes)]
+    if by == "organ":
+        names = sorted({s.organ for s in LESION_TYPES.values()})
+        jobs = [(o, o) for o in names if present.intersection(ORGANS[o].ids)]
+    else:
+        jobs = [
+            (n, s.organ)
+            for n, s in LESION_TYPES.items()
+            if present.intersection(ORGANS[s.organ].ids)
+        ]
+    rows = []
+    for name, organ in jobs:
+        reports = (
+            [] if by == "organ" else [sample_report(rng, lesion_type=name) for _ in range(n_boxes)]
+        )
         boxes: list[tuple[Report, BBox]] = []
         failures: Counter[str] = Counter()
         first = 0.0
         t0 = time.perf_counter()
-        for i, report in enumerate(reports):
+        for i in range(n_boxes):
             try:
-                boxes.append((report, sample_bbox(report, organ_labels, spacing, rng)))
+                if by == "organ":
+                    boxes.append(sample_report_and_bbox(rng, organ_labels, spacing, organ=organ))
+                else:
+                    boxes.append((reports[i], sample_bbox(reports[i], organ_labels, spacing, rng)))
             except BBoxError as exc:
                 reason = str(exc).split(": ", 1)[-1].split(";")[0][:90]
                 failures[reason] += 1
@@ -145,7 +177,7 @@ def benchmark_bboxes(
                 for r, b in boxes
             )
         rows.append(
-            BenchRow(name, spec.organ, n_boxes, len(boxes), dict(failures), invalid, first, seconds)
+            BenchRow(name, organ, n_boxes, len(boxes), dict(failures), invalid, first, seconds)
         )
     return rows
 
@@ -177,16 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("labels", help="organ label map (.nii/.nii.gz with nibabel, or .npy/.npz)")
     parser.add_argument("--spacing", type=float, nargs=3, default=None, help="voxel spacing in mm")
-    parser.add_argument("--n", type=int, default=1000, help="boxes per lesion type")
+    parser.add_argument("--n", type=int, default=1000, help="samples per organ / lesion type")
+    parser.add_argument("--by", choices=("organ", "lesion_type"), default="organ")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     labels, spacing = _load(args.labels, args.spacing)
     t0 = time.perf_counter()
-    rows = benchmark_bboxes(labels, spacing, n_boxes=args.n, seed=args.seed)
+    rows = benchmark_bboxes(labels, spacing, n_boxes=args.n, by=args.by, seed=args.seed)
     total = time.perf_counter() - t0
-    print(f"label map {labels.shape} spacing {spacing} mm; {args.n} reports per lesion type")
+    print(f"label map {labels.shape} spacing {spacing} mm; {args.n} samples per {args.by}")
     print(
-        f"{'lesion type':<20}{'organ':<17}{'placed':>8}{'invalid':>8}{'first s':>9}{'per s':>9}  failures"
+        f"{args.by:<20}{'organ':<17}{'placed':>8}{'invalid':>8}{'first s':>9}{'per s':>9}  failures"
     )
     for r in rows:
         fail = "; ".join(f"{n}x {k}" for k, n in r.failures.items()) or "-"
