@@ -225,6 +225,8 @@ def test_bbox_geometry():
     assert b.overlaps(BBox((4, 4, 3), (6, 6, 6))) and not b.overlaps(BBox((5, 0, 0), (6, 6, 6)))
     with pytest.raises(BBoxError):
         BBox((0, 0, 0), (0, 1, 1))
+    from_numpy = BBox(np.array([1, 2, 3]), np.array([5, 5, 4]))
+    assert from_numpy == b and hash(from_numpy) == hash(b) and type(from_numpy.lo[0]) is int
 
 
 def test_cache_sees_in_place_changes():

@@ -64,12 +64,17 @@ class BBox:
     hi: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        if (
-            len(self.lo) != 3
-            or len(self.hi) != 3
-            or any(h <= a0 for a0, h in zip(self.lo, self.hi, strict=True))
-        ):
+        try:
+            lo = tuple(int(v) for v in self.lo)
+            hi = tuple(int(v) for v in self.hi)
+        except (TypeError, ValueError):
+            raise BBoxError(
+                f"BBox corners must be integers, got lo={self.lo} hi={self.hi}"
+            ) from None
+        if len(lo) != 3 or len(hi) != 3 or any(h <= a0 for a0, h in zip(lo, hi, strict=True)):
             raise BBoxError(f"BBox needs 3-d corners with hi > lo, got lo={self.lo} hi={self.hi}")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
 
     @property
     def size(self) -> tuple[int, int, int]:
