@@ -34,10 +34,14 @@ TRAP_MEMBERS = {
 }
 
 
+#: Resolved at import, before any test changes CTSYNTH_CACHE.
+DOWNLOADS = default_cache_dir() / "downloads"
+
+
 @pytest.fixture(scope="session")
 def archives() -> dict[str, Path]:
     """Verified source archives, name -> path (skips when they cannot be obtained)."""
-    downloads = default_cache_dir() / "downloads"
+    downloads = DOWNLOADS
     out = {}
     for name, source in SOURCES.items():
         if not (downloads / source.archive).is_file() and not pip_available():
