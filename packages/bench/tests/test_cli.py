@@ -96,3 +96,26 @@ def test_fetch_twice_says_nothing_to_do(archive_cache, capsys):
     assert "nothing to do" in capsys.readouterr().out
     assert main(["-q", "data", "list", "--cache-dir", str(archive_cache)]) == 0
     assert "fetched" in capsys.readouterr().out
+
+
+def _readme() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_offline_data_commands_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = [ln.split("#")[0].split() for ln in _readme().splitlines() if ln.startswith("uv run bench data ")]
+    offline = [ln[2:] for ln in lines if ln[4] in ("list", "show")]
+    assert len(offline) >= 3
+    for argv in offline:
+        assert main(["-q", *argv[1:]]) == 0, argv
+    assert (tmp_path / "liver.png").is_file() and (tmp_path / "chest.png").is_file()
+
+
+def test_readme_python_example_runs(capsys):
+    text = _readme()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    assert "(122, 101, 112)" in capsys.readouterr().out
