@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from ctsynth_bench.data import SOURCES, default_cache_dir
 from ctsynth_bench.data._convert import RECIPES
 from ctsynth_bench.data._sources import extract_members, obtain_archive, pip_available

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
-
 from ctsynth_bench.cli import main
 
 

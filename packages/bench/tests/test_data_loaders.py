@@ -8,12 +8,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from ctsynth_bench.data import (
     AFFINE_ATOL,
     BUNDLED_CASES,
-    CTCase,
     V1_TO_V2,
+    CTCase,
     list_cases,
     load_case,
     load_kits_dataset,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ctsynth_bench.exceptions import DataError
 from ctsynth_bench.viz import _centre, render_views
 

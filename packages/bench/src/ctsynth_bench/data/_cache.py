@@ -26,7 +26,6 @@ import numpy as np
 
 from ..exceptions import DataError, FetchError
 from ._convert import RECIPES, convert_case
-from ._io import read_nifti
 from ._sources import SOURCES, extract_members, obtain_archive
 
 log = logging.getLogger(__name__)
