@@ -276,3 +276,35 @@ def test_unknown_case_suggests_a_name(tmp_path):
         load_case("abdomn", tmp_path)
     with pytest.raises(DataError, match="run `bench data fetch` first"):
         load_case("rider", tmp_path)
+
+
+def test_derived_chest_labels_on_a_phantom():
+    from ctsynth_bench.data import derive_chest_labels
+
+    # Body: a 200 x 150 mm elliptic cylinder of soft tissue in air; two air-filled ellipsoid lungs.
+    shape = (110, 90, 60)
+    aff = np.diag([2.0, 2.0, 2.5, 1.0])
+    aff[:3, 3] = (-110.0, -90.0, 0.0)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    world_x = aff[0, 0] * x + aff[0, 3]
+    hu = np.full(shape, -1000.0)
+    body = ((x - 55) / 50.0) ** 2 + ((y - 45) / 38.0) ** 2 <= 1
+    hu[body] = 40.0
+    right = ((x - 78) / 15.0) ** 2 + ((y - 45) / 22.0) ** 2 + ((z - 30) / 24.0) ** 2 <= 1
+    left = ((x - 32) / 15.0) ** 2 + ((y - 45) / 22.0) ** 2 + ((z - 30) / 24.0) ** 2 <= 1
+    hu[right | left] = -850.0
+    hu[78, 45, 30] = 30.0  # a vessel inside the right lung: hole filling keeps it lung
+    organs, body_mask = derive_chest_labels(hu, aff)
+    assert body_mask[body].all() and not body_mask[~body].any()
+    # RAS: larger world x = patient's right, so the x ~ 78 ellipsoid is the right lung.
+    assert np.all(world_x[right] > 0)
+    # Apex/base tips with < 300 mm^2 cross-section are dropped with the airways (documented).
+    assert np.isin(organs[right], (12, 13, 14)).mean() > 0.95
+    assert np.isin(organs[left], (10, 11)).mean() > 0.95
+    assert set(np.unique(organs[right])) - {0} == {12, 13, 14}
+    assert set(np.unique(organs[left])) - {0} == {10, 11}
+    assert organs[78, 45, 30] != 0
+    assert not organs[~(right | left)].any()
+    # Height split: the right lung's upper third is 12 (superior = larger z), lower third 14.
+    zs = np.nonzero(right.any(axis=(0, 1)))[0]
+    assert organs[78, 45, zs[-1] - 3] == 12 and organs[78, 45, zs[0] + 3] == 14
