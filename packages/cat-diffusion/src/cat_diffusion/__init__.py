@@ -2,6 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._injection import KnowledgeInjection
 from ._losses import (
     CategoricalDiffusionLoss,
     DiffusionLossOutput,
@@ -9,7 +11,10 @@ from ._losses import (
     kl_loss,
     sample_timesteps,
 )
+from ._model import PRESETS, SemanticSynthesizer, SynthesizerConfig, get_preset
+from ._sampler import CategoricalSampler
 from ._scheduler import CategoricalScheduler, CategoricalStepOutput
+from ._unet import LevelContextUNet
 
 try:
     __version__ = version("cat-diffusion")
@@ -17,12 +22,21 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "PRESETS",
     "CategoricalDiffusionLoss",
+    "CategoricalSampler",
     "CategoricalScheduler",
     "CategoricalStepOutput",
     "DiffusionLossOutput",
+    "KnowledgeInjection",
+    "LevelContextUNet",
+    "SemanticSynthesizer",
+    "SynthesizerConfig",
     "__version__",
     "cross_entropy_loss",
+    "get_preset",
     "kl_loss",
+    "load_checkpoint",
     "sample_timesteps",
+    "save_checkpoint",
 ]
