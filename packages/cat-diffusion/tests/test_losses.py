@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from cat_diffusion import CategoricalDiffusionLoss, CategoricalScheduler, cross_entropy_loss, kl_loss, sample_timesteps
+from cat_diffusion import (
+    CategoricalDiffusionLoss,
+    CategoricalScheduler,
+    cross_entropy_loss,
+    kl_loss,
+    sample_timesteps,
+)
 from cat_diffusion.exceptions import ConfigError
 
 
@@ -42,7 +47,6 @@ def test_kl_matches_brute_force_and_equals_ce_at_t1() -> None:
 
 
 def test_class_weights_are_a_weighted_mean() -> None:
-    sched = CategoricalScheduler(num_classes=2, num_train_timesteps=10)
     x0 = torch.tensor([[[0, 1, 1, 1]]])
     logits = torch.tensor([[[2.0, 0.0, -1.0, 3.0], [0.0, 0.0, 0.0, 0.0]]])
     nll = -torch.log_softmax(logits, 1).gather(1, x0)[0, 0]

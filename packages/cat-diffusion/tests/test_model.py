@@ -7,9 +7,6 @@ import json
 
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
-from monai.networks.nets.diffusion_model_unet import SpatialTransformer
-
 from cat_diffusion import (
     CategoricalDiffusionLoss,
     CategoricalSampler,
@@ -22,6 +19,8 @@ from cat_diffusion import (
     save_checkpoint,
 )
 from cat_diffusion.exceptions import CheckpointError, ConfigError, ShapeError
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import SpatialTransformer
 
 TINY = SynthesizerConfig(
     num_classes=3,
@@ -207,5 +206,24 @@ def test_checkpoint_roundtrip(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="Did you mean 'num_classes'"):
         load_checkpoint(path)
     (path / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("conditioning", ["crossattn", "none"])
+def test_other_conditionings(conditioning: str) -> None:
+    cfg = dataclasses.replace(TINY, conditioning=conditioning)  # type: ignore[arg-type]
+    model = SemanticSynthesizer(cfg)
+    assert model.injection is None
+    x = torch.zeros(1, 3, 8, 8, 8)
+    t = torch.tensor([2])
+    if conditioning == "crossattn":
+        assert model(x, t, torch.randn(1, 4, 6)).shape == (1, 3, 8, 8, 8)
+        with pytest.raises(ShapeError, match="only supported with conditioning='injection'"):
+            model(x, t, torch.randn(1, 4, 6), torch.ones(1, 4, dtype=torch.bool))
+        with pytest.raises(ShapeError, match="pass a context"):
+            model(x, t)
+    else:
+        assert model(x, t).shape == (1, 3, 8, 8, 8)
+        with pytest.raises(ShapeError, match="unconditional"):
+            model(x, t, torch.randn(1, 4, 6))

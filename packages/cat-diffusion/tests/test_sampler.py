@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cat_diffusion import CategoricalSampler, CategoricalScheduler
 from cat_diffusion.exceptions import ShapeError
 

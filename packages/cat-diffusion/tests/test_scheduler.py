@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from cat_diffusion import CategoricalScheduler
 from cat_diffusion.exceptions import CatDiffusionError, ConfigError, ShapeError
 

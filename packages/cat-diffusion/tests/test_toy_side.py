@@ -11,13 +11,17 @@ import math
 
 import pytest
 import torch
+from cat_diffusion import (
+    CategoricalDiffusionLoss,
+    CategoricalSampler,
+    CategoricalScheduler,
+    KnowledgeInjection,
+)
 from torch import nn
 
-from cat_diffusion import CategoricalDiffusionLoss, CategoricalSampler, CategoricalScheduler, KnowledgeInjection
-
 SIZE = 8
-T = 100
-FAST_STEPS = 10
+T = 50
+FAST_STEPS = 5
 
 
 def make_batch(sides: torch.Tensor, g: torch.Generator) -> torch.Tensor:
