@@ -1,0 +1,250 @@
+"""Training objective of the text-conditional semantic synthesizer (GuideGen Eq. 5-6).
+
+``L_1 = E_{t, x_0} KL( q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t) )`` with
+``p_theta = A f_theta`` (Eq. 6), averaged over voxels. At ``t = 1`` the true posterior is the
+one-hot ``e(x_0)`` and the KL reduces to the cross-entropy ``-log f_theta(x_0)``, the decoder
+term of Hoogeboom et al. 2021, so no special case is needed. An optional cross-entropy on the
+x0 prediction (what the authors' ``CategoricalDiffusionV2`` trains with) can be added or used alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ._scheduler import CategoricalScheduler
+from .exceptions import ConfigError, ShapeError, closest
+
+__all__ = [
+    "CategoricalDiffusionLoss",
+    "DiffusionLossOutput",
+    "cross_entropy_loss",
+    "kl_loss",
+    "sample_timesteps",
+]
+
+TimestepSampling = Literal["uniform", "power"]
+_SAMPLINGS = ("uniform", "power")
+
+
+def sample_timesteps(
+    batch_size: int,
+    num_train_timesteps: int,
+    *,
+    mode: TimestepSampling = "uniform",
+    power: float = 1.5,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw training timesteps ``t`` in ``[1, T]``.
+
+    Args:
+        batch_size: number of timesteps ``B``.
+        num_train_timesteps: ``T``.
+        mode: ``"uniform"`` or ``"power"``: ``P(t) proportional to t**power``, biased towards
+            large ``t`` as in the authors' code (``power=1.5``; their version puts zero mass on
+            one end because of an off-by-one, this one does not).
+        power: exponent for ``mode="power"`` (> 0).
+        device: device of the result (default CPU).
+        generator: source of randomness.
+
+    Returns:
+        int64 tensor ``(B,)`` with values in ``[1, T]``.
+    """
+    if mode not in _SAMPLINGS:
+        raise ConfigError(f"mode must be one of {_SAMPLINGS}, got {mode!r}.{closest(mode, _SAMPLINGS)}")
+    if batch_size < 1 or num_train_timesteps < 1:
+        raise ConfigError("batch_size and num_train_timesteps must be >= 1.")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    if mode == "uniform":
+        t = torch.randint(1, num_train_timesteps + 1, (batch_size,), generator=generator, device=gen_device)
+    else:
+        if not power > 0:
+            raise ConfigError(f"power must be > 0, got {power}.")
+        w = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64, device=gen_device) ** power
+        t = torch.multinomial(w, batch_size, replacement=True, generator=generator) + 1
+    return t.to(device if device is not None else "cpu")
+
+
+def _weights(x0: Tensor, class_weights: Sequence[float] | Tensor | None, num_classes: int, dtype: torch.dtype) -> Tensor | None:
+    if class_weights is None:
+        return None
+    w = torch.as_tensor(class_weights, dtype=dtype, device=x0.device)
+    if w.shape != (num_classes,) or bool((w < 0).any()) or not bool((w > 0).any()):
+        raise ConfigError(
+            f"class_weights must be {num_classes} non-negative numbers (not all zero), got shape "
+            f"{tuple(w.shape)}."
+        )
+    return w[x0[:, 0]]  # (B, *S): weight of each voxel's true class
+
+
+def _reduce(per_voxel: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return per_voxel.mean()
+    return (per_voxel * weights).sum() / weights.sum().clamp_min(torch.finfo(per_voxel.dtype).tiny)
+
+
+def kl_loss(
+    scheduler: CategoricalScheduler,
+    model_output: Tensor,
+    x0: Tensor,
+    x_t: Tensor,
+    timesteps: Tensor | int,
+    *,
+    class_weights: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """KL of Eq. 6 between the true posterior and ``A f_theta``, averaged over voxels.
+
+    Args:
+        scheduler: the categorical scheduler.
+        model_output: logits ``(B, N, *S)`` of ``f_theta(x_t, t)``.
+        x0: clean int label map ``(B, 1, *S)``.
+        x_t: noisy int label map ``(B, 1, *S)``.
+        timesteps: ``t`` in ``[1, T]``, scalar or ``(B,)``.
+        class_weights: optional ``(N,)`` weights; each voxel's KL is weighted by the weight of its
+            true class and the result is the weighted mean ``sum w_i KL_i / sum w_i``.
+
+    Returns:
+        Scalar loss (nats per voxel).
+    """
+    q = scheduler.q_posterior(x_t, x0, timesteps).to(model_output.dtype)
+    log_p = scheduler.model_log_probs(model_output, x_t, timesteps)
+    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)  # (B, *S), 0 log 0 = 0
+    return _reduce(kl, _weights(x0, class_weights, scheduler.num_classes, kl.dtype))
+
+
+def cross_entropy_loss(
+    model_output: Tensor,
+    x0: Tensor,
+    *,
+    class_weights: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """Cross-entropy ``-log f_theta(x_0)`` of the x0 prediction, (weighted) mean over voxels.
+
+    Args:
+        model_output: logits ``(B, N, *S)``.
+        x0: int label map ``(B, 1, *S)``.
+        class_weights: optional ``(N,)`` weights of the true classes (weighted mean).
+
+    Returns:
+        Scalar loss.
+    """
+    if model_output.ndim != x0.ndim or model_output.shape[0] != x0.shape[0] or model_output.shape[2:] != x0.shape[2:]:
+        raise ShapeError(
+            f"model_output (B, N, *S) and x0 (B, 1, *S) disagree: {tuple(model_output.shape)} vs {tuple(x0.shape)}."
+        )
+    log_f = torch.log_softmax(model_output, dim=1)
+    nll = -log_f.gather(1, x0.long())[:, 0]
+    return _reduce(nll, _weights(x0, class_weights, model_output.shape[1], nll.dtype))
+
+
+@dataclass(frozen=True)
+class DiffusionLossOutput:
+    """Result of one training loss evaluation.
+
+    Attributes:
+        loss: scalar to back-propagate, ``kl_weight * kl + ce_weight * ce``.
+        kl: scalar KL term of Eq. 6 (detached).
+        ce: scalar cross-entropy on x0 (detached).
+        timesteps: the ``(B,)`` timesteps used.
+    """
+
+    loss: Tensor
+    kl: Tensor
+    ce: Tensor
+    timesteps: Tensor
+
+
+class CategoricalDiffusionLoss:
+    """Full training objective: sample ``t`` and ``x_t``, run the network, compute Eq. 6.
+
+    Holds no network: call it with the model each step.
+
+    Args:
+        kl_weight: weight of the KL term of Eq. 6 (default 1).
+        ce_weight: weight of the cross-entropy on the x0 prediction (default 0).
+        class_weights: optional ``(N,)`` per-class voxel weights (by the true class).
+        timestep_sampling: ``"uniform"`` or ``"power"`` (``P(t) ~ t**power``, authors: 1.5).
+        power: exponent for ``"power"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        kl_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        timestep_sampling: TimestepSampling = "uniform",
+        power: float = 1.5,
+    ) -> None:
+        if kl_weight < 0 or ce_weight < 0 or kl_weight + ce_weight <= 0:
+            raise ConfigError(
+                f"kl_weight and ce_weight must be >= 0 and not both 0, got {kl_weight}, {ce_weight}."
+            )
+        if timestep_sampling not in _SAMPLINGS:
+            raise ConfigError(
+                f"timestep_sampling must be one of {_SAMPLINGS}, got {timestep_sampling!r}."
+                f"{closest(timestep_sampling, _SAMPLINGS)}"
+            )
+        self.kl_weight = float(kl_weight)
+        self.ce_weight = float(ce_weight)
+        self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
+        self.timestep_sampling = timestep_sampling
+        self.power = float(power)
+
+    def __call__(
+        self,
+        model: Callable[..., Tensor],
+        scheduler: CategoricalScheduler,
+        x0: Tensor,
+        *,
+        context: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> DiffusionLossOutput:
+        """Evaluate the loss on a batch of clean label maps.
+
+        Args:
+            model: callable ``model(x_t_onehot (B, N, *S) float, t (B,) int64[, context=...])``
+                returning logits ``(B, N, *S)``.
+            scheduler: the categorical scheduler.
+            x0: clean int label map ``(B, 1, *S)`` in ``[0, N)``.
+            context: conditioning passed to the model as ``context=`` (a ``(B, L, D)`` tensor or a
+                list of per-level tensors); ``None`` for an unconditional model.
+            generator: randomness for ``t`` and ``x_t``.
+
+        Returns:
+            ``DiffusionLossOutput``.
+        """
+        scheduler._check_labels(x0, "x0")
+        x0 = x0.long()
+        t = sample_timesteps(
+            x0.shape[0],
+            scheduler.num_train_timesteps,
+            mode=self.timestep_sampling,
+            power=self.power,
+            device=x0.device,
+            generator=generator,
+        )
+        x_t = scheduler.add_noise(x0, None, t, generator=generator)
+        dtype = _float_dtype(model)
+        x_in = scheduler.one_hot(x_t, dtype)
+        logits = model(x_in, t) if context is None else model(x_in, t, context=context)
+        zero = logits.new_zeros(())
+        kl = kl_loss(scheduler, logits, x0, x_t, t, class_weights=self.class_weights) if self.kl_weight else zero
+        ce = cross_entropy_loss(logits, x0, class_weights=self.class_weights) if self.ce_weight else zero
+        loss = self.kl_weight * kl + self.ce_weight * ce
+        return DiffusionLossOutput(loss=loss, kl=kl.detach(), ce=ce.detach(), timesteps=t)
+
+
+def _float_dtype(model: Any) -> torch.dtype:
+    """Floating dtype of the model's first parameter (float32 for plain callables)."""
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float32
