@@ -11,14 +11,17 @@ Measured quantities (computed by ``_stats`` on the written image, lesion mask an
 
 - ``sphericity``: pi^(1/3) (6V)^(2/3) / A, surface from marching cubes (shape-metrics).
 - ``solidity``: V / V(convex hull).
-- ``delta_hu``: mean HU in the lesion minus the median HU of the surrounding organ (organ voxels
-  within 3 voxels outside the lesion).
-- ``mean_hu``: mean HU in the lesion (absolute; used for fluid, stone, soft tissue, ground glass).
+- ``delta_hu``: median HU of the lesion core minus the median HU of the surrounding organ (organ
+  voxels at least one voxel from the organ surface, within 4 voxels of the lesion); hollow organs
+  use the 40 HU wall reference.
+- ``mean_hu``: median HU of the lesion core (voxels >= 2 voxels deep, else the whole lesion);
+  absolute, used for fluid, stone, soft tissue, ground glass.
 - ``std_ratio``: robust HU standard deviation (1.4826 MAD) in the lesion core divided by the CT
   noise measured in the template's parenchyma (1 = as smooth as the template's own noise).
-- ``edge``: edge contrast fraction (mean HU of the one-voxel shell inside the boundary minus that
-  of the shell outside, divided by lesion-core-minus-organ HU); about 1 for a step edge, lower for
-  a blurred one. Only measured where the contrast is over 4 noise standard deviations.
+- ``edge``: edge sharpness, ``1 - (out1 - organ) / (core - organ)`` with ``out1`` the mean HU of
+  the organ voxels face-adjacent to the lesion and ``organ`` the median 3-5 voxels away: about 1
+  for a step edge, 0.2-0.4 for the blurred halo of an ill-defined margin. Measured for lesions in
+  parenchymal organs where the contrast is over 2.5 times the noise and the lesion's own spread.
 - ``volume_ml``: lesion volume in millilitres.
 - ``hot_fraction`` / ``cold_fraction``: fraction of lesion voxels more than 80 HU above / 25 HU
   below the lesion's median (calcified / low-density foci).
@@ -170,8 +173,8 @@ RULES: tuple[Rule, ...] = (
     # shape (mask attributes) ------------------------------------------------------------------
     _rule("shape", "round", "ellipsoid, axes = report size, random orientation",
           sphericity=(0.70, 1.0), solidity=(0.80, 1.0)),
-    _rule("shape", "irregular", "ellipsoid whose radius is modulated by smooth noise (+-35 %)",
-          sphericity=(0.35, 0.90), solidity=(0.55, 0.97)),
+    _rule("shape", "irregular", "ellipsoid whose radius is modulated by smooth noise (std 30-45 %)",
+          sphericity=(0.35, 0.90), solidity=(0.55, 0.99)),
     _rule("shape", "punctate", "small compact focus, diameter 2-8 mm",
           volume_ml=(0.0, 0.35)),
     _rule("shape", "cystic", "smooth near-spherical ellipsoid (axis ratio <= 1.25)",
@@ -197,7 +200,7 @@ RULES: tuple[Rule, ...] = (
     _rule("variation", "heterogeneous", "smooth random texture, std 2-4x the template noise",
           std_ratio=(1.6, 20.0)),
     # margin -----------------------------------------------------------------------------------
-    _rule("margin", "well_defined", "step edge (no blur)", edge=(0.65, 1.3)),
+    _rule("margin", "well_defined", "step edge (no blur)", edge=(0.6, 1.4)),
     _rule("margin", "ill_defined", "halo: edge blurred by a Gaussian of 1.2-2 voxels", edge=(-0.2, 0.6)),
     # specific features ---------------------------------------------------------------------------
     _rule("feature", "calcified_foci", "1-3 foci 150-400 HU above the lesion", hot_fraction=(0.002, 0.5)),

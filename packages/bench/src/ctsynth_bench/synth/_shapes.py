@@ -152,6 +152,9 @@ def lesion_mask(
         depth = ndimage.distance_transform_edt(organ, sampling=sp)
     size = np.asarray(spec.size_mm, dtype=np.float64)
     radii = np.maximum(size / 2.0, sp.max() * 0.6)
+    # A lesion never outgrows its organ: cap each radius at 45 % of the organ's smallest extent.
+    ext = (np.ptp(np.argwhere(organ), axis=0) + 1) * sp
+    radii = np.minimum(radii, max(0.45 * float(ext.min()), sp.max() * 0.6))
     out = np.zeros(organ.shape, dtype=bool)
     rot = random_rotation(rng)
     shape = spec.shape
@@ -205,7 +208,7 @@ def lesion_mask(
             radii = radii.max() * np.clip(ratio, 0.8, 1.0)
         if shape == "punctate":
             radii = np.full(3, float(np.clip(radii.mean(), 0.6 * sp.max(), 4.0)))
-        irregularity = float(rng.uniform(0.25, 0.4)) if shape == "irregular" else 0.0
+        irregularity = float(rng.uniform(0.3, 0.45)) if shape == "irregular" else 0.0
         sl = crop_slices(seed, float(radii.max()) * (2.6 if "spiculated" in spec.features else 1.6) + 2 * sp.max(),
                          sp, organ.shape)
         crop = ellipsoid(sl, seed, radii, sp, rot, irregularity=irregularity, rng=rng)

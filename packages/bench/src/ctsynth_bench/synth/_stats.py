@@ -101,12 +101,15 @@ def measure_case(
     if core.sum() < 4:
         core = mc
     lesion_vals = cc[core]
-    mean_hu = float(lesion_vals.mean())
+    mean_hu = float(np.median(lesion_vals))
     vals["mean_hu"] = mean_hu
     if spec.organ in HOLLOW:
         ref = reference_hu(ct, organ_full, spec.organ)
     else:
-        ring = organ & (dout <= 3)
+        interior = ndimage.binary_erosion(organ_full[sl] | mc, iterations=1) & organ
+        ring = interior & (dout <= 4)
+        if ring.sum() < 5:
+            ring = organ & (dout <= 4)
         ref = float(np.median(cc[ring])) if ring.sum() >= 5 else reference_hu(ct, organ_full, spec.organ)
     vals["delta_hu"] = mean_hu - ref
     # Template noise: measured on the output image in soft tissue away from the lesion.
@@ -117,15 +120,20 @@ def measure_case(
     if lesion_vals.size >= 4:
         robust = 1.4826 * float(np.median(np.abs(lesion_vals - np.median(lesion_vals))))
         vals["std_ratio"] = robust / noise
-    near = organ if organ.sum() >= 20 else ~mc
-    in1 = mc & (din <= 1)
-    out1 = near & (dout <= 1)
-    out3 = near & (dout > 1) & (dout <= 3)
-    inner = mc & (din >= 2)
-    if inner.sum() >= 4 and out1.sum() >= 4 and out3.sum() >= 4:
-        contrast = float(cc[inner].mean() - cc[out3].mean())
-        if abs(contrast) >= 4.0 * noise:
-            vals["edge"] = float(cc[in1].mean() - cc[out1].mean()) / contrast
+    if spec.organ not in HOLLOW and spec.location != "wall":
+        # Edge sharpness: how much of the lesion contrast the first voxel outside still carries.
+        near = organ if organ.sum() >= 20 else ~mc
+        out1 = near & (dout <= 1)
+        far = near & (dout > 3) & (dout <= 5)
+        inner = mc & (din >= 2)
+        if inner.sum() < 4:
+            inner = mc
+        if out1.sum() >= 10 and far.sum() >= 10:
+            base = float(np.median(cc[far]))
+            contrast = float(np.median(cc[inner])) - base
+            spread = 1.4826 * float(np.median(np.abs(cc[inner] - np.median(cc[inner]))))
+            if abs(contrast) >= 2.5 * max(noise, spread):
+                vals["edge"] = 1.0 - (float(cc[out1].mean()) - base) / contrast
     med = float(np.median(cc[mc]))
     vals["hot_fraction"] = float((cc[mc] > med + 80.0).mean())
     vals["cold_fraction"] = float((cc[mc] < med - 25.0).mean())
