@@ -125,7 +125,7 @@ def test_location_rules(phantom: Template) -> None:
     assert m.any() and not (m & ~colon).any()
     kid = np.isin(org, (2, 3))
     spec = spec_from_report({"shape": "round-like", "lesion location": "protruding from the parenchymal organ",
-                             "size": "14mm", "density": "hypodense"}, lesion_type="kidney_tumor")
+                             "size": "14mm", "density": "hypodense"}, lesion_type="kidney_cancer")
     assert spec.location == "protruding"
     m = lesion_mask(spec, kid, org == 0, phantom.spacing, np.array([12.0, 20, 28]), rng)
     outside = m & ~kid
@@ -267,7 +267,7 @@ def test_cli_generate_and_stats(tmp_path, phantom: Template, capsys) -> None:
     parser.add_argument("--quiet", action="store_true")
     _cmd_data_lesions.register(parser.add_subparsers())
     out = tmp_path / "set"
-    args = parser.parse_args(["lesions", "--n", "3", "--out", str(out), "--types", "liver_cyst", "pancreatic_tumor",
+    args = parser.parse_args(["lesions", "--n", "3", "--out", str(out), "--types", "liver_cyst", "pancreas_cancer",
                               "--template-files", f"{ct_path}:{org_path}", "--no-progress"])
     assert args.func(args) == 0
     assert len(list((out / "reports").glob("*.json"))) == 3

@@ -20,7 +20,7 @@ from ._dataset import (
 from ._deform import augment, deformation_field, flip_allowed, warp
 from ._gallery import make_gallery
 from ._render import estimate_noise, reference_hu, render_lesion
-from ._report import draw_report, fallback_report
+from ._report import draw_report_and_target, fallback_report
 from ._rules import LESION_TYPE_RULES, LESION_TYPES, RULES, LesionSpec, Rule, SynthError, rule_for, spec_from_report
 from ._shapes import lesion_mask
 from ._stats import CaseMeasure, RuleCheck, check_rules, load_and_measure, measure_case, summarize
@@ -40,7 +40,7 @@ __all__ = [
     "augment",
     "check_rules",
     "deformation_field",
-    "draw_report",
+    "draw_report_and_target",
     "estimate_noise",
     "fallback_report",
     "flip_allowed",

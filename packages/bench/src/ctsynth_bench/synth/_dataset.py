@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ._deform import augment
 from ._render import estimate_noise, reference_hu, render_lesion
-from ._report import draw_report, draw_target
+from ._report import draw_report_and_target
 from ._rules import LESION_TYPE_RULES, ORGAN_IDS, SynthError, check_types, spec_from_report
 from ._shapes import lesion_mask
 
@@ -164,10 +164,9 @@ def synthesize_case(
         raise SynthError(f"{template.name}: the {trule.organ} vanished after deformation")
     last: Exception | None = None
     for _ in range(_ATTEMPTS):
-        report, report_obj = draw_report(rng, lesion_type)
-        spec = spec_from_report(report, lesion_type=lesion_type)
-        target = draw_target(report_obj, organ, organs, template.spacing, rng)
         try:
+            report, target = draw_report_and_target(rng, lesion_type, organ, organs, template.spacing)
+            spec = spec_from_report(report, lesion_type=lesion_type)
             mask = lesion_mask(spec, organ, organs == 0, template.spacing, target, rng)
         except SynthError as exc:
             last = exc

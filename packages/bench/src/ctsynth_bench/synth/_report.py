@@ -1,7 +1,7 @@
 """Drawing a report per lesion type, and placing it.
 
-With ``report-bbox`` installed, reports come from ``report_bbox.sample_report`` and the target
-point from ``report_bbox.sample_bbox`` (its box centre). Without it (or for a type name report-bbox
+With ``report-bbox`` installed, reports and boxes come from ``report_bbox.sample_report_and_bbox``
+and the target point is the box centre. Without it (or for a type name report-bbox
 does not know), an equivalent report in the LesionDiffusion template's wording is drawn from the
 type's allowed categories (``_rules.LESION_TYPE_RULES``), and the target is a random organ voxel.
 Either way the synthesizer only sees the report's text values, parsed by ``spec_from_report``.
@@ -83,26 +83,24 @@ def fallback_report(rng: np.random.Generator, lesion_type: str) -> dict[str, str
     }
 
 
-def draw_report(rng: np.random.Generator, lesion_type: str) -> tuple[dict[str, Any], Any | None]:
-    """Draw a report for ``lesion_type``: ``(report as a dict, report-bbox Report or None)``."""
+def draw_report_and_target(
+    rng: np.random.Generator, lesion_type: str, organ: np.ndarray, organs: np.ndarray,
+    spacing: tuple[float, float, float],
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Draw a report for ``lesion_type`` and the preferred lesion centre (voxels).
+
+    With report-bbox: ``sample_report_and_bbox`` (reports that do not fit this organ are redrawn)
+    and the box centre. Otherwise :func:`fallback_report` and a random organ voxel.
+
+    Raises:
+        SynthError: report-bbox could not place any report of this type here.
+    """
     rb = _report_bbox()
     if rb is not None and lesion_type in getattr(rb, "LESION_TYPES", ()):
-        report = rb.sample_report(rng, lesion_type=lesion_type)
-        return dict(report.to_dict()), report
-    return fallback_report(rng, lesion_type), None
-
-
-def draw_target(
-    report_obj: Any | None, organ: np.ndarray, organs: np.ndarray, spacing: tuple[float, float, float],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """The preferred lesion centre (voxels): the report-bbox box centre, else a random organ voxel."""
-    rb = _report_bbox()
-    if rb is not None and report_obj is not None and hasattr(rb, "sample_bbox"):
         try:
-            box = rb.sample_bbox(report_obj, organs, spacing, rng)
-            return np.asarray(box.center, dtype=np.float64)
-        except ValueError as exc:  # report-bbox could not place it here; fall back to the organ
-            log.debug("sample_bbox failed (%s); using a random organ voxel", exc)
+            report, box = rb.sample_report_and_bbox(rng, organs, spacing, lesion_type=lesion_type)
+        except ValueError as exc:  # BBoxError / ReportError
+            raise SynthError(f"report-bbox could not place {lesion_type}: {exc}") from exc
+        return dict(report.to_dict()), np.asarray(box.center, dtype=np.float64)
     pts = np.argwhere(organ)
-    return pts[rng.integers(len(pts))].astype(np.float64)
+    return fallback_report(rng, lesion_type), pts[rng.integers(len(pts))].astype(np.float64)

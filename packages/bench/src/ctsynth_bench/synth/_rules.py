@@ -127,15 +127,15 @@ LESION_TYPE_RULES: dict[str, TypeRule] = {
     "esophageal_cancer": TypeRule("esophagus", ("wall_thickening", "narrowing"), ("iso", "hypo"), ("wall",),
                                   (15, 40)),
     "stomach_cancer": TypeRule("stomach", ("wall_thickening", "protrusion"), ("iso", "hypo"), ("wall",), (15, 45)),
-    "kidney_tumor": TypeRule("kidney", ("round", "irregular"), ("hypo", "iso", "mixed"), ("within", "protruding"),
+    "kidney_cancer": TypeRule("kidney", ("round", "irregular"), ("hypo", "iso", "mixed"), ("within", "protruding"),
                              (15, 50), features=("low_density_foci", "calcified_foci")),
     "kidney_cyst": TypeRule("kidney", ("cystic", "round"), ("fluid",), ("within", "protruding"), (8, 35),
                             variations=("homogeneous",), margins=("well_defined",)),
     "kidney_stone": TypeRule("kidney", ("punctate", "round"), ("stone",), ("within",), (3, 12),
                              variations=("homogeneous",), margins=("well_defined",)),
-    "pancreatic_tumor": TypeRule("pancreas", ("irregular", "round"), ("hypo", "iso"), ("within",), (12, 35),
+    "pancreas_cancer": TypeRule("pancreas", ("irregular", "round"), ("hypo", "iso"), ("within",), (12, 35),
                                  features=("low_density_foci",)),
-    "pancreatic_cyst": TypeRule("pancreas", ("cystic", "round"), ("fluid",), ("within",), (8, 30),
+    "pancreas_cyst": TypeRule("pancreas", ("cystic", "round"), ("fluid",), ("within",), (8, 30),
                                 variations=("homogeneous",), margins=("well_defined",)),
 }
 LESION_TYPES: tuple[str, ...] = tuple(LESION_TYPE_RULES)
@@ -240,8 +240,8 @@ _SHAPE_KEYS: tuple[tuple[str, str], ...] = (
     ("cystic", "cystic"), ("irregular", "irregular"), ("round", "round"), ("oval", "round"),
 )
 _DENSITY_KEYS: tuple[tuple[str, str], ...] = (
-    ("fluid", "fluid"), ("stone", "stone"), ("calculus", "stone"), ("ground-glass", "ground_glass"),
-    ("ground glass", "ground_glass"), ("soft tissue", "soft_tissue"), ("mixed", "mixed"),
+    ("fluid", "fluid"), ("stone", "stone"), ("calculus", "stone"), ("soft tissue", "soft_tissue"),
+    ("soft-tissue", "soft_tissue"), ("ground-glass", "ground_glass"), ("ground glass", "ground_glass"), ("mixed", "mixed"),
     ("ring enhancement", "mixed"), ("hypo", "hypo"), ("low density", "hypo"), ("low attenuation", "hypo"),
     ("hyper", "hyper"), ("high density", "hyper"), ("high attenuation", "hyper"), ("iso", "iso"),
 )
@@ -333,6 +333,12 @@ def spec_from_report(report: Mapping[str, object], *, lesion_type: str) -> Lesio
         location = "lumen" if density == "stone" else "wall"
     else:
         location = "within"
+    if location == "wall" and shape not in ("wall_thickening", "protrusion", "narrowing"):
+        # A solid lesion of a hollow organ grows from its wall: a mass "in the lumen" protrudes
+        # into it, anything else thickens the wall.
+        shape = "protrusion" if "lumen" in location_text else "wall_thickening"
+    if location == "lumen" and density != "stone":
+        location = "wall"
     size_text = next((v for k, v in flat.items() if "size" in k), "")
     size = parse_size_mm(size_text) if size_text else (float(trule.size_mm[0]),) * 3
     return LesionSpec(
