@@ -5,7 +5,9 @@ Layout under ``out``::
     imagesTr/<case>_0000.nii.gz   CT, int16 HU, the template's affine
     labelsTr/<case>.nii.gz        lesion mask, uint8 0/1
     organs/<case>.nii.gz          organ map (TotalSegmentator v2 ids) after deformation
-    reports/<case>.json           {"case", "lesion_type", "template", "report", "synthesis"}
+    reports/<case>.json           {"case", "lesion_type", "template", "text" (the report as one
+                                  sentence: the figure caption of 'bench data show'), "report"
+                                  (Report.to_dict()), "synthesis" (categories and drawn parameters)}
     dataset.json                  nnU-Net description plus per-type counts
     synth.json                    the settings (seed, types, templates); a resumed run must match
 
@@ -197,7 +199,8 @@ def write_case(root: Path, sc: SynthCase) -> None:
     save_nifti_atomic(root / "labelsTr" / f"{sc.case}.nii.gz", sc.lesion, sc.affine, np.uint8)
     save_nifti_atomic(root / "organs" / f"{sc.case}.nii.gz", sc.organs, sc.affine,
                       np.uint8 if int(sc.organs.max()) < 256 else np.int16)
-    meta = {"case": sc.case, "lesion_type": sc.lesion_type, "template": sc.template, "report": sc.report,
+    meta = {"case": sc.case, "lesion_type": sc.lesion_type, "template": sc.template,
+            "text": sc.report.get("text", ""), "report": {k: v for k, v in sc.report.items() if k != "text"},
             "synthesis": sc.synthesis}
     _atomic_bytes(root / "reports" / f"{sc.case}.json", json.dumps(meta, indent=1, default=float).encode())
 
@@ -275,6 +278,7 @@ def synthesize_dataset(
     else:
         _atomic_bytes(manifest, json.dumps(settings, indent=1).encode())
     summary = DatasetSummary(root=root, unavailable_types=missing)
+    write_dataset_json(root)  # the layout is valid (and loadable) while the run is in progress
     for i in tqdm(range(n), desc="lesions", disable=not progress):
         case = f"{prefix}{i:05d}"
         if (root / "reports" / f"{case}.json").exists():
@@ -292,6 +296,8 @@ def synthesize_dataset(
             continue
         write_case(root, sc)
         summary.written += 1
+        if summary.written % 25 == 0:
+            write_dataset_json(root)
     write_dataset_json(root)
     summary.counts = dict(Counter(json.loads(p.read_text())["lesion_type"] for p in (root / "reports").glob("*.json")))
     return summary

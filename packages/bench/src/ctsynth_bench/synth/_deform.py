@@ -5,7 +5,8 @@ same displacement field, so organ labels stay aligned with the anatomy; the lesi
 afterwards in the deformed organ map, so the lesion mask is consistent with it by construction.
 
 The displacement field is a coarse grid (one control point every ``grid_mm`` mm) of Gaussian
-offsets (std ``amplitude_mm``), upsampled with cubic splines: smooth, diffeomorphic in practice
+offsets (std ``amplitude_mm``), upsampled with cubic splines (to 1/4 resolution, then linearly):
+smooth, diffeomorphic in practice
 for amplitudes well below the grid spacing.
 
 Flips: a left-right flip turns a normal abdomen into situs inversus and exchanges lobes that have
@@ -36,11 +37,16 @@ def deformation_field(
     """Smooth random displacement field in voxels, float32 (3, X, Y, Z)."""
     sp = np.asarray(spacing, dtype=np.float64)
     coarse = tuple(max(2, int(np.ceil(n * s / grid_mm)) + 1) for n, s in zip(shape, sp, strict=True))
+    # Cubic splines from the control grid to a 1/4-resolution grid, then linear to full resolution:
+    # smooth (the linear step interpolates an already smooth field) and ~10x cheaper than cubic.
+    mid = tuple(max(2, -(-n // 4)) for n in shape)
     field = np.empty((3, *shape), dtype=np.float32)
     for axis in range(3):
         ctrl = rng.normal(0.0, amplitude_mm / sp[axis], size=coarse)
-        zoom = [n / c for n, c in zip(shape, coarse, strict=True)]
-        up = ndimage.zoom(ctrl, zoom, order=3, mode="nearest", grid_mode=True)
+        low = ndimage.zoom(ctrl, [m / c for m, c in zip(mid, coarse, strict=True)], order=3, mode="nearest",
+                           grid_mode=True)
+        up = ndimage.zoom(low.astype(np.float32), [n / m for n, m in zip(shape, low.shape, strict=True)], order=1,
+                          mode="nearest", grid_mode=True)
         field[axis] = up[: shape[0], : shape[1], : shape[2]]
     return field
 

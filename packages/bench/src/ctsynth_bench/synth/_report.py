@@ -101,6 +101,10 @@ def draw_report_and_target(
             report, box = rb.sample_report_and_bbox(rng, organs, spacing, lesion_type=lesion_type)
         except ValueError as exc:  # BBoxError / ReportError
             raise SynthError(f"report-bbox could not place {lesion_type}: {exc}") from exc
-        return dict(report.to_dict()), np.asarray(box.center, dtype=np.float64)
+        out = dict(report.to_dict())
+        out["text"] = report.text()
+        return out, np.asarray(box.center, dtype=np.float64)
     pts = np.argwhere(organ)
-    return fallback_report(rng, lesion_type), pts[rng.integers(len(pts))].astype(np.float64)
+    report = fallback_report(rng, lesion_type)
+    report["text"] = "; ".join(f"{k}: {v}" for k, v in report.items() if v)
+    return report, pts[rng.integers(len(pts))].astype(np.float64)

@@ -148,8 +148,12 @@ def lesion_mask(
     if not organ.any():
         raise SynthError(f"organ {spec.organ!r} is absent from this template")
     sp = np.asarray(spacing, dtype=np.float64)
-    if depth is None:
-        depth = ndimage.distance_transform_edt(organ, sampling=sp)
+    if depth is None:  # on the organ's bounding box only (the cost scales with the organ, not the CT)
+        pts = np.argwhere(organ)
+        lo, hi = np.maximum(pts.min(0) - 2, 0), np.minimum(pts.max(0) + 3, organ.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        depth = np.zeros(organ.shape, dtype=np.float32)
+        depth[box] = ndimage.distance_transform_edt(organ[box], sampling=sp)
     size = np.asarray(spec.size_mm, dtype=np.float64)
     radii = np.maximum(size / 2.0, sp.max() * 0.6)
     # A lesion never outgrows its organ: cap each radius at 45 % of the organ's smallest extent.
