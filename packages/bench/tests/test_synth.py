@@ -9,8 +9,6 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from ctsynth_bench.synth import (
     LESION_TYPES,
     SynthError,
@@ -26,6 +24,7 @@ from ctsynth_bench.synth import (
 )
 from ctsynth_bench.synth._deform import flip_allowed, flip_lr
 from ctsynth_bench.synth._rules import LESION_TYPE_RULES, parse_size_mm
+from scipy import ndimage
 
 
 def _ellipsoid(shape, center, radii):
@@ -90,7 +89,7 @@ def test_spec_from_report_synonyms_and_sizes() -> None:
     assert _spec("kidney_cyst", density="hypodense fluid-like lesion").density == "fluid"
     assert _spec("gallstone", **{"specific features": "calculus"}).density == "stone"
     assert _spec("colon_cancer", shape="irregular,wall thickening").shape == "wall_thickening"
-    assert parse_size_mm("8×12×14mm") == (8.0, 12.0, 14.0)
+    assert parse_size_mm("8\u00d712\u00d714mm") == (8.0, 12.0, 14.0)  # the paper writes a multiplication sign
     assert parse_size_mm([5, 6, 7]) == (5.0, 6.0, 7.0)
     with pytest.raises(SynthError, match="size"):
         parse_size_mm("big")

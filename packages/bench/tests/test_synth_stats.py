@@ -9,11 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ctsynth_bench.synth import LESION_TYPES, RULES, check_rules, load_and_measure, summarize, synthesize_dataset
+from ctsynth_bench.synth import (
+    LESION_TYPES,
+    RULES,
+    check_rules,
+    load_and_measure,
+    summarize,
+    synthesize_dataset,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_synth import make_phantom  # noqa: E402
+from test_synth import make_phantom
 
 
 def test_rule_table_covers_every_attribute_value() -> None:

@@ -21,7 +21,16 @@ from ._deform import augment, deformation_field, flip_allowed, warp
 from ._gallery import make_gallery
 from ._render import estimate_noise, reference_hu, render_lesion
 from ._report import draw_report_and_target, fallback_report
-from ._rules import LESION_TYPE_RULES, LESION_TYPES, RULES, LesionSpec, Rule, SynthError, rule_for, spec_from_report
+from ._rules import (
+    LESION_TYPE_RULES,
+    LESION_TYPES,
+    RULES,
+    LesionSpec,
+    Rule,
+    SynthError,
+    rule_for,
+    spec_from_report,
+)
 from ._shapes import lesion_mask
 from ._stats import CaseMeasure, RuleCheck, check_rules, load_and_measure, measure_case, summarize
 

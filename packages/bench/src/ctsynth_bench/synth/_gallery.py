@@ -64,9 +64,15 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
         if best is None or abs(np.log((vox + 1) / 300.0)) < abs(np.log((best["synthesis"]["voxels"] + 1) / 300.0)):
             by_type[t] = meta
     order = [t for t in (types or LESION_TYPES) if t in by_type]
-    fig, axes = plt.subplots(len(order), 3, figsize=(7.5, 2.6 * len(order)), squeeze=False)
+    per_row = 2  # two lesion types side by side, three views each
+    nrows = -(-len(order) // per_row)
+    fig, axes = plt.subplots(nrows, 3 * per_row, figsize=(15.0, 2.7 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
     shown = []
-    for row, t in enumerate(order):
+    for k, t in enumerate(order):
+        row, col0 = divmod(k, per_row)
+        col0 *= 3
         meta = by_type[t]
         case = meta["case"]
         img = nib.load(root / "imagesTr" / f"{case}_0000.nii.gz")
@@ -78,7 +84,8 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
         center, width = _LUNG_WINDOW if meta["synthesis"]["spec"]["organ"] == "lung" else _SOFT_WINDOW
         vmin, vmax = center - width / 2, center + width / 2
         for col, (im, lb, aspect) in enumerate(_views(ct, lab, spacing, half)):
-            ax = axes[row, col]
+            ax = axes[row, col0 + col]
+            ax.axis("on")
             ax.imshow(im, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
             if lb.any():
                 ax.contour(lb.astype(float), levels=[0.5], colors="#ff3030", linewidths=0.6, alpha=0.55)

@@ -13,8 +13,8 @@ The lesion image inside the mask is ``L + T + F + n``:
 - ``n``: white Gaussian noise with the template's measured noise std.
 
 It is blended into the CT with ``alpha``: the mask itself for a well-defined margin (a step edge),
-or the mask blurred by a Gaussian of 1.2-2 voxels for an ill-defined margin: the labelled voxels stay
-fully lesion and a halo ``min(1, 2 G * mask)`` fades out into the organ around them.
+or, for an ill-defined margin, 1 in the mask and a halo ``exp(-d^2 / 2 s^2)`` outside it (``d`` the
+distance to the mask in voxels, ``s`` 1.0-1.6 voxels) fading into the organ.
 
 The organ's reference HU is its median HU; hollow organs (whose label includes lumen gas, fluid and
 faeces) use a soft-tissue wall reference of 40 HU.
@@ -145,9 +145,11 @@ def render_lesion(
     blur = 0.0
     alpha = m.astype(np.float64)
     if spec.margin == "ill_defined" and spec.density != "stone":
-        blur = float(rng.uniform(1.2, 2.0))
-        # The labelled voxels stay lesion; a halo fades out over ~2 blur widths outside them.
-        alpha = np.maximum(np.clip(2.0 * ndimage.gaussian_filter(alpha, blur), 0.0, 1.0), alpha)
+        blur = float(rng.uniform(1.0, 1.6))
+        # The labelled voxels stay lesion; outside them a Gaussian halo of the distance (voxels)
+        # fades out, the same for a small or a large lesion.
+        dist = ndimage.distance_transform_edt(~m)
+        alpha = np.where(m, 1.0, np.exp(-(dist**2) / (2.0 * blur**2)))
     sub = ct[sl].astype(np.float64)
     ct[sl] = (sub * (1.0 - alpha) + img * alpha).astype(ct.dtype)
     return {"level_hu": level, "texture_std": texture_std, "blur_vox": blur,

@@ -20,7 +20,7 @@ Measured quantities (computed by ``_stats`` on the written image, lesion mask an
   noise measured in the template's parenchyma (1 = as smooth as the template's own noise).
 - ``edge``: edge sharpness, ``1 - (out1 - organ) / (core - organ)`` with ``out1`` the mean HU of
   the organ voxels face-adjacent to the lesion and ``organ`` the median 3-5 voxels away: about 1
-  for a step edge, 0.2-0.4 for the blurred halo of an ill-defined margin. Measured for lesions in
+  for a step edge, 0.1-0.4 for the halo of an ill-defined margin. Measured for lesions in
   parenchymal organs where the contrast is over 2.5 times the noise and the lesion's own spread.
 - ``volume_ml``: lesion volume in millilitres.
 - ``hot_fraction`` / ``cold_fraction``: fraction of lesion voxels more than 80 HU above / 25 HU
@@ -201,7 +201,7 @@ RULES: tuple[Rule, ...] = (
           std_ratio=(1.6, 20.0)),
     # margin -----------------------------------------------------------------------------------
     _rule("margin", "well_defined", "step edge (no blur)", edge=(0.6, 1.4)),
-    _rule("margin", "ill_defined", "halo: edge blurred by a Gaussian of 1.2-2 voxels", edge=(-0.2, 0.6)),
+    _rule("margin", "ill_defined", "halo exp(-d^2/2s^2) outside the mask, s 1.0-1.6 voxels", edge=(-0.2, 0.6)),
     # specific features ---------------------------------------------------------------------------
     _rule("feature", "calcified_foci", "1-3 foci 150-400 HU above the lesion", hot_fraction=(0.002, 0.5)),
     _rule("feature", "low_density_foci", "1-3 foci 40-80 HU below the lesion", cold_fraction=(0.02, 0.7)),

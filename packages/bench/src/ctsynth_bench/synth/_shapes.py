@@ -186,7 +186,7 @@ def lesion_mask(
         if shape == "protrusion":
             grad = np.array([ndimage.sobel(depth[sl], axis=i) for i in range(3)])
             c_local = tuple(np.clip(np.round(seed - [s.start for s in sl]).astype(int), 0, np.array(grad.shape[1:]) - 1))
-            normal = grad[(slice(None),) + c_local]
+            normal = grad[(slice(None), *c_local)]
             nrm = np.linalg.norm(normal)
             normal = normal / nrm if nrm > 0 else rng.normal(size=3) / 1.7
             centre = seed + normal * (0.2 * radii.min()) / sp
