@@ -16,6 +16,7 @@ from ctsynth_bench.synth import (
     load_and_measure,
     summarize,
     synthesize_dataset,
+    type_agreement,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,7 +43,8 @@ def test_generated_set_agrees_with_rules(tmp_path) -> None:
     out = tmp_path / "set"
     summary = synthesize_dataset(out, n=42, templates=[phantom], seed=3)
     assert summary.failed == 0 and set(summary.counts) == set(LESION_TYPES)  # all 14 types, 3 each
-    checks = check_rules(load_and_measure(out))
+    measures = load_and_measure(out)
+    checks = check_rules(measures)
     table = summarize(checks)
     measured = [c for c in checks if not math.isnan(c.agreement)]
     quantities = {(c.attribute, c.value) for c in measured}
@@ -52,6 +54,10 @@ def test_generated_set_agrees_with_rules(tmp_path) -> None:
     n_total = sum(len(c.measured) for c in measured)
     overall = sum(c.agreement * len(c.measured) for c in measured) / n_total
     assert overall >= 0.9, table
+    per_type = type_agreement(measures)
+    assert set(per_type) == set(LESION_TYPES)
+    for name, (cases, made, passed) in per_type.items():
+        assert cases == 3 and made > 0 and passed / made >= 0.8, f"{name}: {passed}/{made} checks\n{table}"
     for c in measured:
         if len(c.measured) >= 3:
             assert c.agreement >= 0.66, f"{c.attribute}={c.value} {c.quantity}:\n{table}"

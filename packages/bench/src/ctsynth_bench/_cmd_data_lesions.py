@@ -55,7 +55,14 @@ def _templates(args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``bench data lesions``."""
-    from .synth import check_rules, load_and_measure, make_gallery, summarize, synthesize_dataset
+    from .synth import (
+        check_rules,
+        load_and_measure,
+        make_gallery,
+        summarize,
+        synthesize_dataset,
+        type_agreement,
+    )
     from .synth._rules import SynthError
 
     progress = not (args.no_progress or args.quiet)
@@ -67,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         scored = [c for c in checks if not math.isnan(c.agreement)]
         total = sum(c.agreement * len(c.measured) for c in scored) / max(1, sum(len(c.measured) for c in scored))
         print(f"overall agreement: {100 * total:.1f}%")
+        print(f"\n{'lesion type':<22}{'cases':>6}{'checks':>8}  agree")
+        for name, (cases, made, passed) in type_agreement(measures).items():
+            print(f"{name:<22}{cases:>6}{made:>8}  {100 * passed / max(made, 1):5.1f}%")
         if args.gallery:
             shown = make_gallery(args.stats, args.gallery)
             print(f"gallery: {args.gallery} ({len(shown)} lesion types)")

@@ -32,7 +32,15 @@ from ._rules import (
     spec_from_report,
 )
 from ._shapes import lesion_mask
-from ._stats import CaseMeasure, RuleCheck, check_rules, load_and_measure, measure_case, summarize
+from ._stats import (
+    CaseMeasure,
+    RuleCheck,
+    check_rules,
+    load_and_measure,
+    measure_case,
+    summarize,
+    type_agreement,
+)
 
 __all__ = [
     "LESION_TYPES",
@@ -66,6 +74,7 @@ __all__ = [
     "synthesize_case",
     "synthesize_dataset",
     "template_from_files",
+    "type_agreement",
     "warp",
     "write_case",
     "write_dataset_json",

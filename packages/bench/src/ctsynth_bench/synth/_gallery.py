@@ -10,7 +10,7 @@ import numpy as np
 from ._rules import LESION_TYPES, SynthError
 
 _LUNG_WINDOW = (-600.0, 1500.0)
-_SOFT_WINDOW = (40.0, 400.0)
+_SOFT_WINDOW = (40.0, 300.0)
 
 
 def _views(ct: np.ndarray, lab: np.ndarray, spacing: tuple[float, ...], half_mm: float) -> list[tuple[np.ndarray, np.ndarray, float]]:

@@ -231,13 +231,30 @@ def load_and_measure(root: str | Path, *, progress: bool = False) -> list[CaseMe
     return out
 
 
+def type_agreement(measures: Iterable[CaseMeasure]) -> dict[str, tuple[int, int, int]]:
+    """Per lesion type: ``(cases, rule checks made, rule checks passed)`` over its cases."""
+    out: dict[str, list[int]] = {}
+    for cm in measures:
+        row = out.setdefault(cm.spec.lesion_type, [0, 0, 0])
+        row[0] += 1
+        for rule in _rules_of(cm.spec):
+            for quantity in rule.measures:
+                value = cm.values.get(quantity)
+                if value is None or not _applicable(rule, quantity, cm.spec):
+                    continue
+                lo, hi = getattr(rule, quantity)
+                row[1] += 1
+                row[2] += int(lo <= value <= hi)
+    return {k: (v[0], v[1], v[2]) for k, v in sorted(out.items())}
+
+
 def summarize(checks: Sequence[RuleCheck]) -> str:
     """A plain-text table: attribute value, quantity, n, median [5 %, 95 %], rule range, agreement."""
-    lines = [f"{'attribute':<12}{'value':<16}{'quantity':<24}{'n':>4}  {'median [p5, p95]':<28}{'rule':<20}agree"]
+    lines = [f"{'attribute':<12}{'value':<18}{'quantity':<24}{'n':>4}  {'median [p5, p95]':<28}{'rule':<20}agree"]
     for c in sorted(checks, key=lambda c: (c.attribute, c.value, c.quantity)):
         arr = np.asarray(c.measured)
         dist = f"{np.median(arr):.3g} [{np.percentile(arr, 5):.3g}, {np.percentile(arr, 95):.3g}]"
         rule = f"[{c.rule[0]:.3g}, {c.rule[1]:.3g}]"
-        lines.append(f"{c.attribute:<12}{c.value:<16}{c.quantity:<24}{len(arr):>4}  {dist:<28}{rule:<20}"
+        lines.append(f"{c.attribute:<12}{c.value:<18}{c.quantity:<24}{len(arr):>4}  {dist:<28}{rule:<20}"
                      f"{100 * c.agreement:5.1f}%")
     return "\n".join(lines)
