@@ -235,12 +235,13 @@ def test_dataset_layout_and_resume(tmp_path, phantom: Template) -> None:
     synthesize_dataset(part, n=3, templates=[phantom], types=types, seed=5)
     (part / "reports" / "synth_00002.json").unlink()
     (part / "labelsTr" / "synth_00002.nii.gz").unlink()
+    (part / "labelsTr" / ".synth_00002.nii.abc123.nii.gz").write_bytes(b"half-written")
     summary = synthesize_dataset(part, n=4, templates=[phantom], types=types, seed=5)
     assert summary.skipped_existing == 2 and summary.written == 2
     for i in range(4):
         a, b = _read_case(full, f"synth_{i:05d}"), _read_case(part, f"synth_{i:05d}")
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    assert not [p for p in part.rglob("*.tmp")]
+    assert not [p for p in part.rglob(".*") if p.is_file()], "temporary files of the killed run are removed"
     with pytest.raises(SynthError, match="other settings"):
         synthesize_dataset(part, n=4, templates=[phantom], types=types, seed=6)
 

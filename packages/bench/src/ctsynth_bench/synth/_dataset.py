@@ -278,6 +278,10 @@ def synthesize_dataset(
     else:
         _atomic_bytes(manifest, json.dumps(settings, indent=1).encode())
     summary = DatasetSummary(root=root, unavailable_types=missing)
+    for sub in ("imagesTr", "labelsTr", "organs", "reports"):  # temp files of a killed run
+        for stale in (root / sub).glob(".*") if (root / sub).is_dir() else ():
+            if stale.is_file() and (stale.name.endswith(".tmp") or stale.name.endswith(".nii.gz")):
+                stale.unlink()
     write_dataset_json(root)  # the layout is valid (and loadable) while the run is in progress
     for i in tqdm(range(n), desc="lesions", disable=not progress):
         case = f"{prefix}{i:05d}"
