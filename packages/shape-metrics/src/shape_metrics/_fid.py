@@ -94,7 +94,7 @@ def fid_2_5d(real: Any, fake: Any, **kwargs: Any) -> dict[str, float]:
         about 0 for a set against itself).
     """
     fa = inception_features_2_5d(real, **kwargs)
-    fb = inception_features_2_5d(fake, **kwargs)
+    fb = fa if fake is real else inception_features_2_5d(fake, **kwargs)
     out = {a: _fid_from_features(fa[a], fb[a]) for a in AXES}
     out["mean"] = float(np.mean([out[a] for a in AXES]))
     return out
@@ -152,7 +152,7 @@ def kid_2_5d(
         ``{"x", "y", "z", "mean"}`` KID values (unbiased: can be slightly negative near 0).
     """
     fa = inception_features_2_5d(real, **kwargs)
-    fb = inception_features_2_5d(fake, **kwargs)
+    fb = fa if fake is real else inception_features_2_5d(fake, **kwargs)
     out = {
         a: kid_from_features(fa[a], fb[a], subset_size=subset_size, n_subsets=n_subsets, generator=generator)[0]
         for a in AXES

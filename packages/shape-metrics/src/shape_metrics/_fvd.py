@@ -102,7 +102,7 @@ def fvd(real: Any, fake: Any, **kwargs: Any) -> float:
         WeightsNotInstalledError: the I3D weights are not installed.
     """
     fa = i3d_features(real, **kwargs)
-    fb = i3d_features(fake, **kwargs)
+    fb = fa if fake is real else i3d_features(fake, **kwargs)
     if len(fa) < 2 or len(fb) < 2:
         raise ShapeMetricsError(f"FVD needs at least 2 clips per set; got {len(fa)} and {len(fb)}.")
     return frechet_distance(*_biased_stats(fa), *_biased_stats(fb))
