@@ -20,9 +20,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
 from ctsynth_bench.data import fetch, load_case, save_nifti
+from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
 BUNDLED = HERE.parent / "src" / "ctsynth_bench" / "_bundled"

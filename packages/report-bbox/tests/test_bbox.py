@@ -112,6 +112,8 @@ spacings = st.tuples(*[st.sampled_from([1.0, 1.5, 2.0, 3.0])] * 3)
 def test_every_box_satisfies_its_rule(seed, spacing, location, size):
     organ = LOCATIONS[location]
     labels = blob_organ(seed, spacing, organ_ids(organ)[0])
+    if location.startswith("protruding"):  # a one-voxel lesion cannot cross a surface
+        size = tuple(max(s, 2 * max(spacing)) for s in size)
     report = make_report(organ, location, size)
     rng = np.random.default_rng(seed)
     boxes = []
@@ -223,6 +225,8 @@ def test_bbox_geometry():
     assert b.overlaps(BBox((4, 4, 3), (6, 6, 6))) and not b.overlaps(BBox((5, 0, 0), (6, 6, 6)))
     with pytest.raises(BBoxError):
         BBox((0, 0, 0), (0, 1, 1))
+    from_numpy = BBox(np.array([1, 2, 3]), np.array([5, 5, 4]))
+    assert from_numpy == b and hash(from_numpy) == hash(b) and type(from_numpy.lo[0]) is int
 
 
 def test_cache_sees_in_place_changes():
@@ -250,3 +254,11 @@ def test_sample_report_and_bbox_redraws_reports():
         assert_rule(box, report, labels, (1, 1, 1))
     with pytest.raises(BBoxError, match="absent"):
         sample_report_and_bbox(rng, labels, (1, 1, 1), organ="liver")
+
+
+def test_single_voxel_lesion_cannot_protrude():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[4:16, 4:16, 4:16] = 5
+    report = make_report("liver", "protruding from the parenchymal organ", 1)
+    with pytest.raises(BBoxError, match="single-voxel"):
+        sample_bbox(report, labels, (3, 3, 3), np.random.default_rng(0))

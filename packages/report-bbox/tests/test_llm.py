@@ -108,7 +108,9 @@ def test_malformed_answer_is_recovered_with_feedback():
     assert len(server.requests) == 2
     first, second = server.requests
     assert first["model"] == "test-model" and first["response_format"]["type"] == "json_schema"
-    assert first["response_format"]["json_schema"]["schema"]["properties"]["density"]["enum"]
+    props = first["response_format"]["json_schema"]["schema"]["properties"]
+    assert props["density"]["enum"] and "lesion_type" not in props
+    assert "urinary_bladder" in first["messages"][0]["content"]
     feedback = second["messages"][-1]["content"]
     assert (
         second["messages"][-2]["role"] == "assistant"

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from report_bbox import (
     ORGANS,
     TOTALSEG_V1,
@@ -93,3 +95,23 @@ def test_did_you_mean():
     assert info.value.suggestion == "liver" and "did you mean 'liver'" in str(info.value)
     with pytest.raises(OrganError, match=r"1\.\.117"):
         resolve_organ(118)
+
+
+def test_every_name_and_alias_round_trips():
+    from report_bbox.organs import _ALIASES
+
+    for name, organ in ORGANS.items():
+        assert resolve_organ(name) == name
+        assert resolve_organ(name.upper().replace("_", " ")) == name
+        assert resolve_organ(name.replace("_", "-")) == name
+        assert organ.ids == organ_ids(name)
+    for alias, target in _ALIASES.items():
+        assert resolve_organ(alias.replace("_", " ")) == target
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(sorted(ORGANS)), junk=st.text(alphabet="qzxj", min_size=2, max_size=4))
+def test_random_typos_suggest_a_known_organ(name, junk):
+    with pytest.raises(OrganError) as info:
+        resolve_organ(name + junk)
+    assert info.value.suggestion in ORGANS

@@ -172,3 +172,15 @@ def test_random_invalid_values_raise_with_closest_match(attr, data):
     assert err.field == attr and err.value == bad
     assert err.suggestion in VOCABULARY[attr] and set(err.allowed) == set(VOCABULARY[attr])
     assert repr(bad) in str(err) and repr(err.suggestion) in str(err)
+
+
+def test_pydantic_entry_points_raise_report_error():
+    good = Report.from_dict(BASE)
+    assert Report.model_validate(good.to_dict()) == good
+    assert Report.model_validate_json(good.to_json()) == good
+    with pytest.raises(ReportError, match="hypodense"):
+        Report.model_validate({**good.to_dict(), "density": "hypodens"})
+    with pytest.raises(ReportError):
+        Report.model_validate_json("{not json")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        Report.from_json("{not json")

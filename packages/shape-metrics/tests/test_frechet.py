@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
-
 import shape_metrics as sm
 from shape_metrics._frechet import gaussian_statistics
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import shape_metrics as sm
 
 SPACINGS = [(1.0, 1.0, 1.0), (0.7, 1.3, 2.5)]

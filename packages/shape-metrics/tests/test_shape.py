@@ -6,9 +6,8 @@ import logging
 
 import numpy as np
 import pytest
-import torch
-
 import shape_metrics as sm
+import torch
 
 SPACINGS = {"iso": (1.0, 1.0, 1.0), "aniso": (0.7, 1.3, 2.5)}
 

@@ -166,6 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
     p.add_argument("--case", action="append", metavar="NAME", help="only this case (repeatable)")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar"
+    )
     p.set_defaults(func=_cmd_fetch)
 
     p = data_sub.add_parser(

@@ -91,9 +91,9 @@ def render_views(
     lo, hi = centre_hu - width / 2, centre_hu + width / 2
     # Each view as (image rows, cols) with origin lower-left; x flipped so patient right is left.
     views = [
-        ("axial z=%d" % cz, ct[:, :, cz].T[:, ::-1], None if label is None else label[:, :, cz].T[:, ::-1], sy / sx),
-        ("coronal y=%d" % cy, ct[:, cy, :].T[:, ::-1], None if label is None else label[:, cy, :].T[:, ::-1], sz / sx),
-        ("sagittal x=%d" % cx, ct[cx, :, :].T, None if label is None else label[cx, :, :].T, sz / sy),
+        (f"axial z={cz}", ct[:, :, cz].T[:, ::-1], None if label is None else label[:, :, cz].T[:, ::-1], sy / sx),
+        (f"coronal y={cy}", ct[:, cy, :].T[:, ::-1], None if label is None else label[:, cy, :].T[:, ::-1], sz / sx),
+        (f"sagittal x={cx}", ct[cx, :, :].T, None if label is None else label[cx, :, :].T, sz / sy),
     ]
     fig = Figure(figsize=(12, 5.2 if caption else 4.6))
     FigureCanvasAgg(fig)

@@ -64,12 +64,17 @@ class BBox:
     hi: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        if (
-            len(self.lo) != 3
-            or len(self.hi) != 3
-            or any(h <= a0 for a0, h in zip(self.lo, self.hi, strict=True))
-        ):
+        try:
+            lo = tuple(int(v) for v in self.lo)
+            hi = tuple(int(v) for v in self.hi)
+        except (TypeError, ValueError):
+            raise BBoxError(
+                f"BBox corners must be integers, got lo={self.lo} hi={self.hi}"
+            ) from None
+        if len(lo) != 3 or len(hi) != 3 or any(h <= a0 for a0, h in zip(lo, hi, strict=True)):
             raise BBoxError(f"BBox needs 3-d corners with hi > lo, got lo={self.lo} hi={self.hi}")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -210,6 +215,13 @@ class _OrganGeometry:
         self.voxels = np.stack(idx, axis=1)[order].astype(np.int64) + self.origin
         self.max_depth = float(self.depth[-1])
 
+    def allowed_within(self, margin_mm: float) -> np.ndarray:
+        """Crop voxels a "within" lesion may cover: organ, or within ``margin_mm`` of it."""
+        cached = getattr(self, "_allowed", None)
+        if cached is None or cached[0] != margin_mm:
+            self._allowed = (margin_mm, self.organ | (self.d_out <= margin_mm + 1e-9))
+        return self._allowed[1]
+
     def at_least(self, d: float) -> tuple[int, int]:
         return int(np.searchsorted(self.depth, d, side="left")), len(self.depth)
 
@@ -306,6 +318,73 @@ def _box_at(center: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, lo + n
 
 
+def _count(reasons: dict[str, int], key: str, k: int) -> None:
+    if k:
+        reasons[key] = reasons.get(key, 0) + int(k)
+
+
+@lru_cache(maxsize=4096)
+def _probes(size: tuple[int, int, int]) -> np.ndarray:
+    """Up to 64 voxels on the rim of the inscribed ellipsoid (offsets in the box), for a cheap
+    vectorized necessary test before the exact check."""
+    ell = _ellipsoid(size)
+    rim = np.argwhere(ell & ~ndimage.binary_erosion(ell))
+    if len(rim) > 64:
+        rim = rim[np.linspace(0, len(rim) - 1, 64).astype(np.int64)]
+    return rim
+
+
+def _first_valid(
+    geo: _OrganGeometry,
+    picks: np.ndarray,
+    n: np.ndarray,
+    shape: np.ndarray,
+    existing: tuple[BBox, ...],
+    check: str | None,
+    rules: BBoxRules,
+    reasons: dict[str, int],
+) -> BBox | None:
+    """The first candidate (in draw order) whose box satisfies every rule, checked vectorized."""
+    lo = geo.voxels[picks] - n // 2
+    hi = lo + n
+    ok = np.all(lo >= 0, axis=1) & np.all(hi <= shape, axis=1)
+    _count(reasons, "boxes around the allowed centres leave the image", (~ok).sum())
+    if existing and ok.any():
+        e_lo = np.array([e.lo for e in existing])
+        e_hi = np.array([e.hi for e in existing])
+        hit = np.all((lo[:, None, :] < e_hi[None]) & (e_lo[None] < hi[:, None, :]), axis=2).any(
+            axis=1
+        )
+        _count(
+            reasons,
+            f"every try overlapped one of the {len(existing)} existing boxes",
+            (ok & hit).sum(),
+        )
+        ok &= ~hit
+    if check == "within" and ok.any():
+        # necessary: every rim probe of the ellipsoid is an organ voxel or within the margin
+        probes = _probes(tuple(int(v) for v in n))
+        pts = lo[ok][:, None, :] + probes[None] - geo.origin
+        inside = np.all((pts >= 0) & (pts < np.array(geo.organ.shape)), axis=2)
+        pts = np.clip(pts, 0, np.array(geo.organ.shape) - 1)
+        good = geo.allowed_within(rules.within_margin_mm)[pts[..., 0], pts[..., 1], pts[..., 2]]
+        passed = np.all(good & inside, axis=1)
+        _count(reasons, "the lesion ellipsoid did not fit inside the organ", (~passed).sum())
+        idx = np.nonzero(ok)[0]
+        ok[idx[~passed]] = False
+    for k in np.nonzero(ok)[0]:
+        box = BBox(tuple(int(v) for v in lo[k]), tuple(int(v) for v in hi[k]))  # type: ignore[arg-type]
+        if check is None or geo.ellipsoid_check(box, check, rules.within_margin_mm):
+            return box
+        key = (
+            "the lesion ellipsoid did not fit inside the organ"
+            if check == "within"
+            else "the lesion ellipsoid did not cross the organ surface"
+        )
+        _count(reasons, key, 1)
+    return None
+
+
 def sample_bbox(
     report: Report,
     organ_labels: np.ndarray,
@@ -362,6 +441,11 @@ def sample_bbox(
         if np.any(n > shape):
             reasons["the box is larger than the image"] = 1
             continue
+        if location == "protruding from the parenchymal organ" and np.all(n == 1):
+            reasons[
+                "a single-voxel lesion cannot cross the organ surface (lesion smaller than a voxel)"
+            ] = 1
+            continue
         half = n * spacing_arr / 2
         r_max, r_min = float(half.max()), float(half.min())
         # (candidate index range, whether the ellipsoid must be checked exactly)
@@ -395,30 +479,13 @@ def sample_bbox(
             if budget <= 0:
                 break
             picks = rng.integers(start, stop, size=budget)
-            for pick in picks:
-                tries += 1
-                lo, hi = _box_at(geo.voxels[pick], n)
-                if np.any(lo < 0) or np.any(hi > shape):
-                    reasons["boxes around the allowed centres leave the image"] = (
-                        reasons.get("boxes around the allowed centres leave the image", 0) + 1
-                    )
-                    continue
-                box = BBox(tuple(int(v) for v in lo), tuple(int(v) for v in hi))  # type: ignore[arg-type]
-                if any(box.overlaps(e) for e in existing):
-                    key = f"every try overlapped one of the {len(existing)} existing boxes"
-                    reasons[key] = reasons.get(key, 0) + 1
-                    continue
-                if check is not None and not geo.ellipsoid_check(
-                    box, check, rules.within_margin_mm
-                ):
-                    key = (
-                        "the lesion ellipsoid did not fit inside the organ"
-                        if check == "within"
-                        else "the lesion ellipsoid did not cross the organ surface"
-                    )
-                    reasons[key] = reasons.get(key, 0) + 1
-                    continue
-                return box
+            tries += budget
+            # small first chunk: the common case succeeds on the first draws
+            for a, b in ((0, 4), (4, budget)):
+                if a < min(b, budget):
+                    box = _first_valid(geo, picks[a:b], n, shape, existing, check, rules, reasons)
+                    if box is not None:
+                        return box
     why = "; ".join(reasons) or "no candidate centres"
     raise BBoxError(
         f"could not place a {report.size_text()} lesion ({location}) in {organ_text} after "

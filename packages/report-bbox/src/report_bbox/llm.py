@@ -22,7 +22,7 @@ import numpy as np
 
 from .exceptions import ReportError, ReportWriterError
 from .lesion_types import LESION_TYPES, lesion_type_name
-from .report import Report, _validate_organ
+from .report import LESION_ORGANS, Report, _validate_organ
 from .sampling import _normalize_fixed, check_report_fits, sample_report
 from .vocabulary import VOCABULARY
 
@@ -77,7 +77,8 @@ def _vet(report_data: dict[str, Any], request: ReportRequest) -> Report:
     """Validate an untrusted answer: vocabulary, fixed values, organ and lesion-type fit."""
     if not isinstance(report_data, dict):
         raise ReportError(f"the answer must be a JSON object, got {type(report_data).__name__}")
-    data = {k: v for k, v in report_data.items() if k not in ("organ_type",)}
+    # organ_type follows from the organ; the lesion type is the caller's, not the model's.
+    data = {k: v for k, v in report_data.items() if k not in ("organ_type", "lesion_type")}
     data.update({k: (list(v) if k == "size" else v) for k, v in request.fixed.items()})
     if request.organ is not None:
         data["organ"] = request.organ
@@ -143,6 +144,13 @@ def _extract_json(text: str) -> dict[str, Any]:
     return data
 
 
+def _answer_schema() -> dict[str, Any]:
+    schema = Report.json_schema()
+    schema["properties"].pop("lesion_type", None)
+    schema["properties"].pop("organ_type", None)
+    return schema
+
+
 def _system_prompt() -> str:
     vocab = {k: list(v) for k, v in VOCABULARY.items() if k != "organ_type"}
     return (
@@ -152,6 +160,8 @@ def _system_prompt() -> str:
         "enhancement_status, density, density_variations. 'size' is three numbers in millimetres "
         "[x, y, z]. Every other value must be one of these exact strings: "
         + json.dumps(vocab)
+        + ". 'organ' is one of "
+        + json.dumps(list(LESION_ORGANS))
         + ". Hollow organs take 'within the lumen of a hollow organ' or 'wall thickening'; "
         "parenchymal organs take 'within the parenchymal organ' or "
         "'protruding from the parenchymal organ'."
@@ -248,7 +258,7 @@ class OpenAIChatReportWriter:
         if self._use_schema:
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "lesion_report", "schema": Report.json_schema()},
+                "json_schema": {"name": "lesion_report", "schema": _answer_schema()},
             }
         headers = {"Content-Type": "application/json"}
         if self.api_key:

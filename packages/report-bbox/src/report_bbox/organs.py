@@ -426,7 +426,8 @@ def _normalize(name: str) -> str:
     return re.sub(r"[\s\-,.;]+", "_", name.strip().lower()).strip("_")
 
 
-_KNOWN: dict[str, str] = {**{n: n for n in ORGANS}, **_ALIASES}
+# normalized spelling -> canonical name (canonical v2 names keep their case, e.g. vertebrae_L1)
+_KNOWN: dict[str, str] = {**{_normalize(n): n for n in ORGANS}, **_ALIASES}
 
 
 def resolve_organ(name: str | int) -> str:

@@ -174,6 +174,22 @@ class Report(BaseModel):
         except ValidationError as exc:
             raise _as_report_error(exc) from None
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Report:  # type: ignore[override]
+        """Pydantic entry point; raises :class:`ReportError` like the constructor."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _as_report_error(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes, **kwargs: Any) -> Report:  # type: ignore[override]
+        """Pydantic JSON entry point; raises :class:`ReportError` like the constructor."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise _as_report_error(exc) from None
+
     @model_validator(mode="before")
     @classmethod
     def _normalize(cls, data: Any) -> Any:

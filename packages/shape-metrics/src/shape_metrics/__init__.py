@@ -8,7 +8,10 @@ FID / KID / FVD / LPIPS with feature networks ported from pinned registry packag
 from importlib.metadata import PackageNotFoundError, version
 
 from shape_metrics._convexity import convexity, mesh_convexity
-from shape_metrics._frechet import frechet_distance
+from shape_metrics._fid import fid_2_5d, inception_features_2_5d, kid_2_5d, kid_from_features
+from shape_metrics._frechet import frechet_distance, gaussian_statistics
+from shape_metrics._fvd import fvd, i3d_features
+from shape_metrics._lpips import lpips_2_5d
 from shape_metrics._mesh import MaskMesh, mask_mesh
 from shape_metrics._segmentation import HD95_CONVENTIONS, dice, hd95
 from shape_metrics._shape import (
@@ -24,6 +27,13 @@ from shape_metrics._shape import (
     sphericity,
     surface_area,
     volume,
+)
+from shape_metrics._weights import (
+    NETWORKS,
+    cache_dir,
+    install_weights,
+    load_network,
+    weights_status,
 )
 from shape_metrics.exceptions import (
     ConventionError,
@@ -41,6 +51,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "HD95_CONVENTIONS",
+    "NETWORKS",
     "ConventionError",
     "MaskError",
     "MaskMesh",
@@ -49,15 +60,26 @@ __all__ = [
     "WeightsError",
     "WeightsNotInstalledError",
     "__version__",
+    "cache_dir",
     "connected_components",
     "convex_hull_volume",
     "convexity",
     "dice",
     "elongation",
     "equivalent_diameter",
+    "fid_2_5d",
     "flatness",
     "frechet_distance",
+    "fvd",
+    "gaussian_statistics",
     "hd95",
+    "i3d_features",
+    "inception_features_2_5d",
+    "install_weights",
+    "kid_2_5d",
+    "kid_from_features",
+    "load_network",
+    "lpips_2_5d",
     "mask_mesh",
     "max_3d_diameter",
     "mesh_convexity",
@@ -67,4 +89,5 @@ __all__ = [
     "sphericity",
     "surface_area",
     "volume",
+    "weights_status",
 ]

@@ -26,8 +26,6 @@ pyradiomics' (z, y, x) view of a SimpleITK image built from the same data.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-
 import numpy as np
 
 __all__ = ["MaskMesh", "mask_mesh"]
@@ -40,12 +38,14 @@ _CORNERS = np.array(
 
 
 @functools.cache
-def _triangle_table() -> tuple[np.ndarray, np.ndarray]:
-    """Triangles of the 128 cell configurations with corner 7 outside.
+def _triangle_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Triangles of the 128 cell configurations with corner 7 outside, plus volume terms.
 
     Returns:
-        ``(tris, counts)``: ``tris`` (128, 5, 3, 3) float64 vertex offsets in cell units (values in
-        {0, 0.5, 1}), ``counts`` (128,) number of triangles per configuration.
+        ``(tris, counts, det0, nvec)``: ``tris`` (128, 5, 3, 3) float64 vertex offsets in cell
+        units (values in {0, 0.5, 1}), outward winding; ``counts`` (128,) triangles per
+        configuration; ``det0`` (128,) and ``nvec`` (128, 3), the per-configuration sums over
+        triangles of ``det(a, b, c)`` and ``b x c + c x a + a x b`` (see :func:`mask_mesh`).
     """
     from skimage.measure import marching_cubes
 
@@ -61,24 +61,53 @@ def _triangle_table() -> tuple[np.ndarray, np.ndarray]:
         # scikit-image orients faces the opposite way to pyradiomics: reverse the winding so that
         # the signed volume of a mask is positive.
         tris[config, : len(faces)] = verts[faces][:, ::-1, :]
-    return tris, counts
+    a, b, c = tris[..., 0, :], tris[..., 1, :], tris[..., 2, :]
+    det0 = np.einsum("cti,cti->c", a, np.cross(b, c))
+    nvec = (np.cross(b, c) + np.cross(c, a) + np.cross(a, b)).sum(axis=1)
+    return tris, counts, det0, nvec
 
 
-@dataclass(frozen=True)
 class MaskMesh:
-    """Triangle soup of a mask surface, in mm, in the mask's (x, y, z) axis order.
+    """Marching-cubes surface of a mask (pyradiomics conventions), in mm.
+
+    Area and volume are computed from per-configuration tables without building the triangles;
+    :attr:`triangles` builds them on first use (for convexity and export).
 
     Attributes:
-        triangles: (F, 3, 3) float64 vertex coordinates in mm; the origin is the corner of the
-            mask padded by one voxel (voxel (i, j, k) of the mask is centred at (i+1, j+1, k+1) *
-            spacing).
         area: surface area in mm^2 (pyradiomics ``SurfaceArea``).
         volume: enclosed volume in mm^3 (pyradiomics ``MeshVolume``).
+        hull_points: (P, 3) mesh vertices in mm, (x, y, z) order, that include every vertex of
+            the convex hull (the first and last vertex of every grid line).
     """
 
-    triangles: np.ndarray
-    area: float
-    volume: float
+    def __init__(self, *, cells: np.ndarray, configs: np.ndarray, flipped: np.ndarray,
+                 spacing_zyx: np.ndarray, area: float, volume: float, hull_points: np.ndarray) -> None:
+        self._cells = cells
+        self._configs = configs
+        self._flipped = flipped
+        self._sp = spacing_zyx
+        self.area = area
+        self.volume = volume
+        self.hull_points = hull_points
+
+    @functools.cached_property
+    def triangles(self) -> np.ndarray:
+        """(F, 3, 3) float64 triangle vertices in mm, (x, y, z) order, outward winding.
+
+        The origin is the corner of the mask padded by one voxel: voxel (i, j, k) of the mask is
+        centred at ((i+1) sx, (j+1) sy, (k+1) sz).
+        """
+        tris, counts, _, _ = _triangle_table()
+        ntri = counts[self._configs]
+        owner = np.repeat(np.arange(len(self._configs)), ntri)
+        slot = np.arange(len(owner)) - np.repeat(np.cumsum(ntri) - ntri, ntri)
+        t = (tris[self._configs[owner], slot] + self._cells[owner][:, None, :]) * self._sp
+        # Complemented cells are wound inwards: reverse them (pyradiomics' sign correction).
+        inward = self._flipped[owner]
+        t[inward] = t[inward][:, ::-1]
+        # Back to (x, y, z): reversing the axis order mirrors the winding, so also reverse the
+        # vertex order of each triangle to keep normals pointing outwards.
+        return np.ascontiguousarray(t[:, ::-1, ::-1])
 
     @property
     def vertices(self) -> np.ndarray:
@@ -94,8 +123,32 @@ class MaskMesh:
         return trimesh.Trimesh(verts, inverse.reshape(-1, 3), process=False)
 
 
+def _line_extremes(padded: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """First and last surface vertex on every grid line, in padded (z, y, x) index units."""
+    pts = []
+    for axis in range(3):
+        change = np.diff(padded, axis=axis) != 0  # crossing between i and i+1 along axis
+        has = change.any(axis=axis)
+        first = np.argmax(change, axis=axis)
+        last = change.shape[axis] - 1 - np.argmax(np.flip(change, axis=axis), axis=axis)
+        rest = np.nonzero(has)
+        for pos in (first[rest], last[rest]):
+            p = np.empty((len(pos), 3), dtype=np.float64)
+            others = [d for d in range(3) if d != axis]
+            p[:, axis] = pos + 0.5
+            p[:, others[0]] = rest[0]
+            p[:, others[1]] = rest[1]
+            pts.append(p)
+    return np.concatenate(pts) + offset
+
+
 def mask_mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> MaskMesh:
     """Mesh a validated non-empty boolean (X, Y, Z) mask with pyradiomics' conventions.
+
+    Volume by the divergence theorem, per cell at integer position ``p`` with triangle offsets
+    ``(a, b, c)`` and spacing ``S = diag(s)``: ``det(S(p+a), S(p+b), S(p+c)) = det(S) [det(a, b, c)
+    + p . (b x c + c x a + a x b)]`` (multilinearity; terms with two ``p`` vanish), so the sum
+    over a configuration's triangles is a table lookup plus a dot product.
 
     Args:
         mask: (X, Y, Z) bool, at least one True voxel.
@@ -107,35 +160,29 @@ def mask_mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> MaskMesh
     # pyradiomics' view: (z, y, x) array and spacing.
     m = mask.transpose(2, 1, 0)
     sp = np.asarray(spacing[::-1], dtype=np.float64)
-    nz = np.nonzero(m.any(axis=(1, 2)))[0], np.nonzero(m.any(axis=(0, 2)))[0], np.nonzero(m.any(axis=(0, 1)))[0]
+    nz = (np.nonzero(m.any(axis=(1, 2)))[0], np.nonzero(m.any(axis=(0, 2)))[0], np.nonzero(m.any(axis=(0, 1)))[0])
     lo = np.array([a[0] for a in nz])
     hi = np.array([a[-1] + 1 for a in nz])
-    crop = m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    padded = np.pad(crop, 1).astype(np.uint8)
+    padded = np.pad(m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 1).astype(np.uint8)
     cshape = tuple(s - 1 for s in padded.shape)
     config = np.zeros(cshape, dtype=np.uint8)
     for k, (a, b, c) in enumerate(_CORNERS):
         config |= padded[a : a + cshape[0], b : b + cshape[1], c : c + cshape[2]] << np.uint8(k)
-    flipped = (config & 0x80) != 0
-    config[flipped] ^= 0xFF
+    flipped_all = (config & 0x80) != 0
+    config[flipped_all] ^= 0xFF
     cells = np.nonzero(config)
     cfg = config[cells]
-    sign = np.where(flipped[cells], -1.0, 1.0)
-    # Cell index in the full padded array = cropped index + crop offset (keeps pyradiomics' origin).
+    flipped = flipped_all[cells]
+    sign = np.where(flipped, -1.0, 1.0)
+    # Cell index in the full padded array = cropped index + crop offset (pyradiomics' origin).
     pos = np.stack(cells, axis=1).astype(np.float64) + lo
-    tris, counts = _triangle_table()
-    ntri = counts[cfg]
-    owner = np.repeat(np.arange(len(cfg)), ntri)
-    slot = np.arange(len(owner)) - np.repeat(np.cumsum(ntri) - ntri, ntri)
-    t = (tris[cfg[owner], slot] + pos[owner][:, None, :]) * sp
-    # Triangles of complemented cells are wound inwards; reversing them (one swap negates the
-    # triple product) is pyradiomics' sign correction and gives a consistently oriented mesh.
-    inward = sign[owner] < 0
-    t[inward] = t[inward][:, ::-1]
-    a, b, c = t[:, 0], t[:, 1], t[:, 2]
-    volume = float(np.sum(np.einsum("ij,ij->i", np.cross(a, b), c)) / 6.0)
-    area = float(0.5 * np.linalg.norm(np.cross(a - c, b - c), axis=1).sum())
-    # Back to (x, y, z) coordinates; reversing the axis order mirrors the winding, so also
-    # reverse the vertex order of each triangle to keep normals pointing outwards.
-    tri_xyz = np.ascontiguousarray(t[:, ::-1, ::-1])
-    return MaskMesh(triangles=tri_xyz, area=area, volume=volume)
+    tris, _, det0, nvec = _triangle_table()
+    # Area: per-configuration triangle areas at this spacing (translation invariant).
+    st = tris * sp
+    area_table = 0.5 * np.linalg.norm(np.cross(st[..., 0, :] - st[..., 2, :], st[..., 1, :] - st[..., 2, :]), axis=-1).sum(1)
+    area = float(area_table[cfg].sum())
+    vol_cells = sign * (det0[cfg] + np.einsum("ij,ij->i", pos, nvec[cfg]))
+    volume = float(np.prod(sp) * vol_cells.sum() / 6.0)
+    hull_points = (_line_extremes(padded, lo) * sp)[:, ::-1]
+    return MaskMesh(cells=pos, configs=cfg, flipped=flipped, spacing_zyx=sp, area=area, volume=volume,
+                    hull_points=np.ascontiguousarray(hull_points))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 
 from shape_metrics._mesh import MaskMesh, mask_mesh
@@ -46,10 +47,10 @@ def _sphericity(mesh: MaskMesh) -> float:
     return float((36.0 * np.pi * mesh.volume**2) ** (1.0 / 3.0) / mesh.area)
 
 
-def _hull(mesh: MaskMesh):  # -> trimesh.Trimesh
-    import trimesh
-
-    return trimesh.convex.convex_hull(mesh.vertices)
+def _hull(mesh: MaskMesh) -> ConvexHull:
+    # Convex hull of the mesh vertices (qhull, as trimesh.convex uses); the candidate points are
+    # the first/last vertex of every grid line, a superset of the hull's vertices.
+    return ConvexHull(mesh.hull_points)
 
 
 def _max_diameter(hull_vertices: np.ndarray) -> float:
@@ -62,7 +63,7 @@ def _max_diameter(hull_vertices: np.ndarray) -> float:
 
 def _eigenvalues(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     # Principal components of voxel-centre coordinates (mm), population covariance, ascending.
-    coords = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
+    coords = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)  # translation-free below
     coords -= coords.mean(axis=0)
     cov = coords.T @ coords / len(coords)
     ev = np.linalg.eigvalsh(cov)
@@ -102,7 +103,7 @@ def surface_area(mask: Any, spacing: Sequence[float]) -> float:
 
 
 def convex_hull_volume(mask: Any, spacing: Sequence[float]) -> float:
-    """Volume (mm^3) of the convex hull of the mesh vertices, computed with trimesh."""
+    """Volume (mm^3) of the convex hull of the mesh vertices (qhull via scipy)."""
     return float(_hull(_mesh(mask, spacing)).volume)
 
 
@@ -131,7 +132,7 @@ def max_3d_diameter(mask: Any, spacing: Sequence[float]) -> float:
     """Largest Euclidean distance (mm) between two mesh vertices (pyradiomics Maximum3DDiameter)."""
     mesh = _mesh(mask, spacing)
     hull = _hull(mesh)
-    return _max_diameter(np.asarray(hull.vertices))
+    return _max_diameter(hull.points[hull.vertices])
 
 
 def elongation(mask: Any, spacing: Sequence[float]) -> float:
@@ -195,7 +196,7 @@ def shape_features(
         "solidity": float(mesh.volume / hull.volume),
         "convex_hull_volume_mm3": float(hull.volume),
         "equivalent_diameter_mm": float((6.0 * mesh.volume / np.pi) ** (1.0 / 3.0)),
-        "max_3d_diameter_mm": _max_diameter(np.asarray(hull.vertices)),
+        "max_3d_diameter_mm": _max_diameter(hull.points[hull.vertices]),
         "elongation": float(np.sqrt(ev[1] / ev[2])) if ev[2] > 0 else float("nan"),
         "flatness": float(np.sqrt(ev[0] / ev[2])) if ev[2] > 0 else float("nan"),
         "components": float(connected_components(arr, connectivity=connectivity)),

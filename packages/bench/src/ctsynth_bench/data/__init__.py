@@ -22,7 +22,14 @@ from ._cache import (
     load_case,
 )
 from ._convert import AIR_HU, RECIPES, subvolume_affine
-from ._io import labels_on_grid, read_dicom_series, read_nifti, read_nrrd, reorient_to_ras, save_nifti
+from ._io import (
+    labels_on_grid,
+    read_dicom_series,
+    read_nifti,
+    read_nrrd,
+    reorient_to_ras,
+    save_nifti,
+)
 from ._loaders import (
     AFFINE_ATOL,
     HU_RANGE,

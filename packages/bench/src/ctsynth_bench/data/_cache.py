@@ -26,7 +26,7 @@ import numpy as np
 
 from ..exceptions import DataError, FetchError
 from ._convert import RECIPES, convert_case
-from ._io import read_nifti
+from ._io import process_umask
 from ._sources import SOURCES, extract_members, obtain_archive
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ def fetch(
 def _convert_atomically(name: str, extracted: Path, case_root: Path, source) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=case_root))
     try:
+        staging.chmod(0o777 & ~process_umask())  # mkdtemp makes 0700
         convert_case(
             name,
             extracted,

@@ -28,6 +28,12 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _INT_DTYPES = {"int16", "uint8", "uint16", "int32", "int8"}
 
 
+def process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_nifti(
     path: str | os.PathLike[str],
     array: np.ndarray,
@@ -78,6 +84,7 @@ def save_nifti(
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes 0600; give the usual permissions
         nib.save(img, tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -204,6 +204,9 @@ class DatasetCase:
         label: lesion label path, or ``None``.
         organs: organ label map path, or ``None``.
         report: report JSON path, or ``None``.
+        organ_ids: TotalSegmentator id version of the organ file (v1 is converted to v2).
+        lesion_mode: ``"binary"`` (0/1 labels) or ``"any_positive"`` (multi-class labels).
+        lesion_classes: label values that form the lesion (multi-class layouts); ``None`` = all > 0.
     """
 
     case_id: str
@@ -213,7 +216,7 @@ class DatasetCase:
     report: Path | None
     organ_ids: Literal["v2", "v1"] = "v2"
     lesion_mode: Literal["binary", "any_positive"] = "binary"
-    _lesion_classes: tuple[int, ...] | None = field(default=None, repr=False)
+    lesion_classes: tuple[int, ...] | None = None
 
     def load(self, *, check_hu: bool = True):
         """Read and validate this case's volumes; returns :class:`~._cache.CTCase`."""
@@ -221,17 +224,17 @@ class DatasetCase:
             self.case_id,
             ct=self.image,
             organs=self.organs,
-            lesion=None if self._lesion_classes is not None else self.label,
+            lesion=None if self.lesion_classes is not None else self.label,
             organ_ids=self.organ_ids,
             lesion_mode=self.lesion_mode,
             check_hu=check_hu,
         )
-        if self._lesion_classes is None or self.label is None:
+        if self.lesion_classes is None or self.label is None:
             return case
         arr, aff = _read(self.label)
         _check_grid(self.image, (case.ct, case.affine), self.label, (arr, aff))
         labels = _as_int_labels(arr, self.label)
-        lesion = np.isin(labels, self._lesion_classes).astype(np.uint8)
+        lesion = np.isin(labels, self.lesion_classes).astype(np.uint8)
         from dataclasses import replace
 
         return replace(case, lesion=lesion)
@@ -321,7 +324,7 @@ def _index_nnunet(
                 report=rep if rep is not None and rep.is_file() else None,
                 organ_ids=organ_ids,
                 lesion_mode="binary" if lesion_classes is None else "any_positive",
-                _lesion_classes=lesion_classes,
+                lesion_classes=lesion_classes,
             )
         )
     return cases
@@ -367,7 +370,7 @@ def load_nnunet_dataset(
                 case_id=case_id, image=img, label=lab, organs=org, report=None,
                 organ_ids=organ_ids,
                 lesion_mode="binary" if lesion_classes is None else "any_positive",
-                _lesion_classes=lesion_classes,
+                lesion_classes=lesion_classes,
             )
         )
     if not cases:
@@ -405,7 +408,7 @@ def load_kits_dataset(
         cases.append(
             DatasetCase(
                 case_id=case.name, image=img, label=seg, organs=org, report=None,
-                organ_ids=organ_ids, lesion_mode="any_positive", _lesion_classes=tuple(lesion_classes),
+                organ_ids=organ_ids, lesion_mode="any_positive", lesion_classes=tuple(lesion_classes),
             )
         )
     if not cases:

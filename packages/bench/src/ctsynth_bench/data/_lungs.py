@@ -10,7 +10,8 @@ Method (all thresholds in HU, sizes in mm, so the result does not depend on the 
    In each axial slice, 2D components smaller than 300 mm^2 are dropped (trachea, main bronchi,
    bowel gas are small in cross-section); then 3D components smaller than 5% of the largest are
    dropped; finally holes are filled slice by slice so that vessels and nodules inside the lung
-   become lung.
+   become lung. Limitation: the apex and base tips of a lung, where its cross-section is below
+   300 mm^2, are dropped along with the airways (a few percent of the lung volume at most).
 3. **Left / right**: if two large 3D components remain, each is one lung (the one with the larger
    world ``x`` (RAS+, patient's right) is the right lung); voxels added by hole filling go by the
    midline between the two lungs' centres. If the lungs touch (one component), they are split at
