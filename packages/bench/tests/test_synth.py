@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import nibabel as nib
 import numpy as np
@@ -228,6 +229,10 @@ def test_dataset_layout_and_resume(tmp_path, phantom: Template) -> None:
     assert meta["lesion_type"] == "kidney_stone" and "report" in meta
     ds = json.loads((full / "dataset.json").read_text())
     assert ds["numTraining"] == 4 and ds["labels"] == {"background": 0, "lesion": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (full / "imagesTr" / "synth_00000_0000.nii.gz", full / "reports" / "synth_00000.json"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, "files get the umask's mode, not mkstemp's 0600"
     img = nib.load(full / "imagesTr" / "synth_00000_0000.nii.gz")
     assert np.allclose(img.affine, phantom.affine)
     # Interrupted run: 2 finished cases, and case 2 killed after its CT was written (no report).

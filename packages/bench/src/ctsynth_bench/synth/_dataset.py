@@ -100,12 +100,20 @@ def load_templates(names: Sequence[str] | None = None, *, cache_dir: str | Path 
     return out
 
 
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (``0o666`` minus the umask); mkstemp uses 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -124,6 +132,7 @@ def save_nifti_atomic(path: Path, array: np.ndarray, affine: np.ndarray, dtype: 
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
