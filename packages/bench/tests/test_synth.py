@@ -280,3 +280,17 @@ def test_cli_generate_and_stats(tmp_path, phantom: Template, capsys) -> None:
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "density" in text and "overall agreement" in text and (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_template_own_lesion_is_kept_apart(tmp_path, phantom: Template) -> None:
+    own = np.zeros(phantom.ct.shape, np.uint8)
+    own[36:42, 24:30, 28:33] = 1  # a "real" lesion inside the liver
+    tmpl = Template("with_lesion", phantom.ct, phantom.organs, phantom.affine, phantom.spacing, lesion=own)
+    for i in range(4):
+        sc = synthesize_case(tmpl, "liver_cancer", np.random.default_rng(i))
+        assert sc.template_lesion is not None and sc.template_lesion.sum() > 0
+        assert not (sc.lesion.astype(bool) & sc.template_lesion.astype(bool)).any(), "no overlap with the real lesion"
+        assert sc.organs.max() < 256 and (sc.organs[sc.template_lesion > 0] == 5).mean() > 0.9
+    synthesize_dataset(tmp_path, n=1, templates=[tmpl], types=["liver_cyst"])
+    assert (tmp_path / "template_lesions" / "synth_00000.nii.gz").is_file()
+    assert np.asarray(nib.load(tmp_path / "labelsTr" / "synth_00000.nii.gz").dataobj).max() == 1

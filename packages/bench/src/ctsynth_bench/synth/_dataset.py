@@ -5,6 +5,10 @@ Layout under ``out``::
     imagesTr/<case>_0000.nii.gz   CT, int16 HU, the template's affine
     labelsTr/<case>.nii.gz        lesion mask, uint8 0/1
     organs/<case>.nii.gz          organ map (TotalSegmentator v2 ids) after deformation
+    template_lesions/<case>.nii.gz  only where the template has a real lesion of its own (the
+                                  bundled chest's tumour): its mask, deformed with the case; it is
+                                  not in labelsTr (which matches the report), so add it to the label
+                                  when training a segmenter
     reports/<case>.json           {"case", "lesion_type", "template", "text" (the report as one
                                   sentence: the figure caption of 'bench data show'), "report"
                                   (Report.to_dict()), "synthesis" (categories and drawn parameters)}
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _ATTEMPTS = 6
+_OWN_LESION_ID = 32000  # reserved id (TotalSegmentator v2 ends at 117) for a template's own lesion
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class Template:
         organs: integer (X, Y, Z) TotalSegmentator v2 ids.
         affine: 4x4 voxel-to-RAS affine.
         spacing: voxel size in mm.
+        lesion: optional uint8 (X, Y, Z) mask of a real lesion already in the CT; no new lesion
+            overlaps it, and it is written to ``template_lesions/``.
     """
 
     name: str
@@ -61,6 +68,7 @@ class Template:
     organs: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
+    lesion: np.ndarray | None = None
 
     def has_organ(self, organ: str, *, min_voxels: int = 20) -> bool:
         """Whether the organ group has at least ``min_voxels`` voxels here."""
@@ -89,12 +97,11 @@ def load_templates(names: Sequence[str] | None = None, *, cache_dir: str | Path 
             continue
         ct = np.asarray(case.ct, dtype=np.float32)
         organs = np.asarray(case.organs).astype(np.int16)
+        own = None
         if case.lesion is not None and np.any(case.lesion):
-            # A real lesion is already there: keep it out of the organ map so no new lesion overlaps it.
-            organs = organs.copy()
-            organs[np.asarray(case.lesion) > 0] = 0
+            own = (np.asarray(case.lesion) > 0).astype(np.uint8)
         out.append(Template(name=case.name, ct=ct, organs=organs, affine=np.asarray(case.affine, dtype=np.float64),
-                            spacing=tuple(float(s) for s in case.spacing)))  # type: ignore[arg-type]
+                            spacing=tuple(float(s) for s in case.spacing), lesion=own))  # type: ignore[arg-type]
     if not out:
         raise SynthError("no template with an organ map could be loaded; run 'bench data list' to see the cases")
     return out
@@ -153,6 +160,7 @@ class SynthCase:
     spacing: tuple[float, float, float]
     report: dict[str, Any]
     synthesis: dict[str, Any]
+    template_lesion: np.ndarray | None = None
 
 
 def synthesize_case(
@@ -166,11 +174,21 @@ def synthesize_case(
     trule = LESION_TYPE_RULES[lesion_type]
     if not template.has_organ(trule.organ):
         raise SynthError(f"template {template.name!r} has no {trule.organ}; cannot place {lesion_type}")
+    organs_in = template.organs
+    if template.lesion is not None:
+        # Carry the template's own lesion through the deformation as a reserved label id.
+        organs_in = organs_in.copy()
+        organs_in[template.lesion > 0] = _OWN_LESION_ID
     if deform:
-        ct, organs, aug = augment(template.ct, template.organs, template.spacing, template.affine, rng)
+        ct, organs, aug = augment(template.ct, organs_in, template.spacing, template.affine, rng)
     else:
-        ct, organs, aug = template.ct.copy(), template.organs.copy(), {"amplitude_mm": 0.0, "flipped": False}
-    organ = np.isin(organs, ORGAN_IDS[trule.organ])
+        ct, organs, aug = template.ct.copy(), organs_in.copy(), {"amplitude_mm": 0.0, "flipped": False}
+    own = organs == _OWN_LESION_ID
+    if own.any():  # the organ map keeps the organ the real lesion sits in
+        near = ndimage.binary_dilation(own, iterations=2) & ~own
+        ids = organs[near]
+        organs[own] = int(np.bincount(ids[ids > 0]).argmax()) if (ids > 0).any() else 0
+    organ = np.isin(organs, ORGAN_IDS[trule.organ]) & ~own
     if organ.sum() < 20:
         raise SynthError(f"{template.name}: the {trule.organ} vanished after deformation")
     last: Exception | None = None
@@ -178,7 +196,7 @@ def synthesize_case(
         try:
             report, target = draw_report_and_target(rng, lesion_type, organ, organs, template.spacing)
             spec = spec_from_report(report, lesion_type=lesion_type)
-            mask = lesion_mask(spec, organ, organs == 0, template.spacing, target, rng)
+            mask = lesion_mask(spec, organ, (organs == 0) & ~own, template.spacing, target, rng)
         except SynthError as exc:
             last = exc
             continue
@@ -198,7 +216,8 @@ def synthesize_case(
         organs[outside] = int(np.bincount(ids).argmax()) if ids.size else ORGAN_IDS[trule.organ][0]
     synthesis = {"spec": asdict(spec), "params": params, "augment": aug, "voxels": int(mask.sum())}
     return SynthCase(case=case, lesion_type=lesion_type, template=template.name, ct=ct, lesion=mask.astype(np.uint8),
-                     organs=organs, affine=template.affine, spacing=template.spacing, report=report, synthesis=synthesis)
+                     organs=organs, affine=template.affine, spacing=template.spacing, report=report, synthesis=synthesis,
+                     template_lesion=own.astype(np.uint8) if own.any() else None)
 
 
 def write_case(root: Path, sc: SynthCase) -> None:
@@ -208,6 +227,8 @@ def write_case(root: Path, sc: SynthCase) -> None:
     save_nifti_atomic(root / "labelsTr" / f"{sc.case}.nii.gz", sc.lesion, sc.affine, np.uint8)
     save_nifti_atomic(root / "organs" / f"{sc.case}.nii.gz", sc.organs, sc.affine,
                       np.uint8 if int(sc.organs.max()) < 256 else np.int16)
+    if sc.template_lesion is not None:
+        save_nifti_atomic(root / "template_lesions" / f"{sc.case}.nii.gz", sc.template_lesion, sc.affine, np.uint8)
     meta = {"case": sc.case, "lesion_type": sc.lesion_type, "template": sc.template,
             "text": sc.report.get("text", ""), "report": {k: v for k, v in sc.report.items() if k != "text"},
             "synthesis": sc.synthesis}
@@ -287,7 +308,7 @@ def synthesize_dataset(
     else:
         _atomic_bytes(manifest, json.dumps(settings, indent=1).encode())
     summary = DatasetSummary(root=root, unavailable_types=missing)
-    for sub in ("imagesTr", "labelsTr", "organs", "reports"):  # temp files of a killed run
+    for sub in ("imagesTr", "labelsTr", "organs", "reports", "template_lesions"):  # temp files of a killed run
         for stale in (root / sub).glob(".*") if (root / sub).is_dir() else ():
             if stale.is_file() and (stale.name.endswith(".tmp") or stale.name.endswith(".nii.gz")):
                 stale.unlink()
@@ -328,7 +349,8 @@ def write_dataset_json(root: Path) -> dict[str, Any]:
         "numTraining": len(reports),
         "file_ending": ".nii.gz",
         "lesion_types": dict(sorted(counts.items())),
-        "extra_folders": {"organs": "TotalSegmentator v2 organ map", "reports": "structured report JSON"},
+        "extra_folders": {"organs": "TotalSegmentator v2 organ map", "reports": "structured report JSON",
+                          "template_lesions": "real lesion of the template CT (not in labelsTr), where present"},
     }
     _atomic_bytes(root / "dataset.json", json.dumps(desc, indent=1).encode())
     return desc
