@@ -14,8 +14,8 @@ Shapes (rule table in ``_rules``):
 - ``wall_thickening``: the organ voxels within ``t`` mm of the organ surface (4-12 mm) and within the
   report's extent of a seed on the wall: a patch of wall thickened inward.
 - ``protrusion``: half-ellipsoid centred on the wall, grown into the lumen (kept inside the organ).
-- ``narrowing``: around a centre-line seed, the organ voxels deeper than nothing and shallower than
-  ~70 % of the local lumen radius: a circumferential band that narrows the lumen.
+- ``narrowing``: around a centre-line seed, the organ voxels within 70 % of the local lumen radius
+  of the organ surface: a circumferential band that narrows the lumen.
 
 Location rules: ``within`` (parenchymal) and ``lumen`` keep the mask inside the organ;
 ``protruding`` allows it outside the organ into background (never into another organ);
