@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
 import shape_metrics as sm
+import torch
 
 HAVE_WEIGHTS = all(sm.weights_status().values())
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="feature-network weights not installed (shape-metrics weights install)")

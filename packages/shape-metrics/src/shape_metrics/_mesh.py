@@ -26,6 +26,7 @@ pyradiomics' (z, y, x) view of a SimpleITK image built from the same data.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 
 __all__ = ["MaskMesh", "mask_mesh"]
