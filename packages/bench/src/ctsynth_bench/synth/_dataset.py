@@ -1,0 +1,378 @@
+"""Writing a synthetic lesion dataset (nnU-Net raw layout of DESIGN.md), resumably.
+
+Layout under ``out``::
+
+    imagesTr/<case>_0000.nii.gz   CT, int16 HU, the template's affine
+    labelsTr/<case>.nii.gz        lesion mask, uint8 0/1
+    organs/<case>.nii.gz          organ map (TotalSegmentator v2 ids) after deformation
+    template_lesions/<case>.nii.gz  only where the template has a real lesion of its own (the
+                                  bundled chest's tumour): its mask, deformed with the case; it is
+                                  not in labelsTr (which matches the report), so add it to the label
+                                  when training a segmenter
+    reports/<case>.json           {"case", "lesion_type", "template", "text" (the report as one
+                                  sentence: the figure caption of 'bench data show'), "report"
+                                  (Report.to_dict()), "synthesis" (categories and drawn parameters)}
+    dataset.json                  nnU-Net description plus per-type counts
+    synth.json                    the settings (seed, types, templates); a resumed run must match
+
+Case ``i`` is generated from ``numpy.random.default_rng([seed, i])`` alone, so a killed run that
+is started again skips the finished cases (those with a report, which is written last) and
+produces exactly the cases it would have produced without the interruption. Every file is
+written to a temporary name and renamed, so a half-written case is never taken as finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ._deform import augment
+from ._render import estimate_noise, reference_hu, render_lesion
+from ._report import draw_report_and_target
+from ._rules import LESION_TYPE_RULES, ORGAN_IDS, SynthError, check_types, spec_from_report
+from ._shapes import lesion_mask
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_ATTEMPTS = 6
+_OWN_LESION_ID = 32000  # reserved id (TotalSegmentator v2 ends at 117) for a template's own lesion
+
+
+@dataclass(frozen=True)
+class Template:
+    """A real CT with its organ map that lesions are placed in.
+
+    Attributes:
+        name: template name (e.g. ``"abdomen"``).
+        ct: float32 (X, Y, Z) HU, RAS.
+        organs: integer (X, Y, Z) TotalSegmentator v2 ids.
+        affine: 4x4 voxel-to-RAS affine.
+        spacing: voxel size in mm.
+        lesion: optional uint8 (X, Y, Z) mask of a real lesion already in the CT; no new lesion
+            overlaps it, and it is written to ``template_lesions/``.
+    """
+
+    name: str
+    ct: np.ndarray
+    organs: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    lesion: np.ndarray | None = None
+
+    def has_organ(self, organ: str, *, min_voxels: int = 20) -> bool:
+        """Whether the organ group has at least ``min_voxels`` voxels here."""
+        return int(np.isin(self.organs, ORGAN_IDS[organ]).sum()) >= min_voxels
+
+
+def load_templates(names: Sequence[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Template]:
+    """Load templates through ``ctsynth_bench.data``: the given names, or every available case with organs."""
+    try:
+        from .. import data
+    except ImportError as exc:
+        raise SynthError("loading templates needs ctsynth_bench.data (the data module); "
+                         "pass Template objects to synthesize_dataset instead") from exc
+    if names is None:
+        infos = data.list_cases(cache_dir)
+        names = [getattr(i, "name", str(i)) for i in infos if getattr(i, "available", True)]
+    out: list[Template] = []
+    for name in names:
+        try:
+            case = data.load_case(name, cache_dir)
+        except ValueError as exc:
+            log.info("template %s skipped: %s", name, exc)
+            continue
+        if case.organs is None:
+            log.info("template %s skipped: no organ map", name)
+            continue
+        ct = np.asarray(case.ct, dtype=np.float32)
+        organs = np.asarray(case.organs).astype(np.int16)
+        own = None
+        if case.lesion is not None and np.any(case.lesion):
+            own = (np.asarray(case.lesion) > 0).astype(np.uint8)
+        out.append(Template(name=case.name, ct=ct, organs=organs, affine=np.asarray(case.affine, dtype=np.float64),
+                            spacing=tuple(float(s) for s in case.spacing), lesion=own))  # type: ignore[arg-type]
+    if not out:
+        raise SynthError("no template with an organ map could be loaded; run 'bench data list' to see the cases")
+    return out
+
+
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (``0o666`` minus the umask); mkstemp uses 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_nifti_atomic(path: Path, array: np.ndarray, affine: np.ndarray, dtype: type) -> None:
+    """Write a NIfTI (gz) via a temporary file and a rename."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class SynthCase:
+    """One synthesized case in memory."""
+
+    case: str
+    lesion_type: str
+    template: str
+    ct: np.ndarray
+    lesion: np.ndarray
+    organs: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    report: dict[str, Any]
+    synthesis: dict[str, Any]
+    template_lesion: np.ndarray | None = None
+
+
+def synthesize_case(
+    template: Template, lesion_type: str, rng: np.random.Generator, *, case: str = "case", deform: bool = True
+) -> SynthCase:
+    """Make one lesion of ``lesion_type`` in (a deformed copy of) ``template``.
+
+    Raises:
+        SynthError: the template lacks the organ, or no placement worked in a few attempts.
+    """
+    trule = LESION_TYPE_RULES[lesion_type]
+    if not template.has_organ(trule.organ):
+        raise SynthError(f"template {template.name!r} has no {trule.organ}; cannot place {lesion_type}")
+    organs_in = template.organs
+    if template.lesion is not None:
+        # Carry the template's own lesion through the deformation as a reserved label id.
+        organs_in = organs_in.copy()
+        organs_in[template.lesion > 0] = _OWN_LESION_ID
+    if deform:
+        ct, organs, aug = augment(template.ct, organs_in, template.spacing, template.affine, rng)
+    else:
+        ct, organs, aug = template.ct.copy(), organs_in.copy(), {"amplitude_mm": 0.0, "flipped": False}
+    own = organs == _OWN_LESION_ID
+    if own.any():  # the organ map keeps the organ the real lesion sits in
+        near = ndimage.binary_dilation(own, iterations=2) & ~own
+        ids = organs[near]
+        organs[own] = int(np.bincount(ids[ids > 0]).argmax()) if (ids > 0).any() else 0
+    organ = np.isin(organs, ORGAN_IDS[trule.organ]) & ~own
+    if organ.sum() < 20:
+        raise SynthError(f"{template.name}: the {trule.organ} vanished after deformation")
+    last: Exception | None = None
+    for _ in range(_ATTEMPTS):
+        try:
+            report, target = draw_report_and_target(rng, lesion_type, organ, organs, template.spacing)
+            spec = spec_from_report(report, lesion_type=lesion_type)
+            mask = lesion_mask(spec, organ, (organs == 0) & ~own, template.spacing, target, rng)
+        except SynthError as exc:
+            last = exc
+            continue
+        break
+    else:
+        raise SynthError(f"{template.name}: could not place {lesion_type} in {_ATTEMPTS} attempts ({last})")
+    parench = np.isin(organs, (5, 1, 2, 3))
+    if parench.sum() < 200:
+        parench = (ct > -150) & (ct < 150)
+    noise = estimate_noise(ct, parench)
+    organ_hu = reference_hu(ct, organ, trule.organ)
+    params = render_lesion(ct, mask, spec, organ_hu=organ_hu, noise_std=noise, rng=rng)
+    # Organ map consistency: lesion voxels outside the organ (protruding) become that organ.
+    outside = mask & ~organ
+    if outside.any():
+        ids = organs[ndimage.binary_dilation(mask, iterations=2) & organ]
+        organs[outside] = int(np.bincount(ids).argmax()) if ids.size else ORGAN_IDS[trule.organ][0]
+    synthesis = {"spec": asdict(spec), "params": params, "augment": aug, "voxels": int(mask.sum())}
+    return SynthCase(case=case, lesion_type=lesion_type, template=template.name, ct=ct, lesion=mask.astype(np.uint8),
+                     organs=organs, affine=template.affine, spacing=template.spacing, report=report, synthesis=synthesis,
+                     template_lesion=own.astype(np.uint8) if own.any() else None)
+
+
+def write_case(root: Path, sc: SynthCase) -> None:
+    """Write one case atomically (the report last, it marks the case as finished)."""
+    save_nifti_atomic(root / "imagesTr" / f"{sc.case}_0000.nii.gz", np.round(np.clip(sc.ct, -1024, 3071)),
+                      sc.affine, np.int16)
+    save_nifti_atomic(root / "labelsTr" / f"{sc.case}.nii.gz", sc.lesion, sc.affine, np.uint8)
+    save_nifti_atomic(root / "organs" / f"{sc.case}.nii.gz", sc.organs, sc.affine,
+                      np.uint8 if int(sc.organs.max()) < 256 else np.int16)
+    if sc.template_lesion is not None:
+        save_nifti_atomic(root / "template_lesions" / f"{sc.case}.nii.gz", sc.template_lesion, sc.affine, np.uint8)
+    meta = {"case": sc.case, "lesion_type": sc.lesion_type, "template": sc.template,
+            "text": sc.report.get("text", ""), "report": {k: v for k, v in sc.report.items() if k != "text"},
+            "synthesis": sc.synthesis}
+    _atomic_bytes(root / "reports" / f"{sc.case}.json", json.dumps(meta, indent=1, default=float).encode())
+
+
+@dataclass
+class DatasetSummary:
+    """What a :func:`synthesize_dataset` run did."""
+
+    root: Path
+    written: int = 0
+    skipped_existing: int = 0
+    failed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    unavailable_types: tuple[str, ...] = ()
+
+
+def synthesize_dataset(
+    out: str | Path,
+    *,
+    n: int,
+    templates: Sequence[Template],
+    types: Sequence[str] | None = None,
+    seed: int = 0,
+    deform: bool = True,
+    prefix: str = "synth_",
+    progress: bool = False,
+) -> DatasetSummary:
+    """Write ``n`` synthetic lesion cases to ``out`` (resumable; see the module docstring).
+
+    Types are cycled (case ``i`` gets the ``i``-th of the usable types, modulo), so every type is
+    equally represented; each case uses a random template that contains the type's organ.
+
+    Args:
+        out: dataset root (created).
+        n: number of cases (>= 1).
+        templates: real CTs with organ maps.
+        types: lesion types (default all 14); types whose organ no template has are skipped with
+            a warning when ``types`` is ``None`` and are an error when asked for explicitly.
+        seed: base seed.
+        deform: apply the anatomy augmentation (deformation, jitter, allowed flips).
+        prefix: case id prefix.
+        progress: show a tqdm bar.
+
+    Raises:
+        SynthError: bad ``n``, unknown type, no template for a requested type, or ``out`` holds a
+            set made with other settings.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(n, int) or n < 1:
+        raise SynthError(f"n must be a positive integer, got {n!r}")
+    if not templates:
+        raise SynthError("at least one template is needed")
+    wanted = check_types(types)
+    usable = tuple(t for t in wanted if any(tp.has_organ(LESION_TYPE_RULES[t].organ) for tp in templates))
+    missing = tuple(t for t in wanted if t not in usable)
+    if missing and types:
+        raise SynthError(f"no template contains the organ of {', '.join(missing)} "
+                         f"(templates: {', '.join(t.name for t in templates)})")
+    if missing:
+        log.warning("no template has the organ of %s; those types are skipped", ", ".join(missing))
+    if not usable:
+        raise SynthError("none of the requested lesion types fits any template")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {"format": FORMAT_VERSION, "seed": int(seed), "types": list(usable), "deform": bool(deform),
+                "templates": sorted(t.name for t in templates), "prefix": prefix}
+    manifest = root / "synth.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old != settings:
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            raise SynthError(f"{root} holds a set made with other settings {diff}; "
+                             "use the same options to resume or another --out")
+    else:
+        _atomic_bytes(manifest, json.dumps(settings, indent=1).encode())
+    summary = DatasetSummary(root=root, unavailable_types=missing)
+    for sub in ("imagesTr", "labelsTr", "organs", "reports", "template_lesions"):  # temp files of a killed run
+        for stale in (root / sub).glob(".*") if (root / sub).is_dir() else ():
+            if stale.is_file() and (stale.name.endswith(".tmp") or stale.name.endswith(".nii.gz")):
+                stale.unlink()
+    write_dataset_json(root)  # the layout is valid (and loadable) while the run is in progress
+    for i in tqdm(range(n), desc="lesions", disable=not progress):
+        case = f"{prefix}{i:05d}"
+        if (root / "reports" / f"{case}.json").exists():
+            summary.skipped_existing += 1
+            continue
+        rng = np.random.default_rng([int(seed), i])
+        lesion_type = usable[i % len(usable)]
+        choices = [t for t in templates if t.has_organ(LESION_TYPE_RULES[lesion_type].organ)]
+        template = choices[int(rng.integers(len(choices)))]
+        try:
+            sc = synthesize_case(template, lesion_type, rng, case=case, deform=deform)
+        except SynthError as exc:
+            log.warning("case %s (%s) failed: %s", case, lesion_type, exc)
+            summary.failed += 1
+            continue
+        write_case(root, sc)
+        summary.written += 1
+        if summary.written % 25 == 0:
+            write_dataset_json(root)
+    write_dataset_json(root)
+    summary.counts = dict(Counter(json.loads(p.read_text())["lesion_type"] for p in (root / "reports").glob("*.json")))
+    return summary
+
+
+def write_dataset_json(root: Path) -> dict[str, Any]:
+    """(Re)write ``dataset.json`` from the finished cases."""
+    reports = sorted((root / "reports").glob("*.json"))
+    counts = Counter(json.loads(p.read_text())["lesion_type"] for p in reports)
+    desc = {
+        "name": "ctsynth rule-based lesions",
+        "description": "Rule-based synthetic lesions on real CT templates (ctsynth-bench).",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(reports),
+        "file_ending": ".nii.gz",
+        "lesion_types": dict(sorted(counts.items())),
+        "extra_folders": {"organs": "TotalSegmentator v2 organ map", "reports": "structured report JSON",
+                          "template_lesions": "real lesion of the template CT (not in labelsTr), where present"},
+    }
+    _atomic_bytes(root / "dataset.json", json.dumps(desc, indent=1).encode())
+    return desc
+
+
+def template_from_files(ct_path: str | Path, organs_path: str | Path, *, name: str | None = None) -> Template:
+    """A template from a CT NIfTI and its TotalSegmentator v2 organ map (reoriented to RAS).
+
+    Raises:
+        SynthError: missing files or shapes that differ.
+    """
+    import nibabel as nib
+
+    for p in (ct_path, organs_path):
+        if not Path(p).is_file():
+            raise SynthError(f"template file {p} does not exist")
+    ct_img = nib.as_closest_canonical(nib.load(str(ct_path)))
+    org_img = nib.as_closest_canonical(nib.load(str(organs_path)))
+    if ct_img.shape[:3] != org_img.shape[:3]:
+        raise SynthError(f"CT {ct_img.shape[:3]} and organ map {org_img.shape[:3]} shapes differ")
+    ct = np.asarray(ct_img.dataobj, dtype=np.float32)
+    organs = np.asarray(org_img.dataobj).astype(np.int16)
+    spacing = tuple(float(z) for z in ct_img.header.get_zooms()[:3])
+    return Template(name=name or Path(ct_path).name.split(".")[0], ct=ct, organs=organs,
+                    affine=np.asarray(ct_img.affine, dtype=np.float64), spacing=spacing)  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+"""Gallery figure: one lesion of each type, three views zoomed on the lesion, outline in colour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._rules import LESION_TYPES, SynthError
+
+_LUNG_WINDOW = (-600.0, 1500.0)
+_SOFT_WINDOW = (40.0, 300.0)
+
+
+def _views(ct: np.ndarray, lab: np.ndarray, spacing: tuple[float, ...], half_mm: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Axial, coronal, sagittal crops through the lesion centre (image, label, aspect)."""
+    c = np.round(np.argwhere(lab).mean(0)).astype(int)
+    half = [int(np.ceil(half_mm / s)) for s in spacing]
+
+    def window(axis_keep: tuple[int, int]) -> tuple[slice, slice]:
+        return tuple(slice(max(0, c[a] - half[a]), min(ct.shape[a], c[a] + half[a] + 1)) for a in axis_keep)  # type: ignore[return-value]
+
+    out = []
+    for fixed, keep in ((2, (0, 1)), (1, (0, 2)), (0, (1, 2))):
+        sl = [slice(None)] * 3
+        sl[fixed] = c[fixed]  # type: ignore[call-overload]
+        a, b = window(keep)
+        sl[keep[0]], sl[keep[1]] = a, b
+        img = ct[tuple(sl)]
+        lb = lab[tuple(sl)]
+        # Radiological display: rows = second axis (A or S) flipped upward, columns = first axis.
+        out.append((np.flipud(img.T), np.flipud(lb.T), spacing[keep[1]] / spacing[keep[0]]))
+    return out
+
+
+def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | None = None) -> list[str]:
+    """Draw one case per lesion type from a dataset (largest-enough lesion of each type).
+
+    Args:
+        root: dataset written by ``synthesize_dataset``.
+        out: PNG path.
+        types: lesion types to show (default: every type present, in the canonical order).
+
+    Returns:
+        The case ids shown, in row order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    root = Path(root)
+    metas = [json.loads(p.read_text()) for p in sorted((root / "reports").glob("*.json"))]
+    if not metas:
+        raise SynthError(f"{root} holds no reports/*.json")
+    by_type: dict[str, dict] = {}
+    for meta in metas:
+        t = meta["lesion_type"]
+        vox = meta.get("synthesis", {}).get("voxels", 0)
+        # Prefer a lesion of moderate size (most legible), else the largest.
+        best = by_type.get(t)
+        if best is None or abs(np.log((vox + 1) / 300.0)) < abs(np.log((best["synthesis"]["voxels"] + 1) / 300.0)):
+            by_type[t] = meta
+    order = [t for t in (types or LESION_TYPES) if t in by_type]
+    per_row = 2  # two lesion types side by side, three views each
+    nrows = -(-len(order) // per_row)
+    fig, axes = plt.subplots(nrows, 3 * per_row, figsize=(15.0, 2.7 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    shown = []
+    for k, t in enumerate(order):
+        row, col0 = divmod(k, per_row)
+        col0 *= 3
+        meta = by_type[t]
+        case = meta["case"]
+        img = nib.load(root / "imagesTr" / f"{case}_0000.nii.gz")
+        ct = np.asarray(img.dataobj, dtype=np.float32)
+        lab = np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj) > 0
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        ext = np.ptp(np.argwhere(lab), axis=0) * np.asarray(spacing)
+        half = float(max(25.0, 1.2 * ext.max()))
+        center, width = _LUNG_WINDOW if meta["synthesis"]["spec"]["organ"] == "lung" else _SOFT_WINDOW
+        vmin, vmax = center - width / 2, center + width / 2
+        for col, (im, lb, aspect) in enumerate(_views(ct, lab, spacing, half)):
+            ax = axes[row, col0 + col]
+            ax.axis("on")
+            ax.imshow(im, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
+            if lb.any():
+                ax.contour(lb.astype(float), levels=[0.5], colors="#ff3030", linewidths=0.6, alpha=0.55)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                spec = meta["synthesis"]["spec"]
+                ax.set_ylabel(f"{t}\n{spec['shape']}, {spec['density']}\n{spec['margin']}", fontsize=7)
+            if row == 0:
+                ax.set_title(("axial", "coronal", "sagittal")[col], fontsize=8)
+        shown.append(case)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return shown
