@@ -2,9 +2,56 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diffusion_config import DiffusionConfig
+from .exceptions import (
+    CheckpointError,
+    ConfigError,
+    EmptyMaskError,
+    LesionInpaintError,
+    ShapeError,
+)
+from .linet import LINet, LINetConfig, linet_loss, resize_mask
+from .sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
+from .schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    InpaintingDDIMScheduler,
+    SchedulerOutput,
+    make_betas,
+)
+from .unet import LevelContextUNet, UNetConfig, build_unet
+
 try:
     __version__ = version("lesion-inpaint")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DiffusionConfig",
+    "EmptyMaskError",
+    "GaussianSampler",
+    "InpaintingDDIMScheduler",
+    "InpaintingSampler",
+    "LINet",
+    "LINetConfig",
+    "LesionInpaintError",
+    "LevelContextUNet",
+    "SchedulerOutput",
+    "ShapeError",
+    "UNetConfig",
+    "__version__",
+    "build_unet",
+    "drop_context",
+    "guided_eps",
+    "linet_loss",
+    "load_checkpoint",
+    "make_betas",
+    "null_context",
+    "resize_mask",
+    "save_checkpoint",
+]
