@@ -24,11 +24,11 @@ def tiny_config(**diff) -> LINetConfig:
     return LINetConfig(
         latent_channels=1,
         unet=UNetConfig(
-            in_channels=2, out_channels=1, channels=(16, 32), attention_levels=(False, True),
+            in_channels=2, out_channels=1, channels=(16, 32), attention_levels=(True, True),
             num_res_blocks=1, num_head_channels=8, norm_num_groups=8, context_dim=D,
         ),
         diffusion=DiffusionConfig(
-            num_train_timesteps=100, num_inference_steps=10, eta=0.0, guidance_scale=2.5,
+            num_train_timesteps=1000, num_inference_steps=10, eta=0.0, guidance_scale=2.5,
             cond_drop_prob=0.2, **diff,
         ),
         loss_region="mask",
@@ -56,7 +56,7 @@ def test_forward_process_eq4():
     noise = torch.randn(2, 1, 8, 8, 8, generator=g)
     mask = torch.zeros(2, 1, 8, 8, 8)
     mask[:, :, 2:5, 3:6, 1:7] = 1
-    t = torch.tensor([10, 90])
+    t = torch.tensor([10, 900])
     zt = net.noisy_latent(z0, mask, noise, t)
     abar = net.train_scheduler.alphas_cumprod
     for i in range(2):
@@ -162,9 +162,9 @@ def test_guidance_scale_one_equals_conditional(trained):
     mask = torch.ones(2, 1, 8, 8, 8)
     ctx = TOKENS["dark"].expand(2, -1, -1)
     with torch.no_grad():
-        plain = net.unet(torch.cat([x, mask], 1), torch.tensor([40, 40]), ctx)
-        guided = guided_eps(net.unet, x, 40, cond=mask, context=ctx, guidance_scale=1.0)
-        strong = guided_eps(net.unet, x, 40, cond=mask, context=ctx, guidance_scale=2.5)
+        plain = net.unet(torch.cat([x, mask], 1), torch.tensor([400, 400]), ctx)
+        guided = guided_eps(net.unet, x, 400, cond=mask, context=ctx, guidance_scale=1.0)
+        strong = guided_eps(net.unet, x, 400, cond=mask, context=ctx, guidance_scale=2.5)
     assert torch.equal(plain, guided)
     assert not torch.allclose(plain, strong)
     # full loop: scale 1 equals a loop that only ever calls the conditional model
