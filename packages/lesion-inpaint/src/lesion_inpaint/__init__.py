@@ -11,7 +11,11 @@ from .exceptions import (
     LesionInpaintError,
     ShapeError,
 )
+from .latent_generator import LatentGenerator, LatentGeneratorConfig, generator_loss, label_channels
 from .linet import LINet, LINetConfig, linet_loss, resize_mask
+from .lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss
+from .paste import blend_weights, paste_back
+from .presets import PRESETS, Preset, get_preset
 from .sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
 from .schedulers import (
     DDIMScheduler,
@@ -39,19 +43,32 @@ __all__ = [
     "InpaintingSampler",
     "LINet",
     "LINetConfig",
+    "LMNet",
+    "LMNetConfig",
+    "LatentGenerator",
+    "LatentGeneratorConfig",
+    "PRESETS",
+    "Preset",
     "LesionInpaintError",
     "LevelContextUNet",
     "SchedulerOutput",
     "ShapeError",
     "UNetConfig",
     "__version__",
+    "binarize_mask",
+    "blend_weights",
     "build_unet",
     "drop_context",
+    "generator_loss",
+    "get_preset",
     "guided_eps",
+    "label_channels",
     "linet_loss",
+    "lmnet_loss",
     "load_checkpoint",
     "make_betas",
     "null_context",
+    "paste_back",
     "resize_mask",
     "save_checkpoint",
 ]

@@ -60,14 +60,15 @@ class UNetConfig:
             raise ConfigError(
                 f"channels {self.channels} and attention_levels {self.attention_levels} need the same length"
             )
-        for c in self.channels:
+        for c, att in zip(self.channels, self.attention_levels, strict=True):
             if c % self.norm_num_groups:
                 raise ConfigError(
                     f"norm_num_groups={self.norm_num_groups} must divide every channel count {self.channels}"
                 )
-            if c % self.num_head_channels:
+            if att and c % self.num_head_channels:
                 raise ConfigError(
-                    f"num_head_channels={self.num_head_channels} must divide every channel count {self.channels}"
+                    f"num_head_channels={self.num_head_channels} must divide the channel count of every "
+                    f"attention level, got {c} (channels {self.channels}, attention {self.attention_levels})"
                 )
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
