@@ -128,3 +128,13 @@ def test_presets():
     with torch.no_grad():
         eps = net.unet(torch.cat([z, m], 1), torch.tensor([10]), torch.zeros(1, 3, 384))
     assert eps.shape == z.shape
+
+
+def test_benchmark_smoke():
+    from lesion_inpaint.benchmark import benchmark_sampler
+
+    r = benchmark_sampler(model="linet", steps=1, repeats=1, generator=torch.Generator().manual_seed(0))
+    assert r.shape == (1, 4, 16, 16, 16) and r.step_s > 0 and r.forward_s > 0
+    assert r.ratio == pytest.approx(r.step_s / r.forward_s)
+    with pytest.raises(ConfigError):
+        benchmark_sampler(model="unet", steps=1)  # type: ignore[arg-type]
