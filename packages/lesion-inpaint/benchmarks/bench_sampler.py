@@ -28,17 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     models = ["linet", "lmnet", "latent_generator"] if a.model == "all" else [a.model]
-    print(f"{'model':17} {'shape':24} {'cfg':>4} {'step ms':>9} {'fwd ms':>9} {'ratio':>7}")
-    worst = 0.0
+    print(
+        f"{'model':17} {'shape':24} {'cfg':>4} {'step ms':>9} {'fwd ms':>9} {'ratio':>7} "
+        f"{'own ms':>8} {'fwd+own/fwd':>11}"
+    )
+    worst = worst_direct = 0.0
     for m in models:
         for s in a.guidance:
             r = benchmark_sampler(
                 preset=a.preset, model=m, batch=a.batch, steps=a.steps, repeats=a.repeats,
                 guidance_scale=s, device=a.device, generator=torch.Generator().manual_seed(0),
             )
-            worst = max(worst, r.ratio)
-            print(f"{m:17} {str(r.shape):24} {s:4.1f} {1e3 * r.step_s:9.2f} {1e3 * r.forward_s:9.2f} {r.ratio:7.3f}")
-    print(f"worst ratio {worst:.3f} ({'within' if worst <= 1.05 else 'OVER'} the 5% overhead target)")
+            worst = max(worst, r.overhead_ratio)
+            worst_direct = max(worst_direct, r.ratio)
+            print(
+                f"{m:17} {str(r.shape):24} {s:4.1f} {1e3 * r.step_s:9.2f} {1e3 * r.forward_s:9.2f} "
+                f"{r.ratio:7.3f} {1e3 * r.overhead_s:8.3f} {r.overhead_ratio:11.4f}"
+            )
+    print(f"worst direct ratio step/forward: {worst_direct:.3f} (noisy under load)")
+    print(
+        f"worst (forward + sampler's own time) / forward: {worst:.4f} "
+        f"({'within' if worst <= 1.05 else 'OVER'} the 5% overhead target)"
+    )
     return 0
 
 

@@ -136,5 +136,6 @@ def test_benchmark_smoke():
     r = benchmark_sampler(model="linet", steps=1, repeats=1, generator=torch.Generator().manual_seed(0))
     assert r.shape == (1, 4, 16, 16, 16) and r.step_s > 0 and r.forward_s > 0
     assert r.ratio == pytest.approx(r.step_s / r.forward_s)
+    assert r.overhead_s > 0 and r.overhead_ratio == pytest.approx((r.forward_s + r.overhead_s) / r.forward_s)
     with pytest.raises(ConfigError):
         benchmark_sampler(model="unet", steps=1)  # type: ignore[arg-type]

@@ -34,7 +34,10 @@ class SamplerBenchmark:
         guidance_scale: CFG scale (network batch is 2B when != 1).
         step_s: median sampler time per step.
         forward_s: median bare UNet forward time at the same input shape.
-        ratio: ``step_s / forward_s`` (1.05 = 5 % overhead).
+        ratio: ``step_s / forward_s`` (1.05 = 5 % overhead); noisy on a loaded machine.
+        overhead_s: median time per step of the same loop with a zero-cost stand-in network, i.e.
+            the sampler's own work (concatenation, guidance, DDIM update, blend).
+        overhead_ratio: ``(forward_s + overhead_s) / forward_s``, the load-robust estimate.
     """
 
     model: str
@@ -44,6 +47,8 @@ class SamplerBenchmark:
     step_s: float
     forward_s: float
     ratio: float
+    overhead_s: float
+    overhead_ratio: float
 
 
 def _sync(device: torch.device) -> None:
@@ -107,15 +112,23 @@ def benchmark_sampler(
     mask[(slice(None), slice(None), *sl)] = 1
     cond = mask if model == "linet" else torch.rand(batch, ccond, *spatial, generator=g).to(device, dtype)
 
-    def run_sampler() -> None:
+    sampler = net.sampler(num_inference_steps=steps, guidance_scale=guidance_scale)
+    cached = torch.zeros(2 * batch, *shape[1:], device=device, dtype=dtype)
+
+    def stub(inp: torch.Tensor, t: torch.Tensor, c: object) -> torch.Tensor:
+        return cached[: inp.shape[0]]
+
+    def run_with(network) -> None:
         if model == "linet":
-            net.sampler(num_inference_steps=steps, guidance_scale=guidance_scale).sample(
-                unet, x, mask, cond=mask, context=ctx, generator=g
-            )
+            sampler.sample(network, x, mask, cond=mask, context=ctx, generator=g)
         else:
-            net.sampler(num_inference_steps=steps, guidance_scale=guidance_scale).sample(
-                unet, x, cond=cond, context=ctx, generator=g
-            )
+            sampler.sample(network, x, cond=cond, context=ctx, generator=g)
+
+    def run_sampler() -> None:
+        run_with(unet)
+
+    def run_stub() -> None:
+        run_with(stub)
 
     two = guidance_scale != 1.0
     fin = torch.cat([x, cond], 1)
@@ -136,13 +149,16 @@ def benchmark_sampler(
         _sync(device)
         return (time.perf_counter() - t0) / steps
 
-    timed(run_sampler), timed(run_forward)  # warm-up
-    step_times, fwd_times = [], []
-    for _ in range(repeats):  # interleave so load changes hit both alike
+    timed(run_sampler), timed(run_forward), timed(run_stub)  # warm-up
+    step_times, fwd_times, stub_times = [], [], []
+    for _ in range(repeats):  # interleave so load changes hit all alike
         step_times.append(timed(run_sampler))
         fwd_times.append(timed(run_forward))
+        stub_times.append(timed(run_stub))
     step_s, fwd_s = statistics.median(step_times), statistics.median(fwd_times)
+    over = statistics.median(stub_times)
     return SamplerBenchmark(
         model=model, shape=shape, steps=steps, guidance_scale=guidance_scale,
         step_s=step_s, forward_s=fwd_s, ratio=step_s / fwd_s,
+        overhead_s=over, overhead_ratio=(fwd_s + over) / fwd_s,
     )
