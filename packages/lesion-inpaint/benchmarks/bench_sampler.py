@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from lesion_inpaint.benchmark import benchmark_sampler
 
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, r.overhead_ratio)
             worst_direct = max(worst_direct, r.ratio)
             print(
-                f"{m:17} {str(r.shape):24} {s:4.1f} {1e3 * r.step_s:9.2f} {1e3 * r.forward_s:9.2f} "
+                f"{m:17} {r.shape!s:24} {s:4.1f} {1e3 * r.step_s:9.2f} {1e3 * r.forward_s:9.2f} "
                 f"{r.ratio:7.3f} {1e3 * r.overhead_s:8.3f} {r.overhead_ratio:11.4f}"
             )
     print(f"worst direct ratio step/forward: {worst_direct:.3f} (noisy under load)")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from torch import nn
-
 from lesion_inpaint import (
     ConfigError,
     DiffusionConfig,
@@ -19,6 +16,8 @@ from lesion_inpaint import (
     binarize_mask,
     lmnet_loss,
 )
+from scipy import ndimage
+from torch import nn
 
 
 def tiny() -> LMNetConfig:

@@ -8,9 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from monai.networks.schedulers import DDPMScheduler as MonaiDDPM
-from monai.networks.schedulers.scheduler import NoiseSchedules
-
 from lesion_inpaint import (
     ConfigError,
     DDIMScheduler,
@@ -22,6 +19,8 @@ from lesion_inpaint import (
     ShapeError,
     make_betas,
 )
+from monai.networks.schedulers import DDPMScheduler as MonaiDDPM
+from monai.networks.schedulers.scheduler import NoiseSchedules
 
 T = 50
 
@@ -125,7 +124,7 @@ def _reference_ddim(x_T, steps, eta, noise_gen, known=None, mask=None):
     """Closed-form DDIM (Song et al. Eq. 12, 16) in float64 numpy, written independently."""
     betas = (np.linspace(math.sqrt(0.0015), math.sqrt(0.0195), T) ** 2).astype(np.float64)
     abar = np.cumprod(1.0 - betas)
-    grid = [int(round(v)) for v in np.linspace(T - 1, 0, steps)]
+    grid = [round(float(v)) for v in np.linspace(T - 1, 0, steps)]
     x = x_T.double()
     if known is not None:
         z = torch.randn(x_T.shape, generator=noise_gen).double()

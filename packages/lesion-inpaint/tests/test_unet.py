@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
-
 from lesion_inpaint import LevelContextUNet, ShapeError, UNetConfig
+from monai.networks.nets import DiffusionModelUNet
 
 CFG = UNetConfig(
     in_channels=2,
@@ -91,5 +90,5 @@ def test_context_errors():
         net(x, torch.tensor([1]), [torch.randn(1, 1, 6)] * 3)
     with pytest.raises(ShapeError, match="D=6"):
         net(x, torch.tensor([1]), torch.randn(1, 1, 5))
-    with pytest.raises(ShapeError, match="in_channels|UNet input"):
+    with pytest.raises(ShapeError, match="UNet input"):
         net(torch.randn(1, 3, 8, 8, 8), torch.tensor([1]), None)

@@ -32,6 +32,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "PRESETS",
     "CheckpointError",
     "ConfigError",
     "DDIMScheduler",
@@ -47,10 +48,9 @@ __all__ = [
     "LMNetConfig",
     "LatentGenerator",
     "LatentGeneratorConfig",
-    "PRESETS",
-    "Preset",
     "LesionInpaintError",
     "LevelContextUNet",
+    "Preset",
     "SchedulerOutput",
     "ShapeError",
     "UNetConfig",
