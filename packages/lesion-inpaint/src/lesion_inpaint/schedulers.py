@@ -124,6 +124,11 @@ class _GaussianScheduler:
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.num_inference_steps = self.num_train_timesteps
         self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1, dtype=torch.long)
+        self._next = self._next_map(self.timesteps.tolist())
+
+    @staticmethod
+    def _next_map(grid: list[int]) -> dict[int, int]:
+        return {t: (grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)}
 
     # -- timestep grid ---------------------------------------------------------------------------
     def set_timesteps(self, n: int, device: torch.device | str | None = None) -> None:
@@ -144,15 +149,18 @@ class _GaussianScheduler:
             grid = torch.tensor([self.num_train_timesteps - 1], dtype=torch.float64)
         else:
             grid = torch.linspace(self.num_train_timesteps - 1, 0, n, dtype=torch.float64)
-        self.timesteps = grid.round().long().to(device)
+        grid_long = grid.round().long()
+        self._next = self._next_map(grid_long.tolist())  # host-side lookup: no device sync per step
+        self.timesteps = grid_long.to(device)
 
     def previous_timestep(self, t: int) -> int:
         """The grid point after ``t`` in :attr:`timesteps`, or -1 after the last one."""
-        grid = self.timesteps.tolist()
-        if t not in grid:
-            raise ConfigError(f"timestep {t} is not on the current grid (first steps: {grid[:5]})")
-        i = grid.index(t)
-        return grid[i + 1] if i + 1 < len(grid) else -1
+        if t not in self._next:
+            raise ConfigError(
+                f"timestep {t} is not on the current grid (first steps: {list(self._next)[:5]}); "
+                "call set_timesteps() and step through scheduler.timesteps"
+            )
+        return self._next[t]
 
     def _abar(self, t: int) -> float:
         return 1.0 if t < 0 else float(self.alphas_cumprod[t])
