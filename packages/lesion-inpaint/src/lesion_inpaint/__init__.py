@@ -2,9 +2,73 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diffusion_config import DiffusionConfig
+from .exceptions import (
+    CheckpointError,
+    ConfigError,
+    EmptyMaskError,
+    LesionInpaintError,
+    ShapeError,
+)
+from .latent_generator import LatentGenerator, LatentGeneratorConfig, generator_loss, label_channels
+from .linet import LINet, LINetConfig, linet_loss, resize_mask
+from .lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss
+from .paste import blend_weights, paste_back
+from .presets import PRESETS, Preset, get_preset
+from .sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
+from .schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    InpaintingDDIMScheduler,
+    SchedulerOutput,
+    make_betas,
+)
+from .unet import LevelContextUNet, UNetConfig, build_unet
+
 try:
     __version__ = version("lesion-inpaint")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "ConfigError",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DiffusionConfig",
+    "EmptyMaskError",
+    "GaussianSampler",
+    "InpaintingDDIMScheduler",
+    "InpaintingSampler",
+    "LINet",
+    "LINetConfig",
+    "LMNet",
+    "LMNetConfig",
+    "LatentGenerator",
+    "LatentGeneratorConfig",
+    "LesionInpaintError",
+    "LevelContextUNet",
+    "Preset",
+    "SchedulerOutput",
+    "ShapeError",
+    "UNetConfig",
+    "__version__",
+    "binarize_mask",
+    "blend_weights",
+    "build_unet",
+    "drop_context",
+    "generator_loss",
+    "get_preset",
+    "guided_eps",
+    "label_channels",
+    "linet_loss",
+    "lmnet_loss",
+    "load_checkpoint",
+    "make_betas",
+    "null_context",
+    "paste_back",
+    "resize_mask",
+    "save_checkpoint",
+]
