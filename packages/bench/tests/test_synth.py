@@ -134,7 +134,7 @@ def test_location_rules(phantom: Template) -> None:
 
 
 def test_irregular_is_less_spherical_than_round(phantom: Template) -> None:
-    from ctsynth_bench.synth._stats import _sphericity
+    from shape_metrics import sphericity
 
     organ = phantom.organs == 5
     rng = np.random.default_rng(2)
@@ -144,7 +144,7 @@ def test_irregular_is_less_spherical_than_round(phantom: Template) -> None:
         for _ in range(4):
             m = lesion_mask(_spec("liver_cancer", shape=shape, size="16mm"), organ, phantom.organs == 0,
                             phantom.spacing, np.array([38.0, 26, 30]), rng)
-            vals.append(_sphericity(m, phantom.spacing))
+            vals.append(sphericity(m, phantom.spacing))
         sph[shape] = np.mean(vals)
     assert sph["irregular"] < sph["round-like"] - 0.05
 

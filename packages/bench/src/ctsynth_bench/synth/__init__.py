@@ -20,7 +20,7 @@ from ._dataset import (
 from ._deform import augment, deformation_field, flip_allowed, warp
 from ._gallery import make_gallery
 from ._render import estimate_noise, reference_hu, render_lesion
-from ._report import draw_report_and_target, fallback_report
+from ._report import draw_report_and_target
 from ._rules import (
     LESION_TYPE_RULES,
     LESION_TYPES,
@@ -59,7 +59,6 @@ __all__ = [
     "deformation_field",
     "draw_report_and_target",
     "estimate_noise",
-    "fallback_report",
     "flip_allowed",
     "lesion_mask",
     "load_and_measure",

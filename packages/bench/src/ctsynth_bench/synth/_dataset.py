@@ -77,11 +77,8 @@ class Template:
 
 def load_templates(names: Sequence[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Template]:
     """Load templates through ``ctsynth_bench.data``: the given names, or every available case with organs."""
-    try:
-        from .. import data
-    except ImportError as exc:
-        raise SynthError("loading templates needs ctsynth_bench.data (the data module); "
-                         "pass Template objects to synthesize_dataset instead") from exc
+    from .. import data
+
     if names is None:
         infos = data.list_cases(cache_dir)
         names = [getattr(i, "name", str(i)) for i in infos if getattr(i, "available", True)]
@@ -194,7 +191,7 @@ def synthesize_case(
     last: Exception | None = None
     for _ in range(_ATTEMPTS):
         try:
-            report, target = draw_report_and_target(rng, lesion_type, organ, organs, template.spacing)
+            report, target = draw_report_and_target(rng, lesion_type, organs, template.spacing)
             spec = spec_from_report(report, lesion_type=lesion_type)
             mask = lesion_mask(spec, organ, (organs == 0) & ~own, template.spacing, target, rng)
         except SynthError as exc:

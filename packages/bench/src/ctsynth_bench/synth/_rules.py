@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import report_bbox
+
 from ..exceptions import BenchError
 
 Shape = Literal["round", "irregular", "punctate", "cystic", "wall_thickening", "protrusion", "narrowing"]
@@ -54,20 +56,13 @@ class SynthError(BenchError):
     """A report, template or option the lesion synthesizer cannot honour."""
 
 
-#: TotalSegmentator v2 ids per organ group (the report-bbox organ table is authoritative; this is
-#: the subset the synthesizer needs, used when report-bbox is not installed).
-ORGAN_IDS: dict[str, tuple[int, ...]] = {
-    "lung": (10, 11, 12, 13, 14),
-    "liver": (5,),
-    "gallbladder": (4,),
-    "colon": (20,),
-    "urinary_bladder": (21,),
-    "esophagus": (15,),
-    "stomach": (6,),
-    "kidney": (2, 3),
-    "pancreas": (7,),
-}
-HOLLOW: frozenset[str] = frozenset({"gallbladder", "colon", "urinary_bladder", "esophagus", "stomach"})
+#: Organ groups the lesion types live in -> TotalSegmentator v2 ids (from report-bbox's table).
+_ORGANS: tuple[str, ...] = (
+    "lung", "liver", "gallbladder", "colon", "urinary_bladder", "esophagus", "stomach", "kidney",
+    "pancreas",
+)
+ORGAN_IDS: dict[str, tuple[int, ...]] = {name: report_bbox.organ_ids(name) for name in _ORGANS}
+HOLLOW: frozenset[str] = frozenset(name for name in _ORGANS if report_bbox.is_hollow(name))
 
 
 @dataclass(frozen=True)

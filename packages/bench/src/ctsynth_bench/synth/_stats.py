@@ -12,13 +12,13 @@ fraction of cases that agree.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from shape_metrics import solidity, sphericity
 
 from ._render import estimate_noise, reference_hu
 from ._rules import HOLLOW, ORGAN_IDS, RULES, LesionSpec, Rule, SynthError, spec_from_report
@@ -29,39 +29,6 @@ QUANTITIES: tuple[str, ...] = (
     "sphericity", "solidity", "delta_hu", "mean_hu", "std_ratio", "edge", "volume_ml", "hot_fraction",
     "cold_fraction",
 )
-
-
-def _sphericity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    try:
-        from shape_metrics import sphericity
-    except ImportError:  # shape-metrics not built yet: same definition, marching cubes surface
-        from skimage.measure import marching_cubes, mesh_surface_area
-
-        padded = np.pad(mask.astype(np.float32), 1)
-        verts, faces, _, _ = marching_cubes(padded, 0.5, spacing=tuple(spacing))
-        area = mesh_surface_area(verts, faces)
-        vol = mask.sum() * float(np.prod(spacing))
-        return float(math.pi ** (1 / 3) * (6 * vol) ** (2 / 3) / area)
-    return float(sphericity(mask, spacing))
-
-
-def _solidity(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    try:
-        from shape_metrics import solidity
-    except ImportError:
-        from scipy.spatial import ConvexHull
-
-        # Voxels whose centres lie in the convex hull of the mask's voxel centres (regionprops-style).
-        pts = np.argwhere(mask).astype(np.float64)
-        hull = ConvexHull(pts, qhull_options="QJ")
-        lo, hi = pts.min(0).astype(int), pts.max(0).astype(int) + 1
-        grid = (np.indices(tuple(hi - lo)).reshape(3, -1).T + lo).astype(np.float64)
-        inside = 0
-        for start in range(0, len(grid), 65536):
-            chunk = grid[start:start + 65536]
-            inside += int(np.all(chunk @ hull.equations[:, :3].T + hull.equations[:, 3] <= 1e-6, axis=1).sum())
-        return float(len(pts) / max(inside, len(pts)))
-    return float(solidity(mask, spacing))
 
 
 @dataclass
@@ -93,8 +60,8 @@ def measure_case(
     n = int(mc.sum())
     vals["volume_ml"] = n * float(np.prod(sp)) / 1000.0
     if n >= MIN_SHAPE_VOXELS:
-        vals["sphericity"] = _sphericity(mc, sp)
-        vals["solidity"] = _solidity(mc, sp)
+        vals["sphericity"] = sphericity(mc, sp)
+        vals["solidity"] = solidity(mc, sp)
     din = ndimage.distance_transform_edt(mc)
     dout = ndimage.distance_transform_edt(~mc)
     core = mc & (din >= 2)
