@@ -16,9 +16,9 @@ Implementation choices (stated because the paper leaves them open):
   grid with pixel size ``min(spacing) / resolution`` (default 2 pixels per smallest voxel side),
   and the union is counted. The opposite view (e.g. -x) has the same silhouette as +x, so the six
   views are twice the three axis views. Rasterisation error is about one pixel along the outline.
-* Rotation search: the identity, then ``n_rotations`` (default 16) rotations drawn uniformly
+* Rotation search: the identity, then ``n_rotations`` (default 12) rotations drawn uniformly
   from SO(3) with a fixed seed (deterministic), then Nelder-Mead refinement of the best one over
-  its rotation vector (at most ``refine_evals`` evaluations, default 24). The measure is
+  its rotation vector (at most ``refine_evals`` evaluations, default 20). The measure is
   invariant to the 24 symmetries of the cube, so this samples the orientation space densely
   enough for lesion-like shapes; raise ``n_rotations`` for more accuracy.
 * The result is clipped to at most 1 (rasterisation can overshoot by a pixel's worth).
@@ -45,30 +45,34 @@ __all__ = ["convexity", "mesh_convexity"]
 
 
 def _silhouette_area(tri2d: np.ndarray, pixel: float) -> float:
-    """Area of the union of 2D triangles (F, 3, 2) by pixel-centre sampling."""
+    """Area of the union of 2D triangles (F, 3, 2) by pixel-centre sampling.
+
+    Only counter-clockwise (front-facing) triangles are passed in: for a closed mesh every ray
+    through the solid enters through a front face, so they cover the silhouette exactly.
+    Triangles are grouped by their pixel span so that each is tested only against the pixels of
+    its own bounding box.
+    """
+    if len(tri2d) == 0:
+        return 0.0
     lo = tri2d.reshape(-1, 2).min(axis=0) - pixel
     t = (tri2d - lo) / pixel  # pixel units; pixel (i, j) has centre (i + 0.5, j + 0.5)
-    p0, p1, p2 = t[:, 0], t[:, 1], t[:, 2]
-    cross = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (p2[:, 0] - p0[:, 0])
-    keep = np.abs(cross) > 1e-12  # edge-on triangles cover no area
-    t, cross = t[keep], cross[keep]
-    if len(t) == 0:
-        return 0.0
     tmin = np.floor(t.min(axis=1) - 0.5).astype(np.intp)  # first candidate pixel index
-    span = int(np.ceil((t.max(axis=1) - t.min(axis=1)).max())) + 2
-    off = np.stack(np.meshgrid(np.arange(span), np.arange(span), indexing="ij"), -1).reshape(-1, 2)
-    pix = tmin[:, None, :] + off[None]  # (F, K, 2)
-    c = pix + 0.5
-    # Edge functions, oriented by each triangle's winding; inclusive with a small tolerance so
-    # that pixels on shared edges are counted.
-    s = np.sign(cross)[:, None]
-    inside = np.ones(c.shape[:2], dtype=bool)
-    for i in range(3):
-        a = t[:, i][:, None, :]
-        b = t[:, (i + 1) % 3][:, None, :]
-        e = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
-        inside &= s * e >= -1e-9
-    hits = pix[inside]
+    spans = (np.ceil((t.max(axis=1) - t.min(axis=1)).max(axis=1)) + 2).astype(np.intp)
+    hits_all = []
+    for span in np.unique(spans):
+        sel = spans == span
+        ts, tm = t[sel], tmin[sel]
+        off = np.stack(np.meshgrid(np.arange(span), np.arange(span), indexing="ij"), -1).reshape(-1, 2)
+        pix = tm[:, None, :] + off[None]  # (F, K, 2)
+        c = pix + 0.5
+        inside = np.ones(c.shape[:2], dtype=bool)
+        for i in range(3):  # counter-clockwise: inside is left of every edge (inclusive)
+            a = ts[:, i][:, None, :]
+            b = ts[:, (i + 1) % 3][:, None, :]
+            e = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
+            inside &= e >= -1e-9
+        hits_all.append(pix[inside])
+    hits = np.concatenate(hits_all)
     if len(hits) == 0:
         return 0.0
     width = int(hits[:, 1].max()) + 1
@@ -76,9 +80,17 @@ def _silhouette_area(tri2d: np.ndarray, pixel: float) -> float:
     return float(len(flat) * pixel * pixel)
 
 
+def _front(tri2d: np.ndarray) -> np.ndarray:
+    p0, p1, p2 = tri2d[:, 0], tri2d[:, 1], tri2d[:, 2]
+    cross = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (p2[:, 0] - p0[:, 0])
+    return tri2d[cross > 1e-12]
+
+
 def _ratio(tris: np.ndarray, areas_normals: np.ndarray, rot: np.ndarray, pixel: float) -> float:
     r = tris @ rot.T
-    silhouettes = sum(_silhouette_area(r[..., [a, b]], pixel) for a, b in ((1, 2), (0, 2), (0, 1)))
+    # Views along +x, +y, +z (projection planes (y, z), (z, x), (x, y), right-handed so that
+    # outward faces towards the viewer are counter-clockwise); -x, -y, -z give the same areas.
+    silhouettes = sum(_silhouette_area(_front(r[..., [a, b]]), pixel) for a, b in ((1, 2), (2, 0), (0, 1)))
     denom = np.abs(areas_normals @ rot.T).sum()  # sum_f A_f * ||R n_f||_1
     return float(2.0 * silhouettes / denom)
 
@@ -88,8 +100,8 @@ def mesh_convexity(
     *,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     resolution: int = 2,
-    n_rotations: int = 16,
-    refine_evals: int = 24,
+    n_rotations: int = 12,
+    refine_evals: int = 20,
 ) -> float:
     """Lian et al. convexity of a closed triangle mesh.
 
@@ -136,8 +148,8 @@ def convexity(
     spacing: Sequence[float],
     *,
     resolution: int = 2,
-    n_rotations: int = 16,
-    refine_evals: int = 24,
+    n_rotations: int = 12,
+    refine_evals: int = 20,
 ) -> float:
     """Projection-based convexity (Lian et al., CVPR 2012) of a binary mask's surface mesh.
 

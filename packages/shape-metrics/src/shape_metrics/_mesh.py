@@ -167,7 +167,9 @@ def _hull_candidates(padded: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return np.concatenate(pts) + offset
 
 
-def mask_mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> MaskMesh:
+def mask_mesh(
+    mask: np.ndarray, spacing: tuple[float, float, float], *, offset: tuple[int, int, int] = (0, 0, 0)
+) -> MaskMesh:
     """Mesh a validated non-empty boolean (X, Y, Z) mask with pyradiomics' conventions.
 
     Volume by the divergence theorem, per cell at integer position ``p`` with triangle offsets
@@ -178,6 +180,8 @@ def mask_mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> MaskMesh
     Args:
         mask: (X, Y, Z) bool, at least one True voxel.
         spacing: (sx, sy, sz) mm.
+        offset: voxel index of ``mask[0, 0, 0]`` in a larger array it was cropped from; the
+            mesh is placed as if that larger array had been meshed (same volume origin).
 
     Returns:
         The surface as a :class:`MaskMesh`.
@@ -189,6 +193,7 @@ def mask_mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> MaskMesh
     lo = np.array([a[0] for a in nz])
     hi = np.array([a[-1] + 1 for a in nz])
     padded = np.pad(m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 1).astype(np.uint8)
+    lo = lo + np.asarray(offset[::-1])
     cshape = tuple(s - 1 for s in padded.shape)
     config = np.zeros(cshape, dtype=np.uint8)
     for k, (a, b, c) in enumerate(_CORNERS):

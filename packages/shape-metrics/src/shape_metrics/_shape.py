@@ -185,7 +185,11 @@ def shape_features(
     """
     arr = as_mask(mask)
     sp = as_spacing(spacing)
-    mesh = mask_mesh(arr, sp)
+    # Crop to the bounding box once; the mesh keeps the full array's origin via ``offset``.
+    box = [np.nonzero(arr.any(axis=tuple(d for d in range(3) if d != a)))[0] for a in range(3)]
+    offset = (int(box[0][0]), int(box[1][0]), int(box[2][0]))
+    arr = arr[box[0][0] : box[0][-1] + 1, box[1][0] : box[1][-1] + 1, box[2][0] : box[2][-1] + 1]
+    mesh = mask_mesh(arr, sp, offset=offset)
     hull = _hull(mesh)
     ev = _eigenvalues(arr, sp)
     out: dict[str, float] = {
