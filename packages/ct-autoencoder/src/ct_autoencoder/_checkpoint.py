@@ -94,7 +94,10 @@ def load_autoencoder(
         raise CheckpointError(f"{src / CONFIG} is not a valid config: {err}") from err
     model = build_model(cfg)
     state = load_file(str(src / WEIGHTS), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensor size mismatch
+        raise CheckpointError(f"weights in {src / WEIGHTS} do not match config {cfg.name!r}: {err}") from err
     if missing or unexpected:
         raise CheckpointError(
             f"weights in {src / WEIGHTS} do not match config {cfg.name!r}: missing {missing[:5]}, "

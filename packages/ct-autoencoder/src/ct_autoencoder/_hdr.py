@@ -512,9 +512,9 @@ class HDRAutoencoder(nn.Module):
     def maintain_codebook(
         self, output: HDRAutoencoderOutput, *, step: int, generator: torch.Generator | None = None
     ) -> int:
-        """Re-initialise dead codes every ``dead_code_interval`` steps (``vq``); returns how many."""
+        """Re-initialise dead codes at step 1 and every ``dead_code_interval`` steps (``vq``); returns how many."""
         every = self.config.dead_code_interval
-        if self.quantizer is None or every <= 0 or step <= 0 or step % every:
+        if self.quantizer is None or every <= 0 or step <= 0 or (step % every and step != 1):
             return 0
         return reinit_dead_codes(
             self.quantizer, output.encodings, dead_threshold=self.config.dead_code_threshold, generator=generator

@@ -255,13 +255,13 @@ class VQGAN(nn.Module):
     def maintain_codebook(
         self, output: VQGANOutput, *, step: int, generator: torch.Generator | None = None
     ) -> int:
-        """Re-initialise dead codes from ``output.encodings`` every ``dead_code_interval`` steps.
+        """Re-initialise dead codes from ``output.encodings`` at step 1 and every ``dead_code_interval`` steps.
 
         Returns:
             Number of codes re-initialised (0 when not due).
         """
         every = self.config.dead_code_interval
-        if every <= 0 or step <= 0 or step % every:
+        if every <= 0 or step <= 0 or (step % every and step != 1):
             return 0
         return reinit_dead_codes(
             self.quantizer, output.encodings, dead_threshold=self.config.dead_code_threshold, generator=generator

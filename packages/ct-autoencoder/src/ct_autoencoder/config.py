@@ -74,7 +74,8 @@ class VQGANConfig:
             is given).
         disc_channels: Width of the first discriminator layer.
         disc_layers: Strided layers of the PatchGAN discriminator.
-        dead_code_threshold: A code whose EMA cluster size falls below this is dead.
+        dead_code_threshold: A code whose EMA cluster size (expected assignments per step) falls
+            below this is dead.
         dead_code_interval: Re-initialise dead codes every this many training steps (0: never).
         learning_rate: Adam learning rate of generator and discriminator.
     """
@@ -96,7 +97,7 @@ class VQGANConfig:
     perceptual_weight: float = 0.0
     disc_channels: int = 32
     disc_layers: int = 3
-    dead_code_threshold: float = 0.01
+    dead_code_threshold: float = 1.0
     dead_code_interval: int = 100
     learning_rate: float = 1e-4
 
@@ -208,7 +209,7 @@ class HDRAutoencoderConfig:
     num_frames: int = 3
     disc_channels: int = 32
     disc_layers: int = 3
-    dead_code_threshold: float = 0.01
+    dead_code_threshold: float = 1.0
     dead_code_interval: int = 100
     learning_rate: float = 1e-4
 
@@ -259,7 +260,7 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
     "demo": VQGANConfig(
         name="demo", channels=(16, 32), strides=(2, 1), num_res_layers=1, num_embeddings=256,
         embedding_dim=4, crop_size=32, disc_channels=16, disc_layers=2, adversarial_weight=0.005,
-        adversarial_start=400, dead_code_interval=50, learning_rate=1e-3,
+        adversarial_start=200, dead_code_interval=20, ema_decay=0.95, learning_rate=1e-3,
     ),
     "paper": VQGANConfig(
         name="paper", channels=(96, 96, 96), strides=(2, 1, 1), num_res_layers=1, num_embeddings=2048,
@@ -270,12 +271,12 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
 
 HDR_PRESETS: dict[str, HDRAutoencoderConfig] = {
     "demo": HDRAutoencoderConfig(
-        name="demo", channels=(16, 24, 32), num_res_blocks=1, latent_channels=4, num_embeddings=256,
+        name="demo", channels=(8, 16, 16), num_res_blocks=1, norm_groups=4, latent_channels=4, num_embeddings=256,
         label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2, num_frames=2, learning_rate=1e-3,
         adversarial_start=400, dead_code_interval=50,
     ),
     "demo_kl": HDRAutoencoderConfig(
-        name="demo_kl", channels=(16, 24, 32), num_res_blocks=1, bottleneck="kl", latent_channels=4,
+        name="demo_kl", channels=(8, 16, 16), num_res_blocks=1, norm_groups=4, bottleneck="kl", latent_channels=4,
         label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2, num_frames=2, learning_rate=1e-3,
         adversarial_start=400,
     ),
