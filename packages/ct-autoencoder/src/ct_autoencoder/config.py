@@ -260,7 +260,7 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
     "demo": VQGANConfig(
         name="demo", channels=(16, 32), strides=(2, 1), num_res_layers=1, num_embeddings=256,
         embedding_dim=4, crop_size=32, disc_channels=16, disc_layers=2, adversarial_weight=0.005,
-        adversarial_start=200, dead_code_interval=20, ema_decay=0.95, learning_rate=1e-3,
+        adversarial_start=200, dead_code_interval=50, learning_rate=1e-3,
     ),
     "paper": VQGANConfig(
         name="paper", channels=(96, 96, 96), strides=(2, 1, 1), num_res_layers=1, num_embeddings=2048,
