@@ -21,12 +21,11 @@ import logging
 import time
 from pathlib import Path
 
+import ct_autoencoder as ca
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import PSNRMetric, SSIMMetric
-
-import ct_autoencoder as ca
 
 log = logging.getLogger("train_vqgan_demo")
 

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import json
 
+import ct_autoencoder as ca
 import pytest
 import torch
-
-import ct_autoencoder as ca
 
 VQ = ca.VQGANConfig(name="t", channels=(8,), strides=(2,), num_res_layers=1, num_embeddings=16,
                     embedding_dim=3, crop_size=16)
@@ -33,7 +32,7 @@ def test_save_load_round_trip(tmp_path, cfg, gen):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(ca.CheckpointError, match="lacks model.safetensors"):
+    with pytest.raises(ca.CheckpointError, match=r"lacks model\.safetensors"):
         ca.load_autoencoder(tmp_path)
     ca.save_autoencoder(ca.build_model(VQ), tmp_path / "a")
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import ct_autoencoder as ca
 import numpy as np
 import pytest
 import torch
-
-import ct_autoencoder as ca
 
 
 def test_preset_lookup_and_did_you_mean():

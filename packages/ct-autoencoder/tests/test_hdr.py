@@ -1,11 +1,10 @@
 from __future__ import annotations
 
+import ct_autoencoder as ca
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import ct_autoencoder as ca
 
 TINY = ca.HDRAutoencoderConfig(
     name="tiny", channels=(4, 8), num_res_blocks=1, norm_groups=4, latent_channels=3, num_embeddings=32,

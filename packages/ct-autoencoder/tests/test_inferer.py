@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import ct_autoencoder as ca
 import pytest
 import torch
 from monai.inferers import LatentDiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
-
-import ct_autoencoder as ca
 
 HDR_TINY = ca.HDRAutoencoderConfig(
     name="tiny", channels=(4, 8), num_res_blocks=1, norm_groups=4, latent_channels=3, num_embeddings=32,

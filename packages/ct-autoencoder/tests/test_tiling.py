@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-import pytest
-import torch
+import itertools
 
 import ct_autoencoder as ca
+import pytest
+import torch
 
 VQ = ca.VQGANConfig(name="t", channels=(8, 8), strides=(2, 1), num_res_layers=1, num_embeddings=32,
                     embedding_dim=3, crop_size=16)
@@ -20,7 +21,7 @@ def test_tile_starts_cover_with_overlap(size, tile, overlap):
     assert covered.all() and starts[0] == 0
     if tile < size:
         assert starts[-1] + tile == size
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
 
 
 def test_tiled_decode_equals_whole_decode_vqgan(gen):

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
+import itertools
 import math
 
+import ct_autoencoder as ca
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import ct_autoencoder as ca
 
 TINY_VQ = ca.VQGANConfig(
     name="tiny", channels=(8, 16), strides=(2, 1), num_res_layers=1, num_embeddings=64, embedding_dim=4,
@@ -43,7 +43,7 @@ def test_reconstruction_error_falls_steadily_on_real_ct(abdomen, gen):
     # steady fall on held-fixed crops: every checkpoint below the first, and the last well below
     assert all(e < evals[0] for e in evals[1:]), evals
     assert evals[-1] < 0.6 * evals[0], evals
-    assert sum(b < a for a, b in zip(evals, evals[1:], strict=False)) >= len(evals) - 2, evals
+    assert sum(b < a for a, b in itertools.pairwise(evals)) >= len(evals) - 2, evals
 
 
 def test_codebook_stats_match_analytic_perplexity_and_dead_codes():

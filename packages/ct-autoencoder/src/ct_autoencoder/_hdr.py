@@ -27,7 +27,12 @@ from torch import nn
 
 from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
 from ._inputs import check_image, check_labels, check_latent
-from ._losses import SliceFeatureExtractor, make_patch_discriminator, perceptual_loss_25d, random_slices
+from ._losses import (
+    SliceFeatureExtractor,
+    make_patch_discriminator,
+    perceptual_loss_25d,
+    random_slices,
+)
 from .config import HDRAutoencoderConfig
 from .exceptions import ConfigError
 
@@ -301,7 +306,7 @@ class HDRAutoencoder(nn.Module):
         if drop is not None:
             feat = torch.where(drop.reshape(-1, 1, 1, 1, 1).to(feat.device), null.to(feat.dtype), feat)
         out = [feat]
-        for i in range(1, n):
+        for _i in range(1, n):
             out.append(F.avg_pool3d(out[-1], kernel_size=2))
         return out
 

@@ -77,7 +77,7 @@ def _blend(
     spatial = in_shape[2:]
     starts = [tile_starts(s, tile_in, overlap_in) for s in spatial]
     sizes = [min(tile_in, s) for s in spatial]
-    out_sizes = [int(round(s * scale_in_to_out)) for s in sizes]
+    out_sizes = [round(s * scale_in_to_out) for s in sizes]
     weight = compute_importance_map(out_sizes, mode="gaussian", sigma_scale=sigma_scale, device=like.device)
     weight = weight.to(like.dtype).clamp_min(1e-6)
     acc = like.new_zeros((in_shape[0], out_channels, *out_spatial))
@@ -87,7 +87,7 @@ def _blend(
         sl_in = tuple(slice(a, a + n) for a, n in zip(st, sizes, strict=True))
         y = run(sl_in)
         sl_out = tuple(
-            slice(int(round(a * scale_in_to_out)), int(round(a * scale_in_to_out)) + n)
+            slice(round(a * scale_in_to_out), round(a * scale_in_to_out) + n)
             for a, n in zip(st, out_sizes, strict=True)
         )
         w = weight
