@@ -403,8 +403,7 @@ class HDRAutoencoder(nn.Module):
             z = mu + torch.exp(0.5 * logvar) * eps if self.training else mu
             reg = 0.5 * torch.sum(mu.pow(2) + logvar.exp() - 1.0 - logvar, dim=(1, 2, 3, 4)).mean()
             enc, idx = mu, None
-        pyr_dec = pyr
-        return HDRAutoencoderOutput(self.decoder(z, pyr_dec), reg, z, enc, idx)
+        return HDRAutoencoderOutput(self.decoder(z, pyr), reg, z, enc, idx)
 
     # ----------------------------------------------------------------- losses
     def generator_parameters(self) -> list[nn.Parameter]:

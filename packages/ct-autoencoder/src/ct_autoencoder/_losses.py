@@ -44,9 +44,9 @@ def random_slices(
         generator: Random source (CPU generator).
 
     Returns:
-        ``(slices, picks)``: slices ``(B * num, C, H, W)``; all volumes must share spatial size along
-        the kept axes, so for non-cubic volumes each volume's slices are resized-free only if cubic,
-        otherwise one axis is drawn for the whole batch. ``picks`` lists ``(axis, index)`` per slice.
+        ``(slices, picks)``: slices ``(B * num, C, H, W)`` and ``(axis, index)`` per slice. For cubic
+        volumes each volume draws its own axis; otherwise one axis is drawn for the whole batch so
+        that all slices share a shape.
     """
     b = x.shape[0]
     spatial = x.shape[2:]
