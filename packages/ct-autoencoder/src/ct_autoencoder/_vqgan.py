@@ -1,0 +1,268 @@
+"""LesionDiffusion VQ-GAN (Lei et al., MICCAI 2025, Sec. 2.2 and Eq. 3) on MONAI ``VQVAE``.
+
+Eq. 3: ``L_AE = ||x - x_hat||_2^2 + ||sg(z) - q(z)||^2 + ||sg(q(z)) - z||^2 + log D(x) + log(1 - D(x_hat))``.
+With MONAI's EMA codebook the codebook term is replaced by the EMA update (van den Oord et al.
+2017, App. A.1) and only the commitment term ``beta ||sg(q(z)) - z||^2`` carries a gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.losses import PatchAdversarialLoss
+from monai.networks.layers.vector_quantizer import EMAQuantizer
+from monai.networks.nets import VQVAE
+from torch import nn
+
+from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
+from ._inputs import check_image, check_latent
+from ._losses import SliceFeatureExtractor, make_patch_discriminator, perceptual_loss_25d
+from .config import VQGANConfig
+from .exceptions import InputShapeError
+
+__all__ = ["VQGAN", "VQGANOutput"]
+
+
+@dataclass(frozen=True)
+class VQGANOutput:
+    """Result of :meth:`VQGAN.forward`.
+
+    Attributes:
+        reconstruction: ``(B, 1, X, Y, Z)`` in the model range.
+        quantization_loss: Scalar commitment loss (beta-weighted).
+        indices: Code indices ``(B, X/f, Y/f, Z/f)``.
+        encodings: Pre-quantisation encoder output ``(B, C, X/f, Y/f, Z/f)``.
+    """
+
+    reconstruction: torch.Tensor
+    quantization_loss: torch.Tensor
+    indices: torch.Tensor
+    encodings: torch.Tensor
+
+
+class VQGAN(nn.Module):
+    """3D VQ-GAN with an EMA codebook, a PatchGAN discriminator and an invertible HU window.
+
+    Args:
+        config: :class:`~ct_autoencoder.config.VQGANConfig` (see ``vqgan_preset``).
+
+    Example:
+        >>> model = VQGAN(config=vqgan_preset("demo"))
+        >>> z = model.encode_stage_2_inputs(torch.zeros(1, 1, 32, 32, 32))  # (1, 4, 16, 16, 16)
+    """
+
+    def __init__(self, *, config: VQGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        down = tuple((s, 4, 1, 1) if s == 2 else (1, 3, 1, 1) for s in config.strides)
+        up = tuple((s, 4, 1, 1, 0) if s == 2 else (1, 3, 1, 1, 0) for s in reversed(config.strides))
+        self.vqvae = VQVAE(
+            spatial_dims=3, in_channels=1, out_channels=1, channels=config.channels,
+            num_res_layers=config.num_res_layers, num_res_channels=config.channels,
+            downsample_parameters=down, upsample_parameters=up, num_embeddings=config.num_embeddings,
+            embedding_dim=config.embedding_dim, commitment_cost=config.commitment_cost,
+            decay=config.ema_decay,
+        )
+        self.discriminator = make_patch_discriminator(
+            spatial_dims=3, channels=config.disc_channels, layers=config.disc_layers
+        )
+        self.adversarial_loss = PatchAdversarialLoss(criterion=config.adversarial_criterion)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def downsample_factor(self) -> int:
+        """Image-to-latent downsampling factor."""
+        return self.config.downsample_factor
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent (``embedding_dim``)."""
+        return self.config.embedding_dim
+
+    @property
+    def quantizer(self) -> EMAQuantizer:
+        """The MONAI EMA quantiser."""
+        return self.vqvae.quantizer.quantizer
+
+    def normalize(self, hu: torch.Tensor) -> torch.Tensor:
+        """HU -> model range [-1, 1] with the config's window."""
+        return self.config.window.normalize(hu)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model range -> HU (inverse of :meth:`normalize` inside the window)."""
+        return self.config.window.denormalize(x)
+
+    # ----------------------------------------------------------------- codec
+    def encode_pre_quant(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output before quantisation.
+
+        Args:
+            x: ``(B, 1, X, Y, Z)`` in [-1, 1], sizes divisible by ``downsample_factor``.
+            labels: Must be None (the VQ-GAN has no anatomy conditioning).
+
+        Returns:
+            ``(B, embedding_dim, X/f, Y/f, Z/f)``.
+        """
+        if labels is not None:
+            raise InputShapeError("VQGAN takes no label map; pass labels=None (HDRAutoencoder takes one)")
+        check_image(x, factor=self.downsample_factor)
+        return self.vqvae.encode(x)
+
+    def quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest-code quantisation without touching the EMA state.
+
+        Args:
+            h: Encodings ``(B, C, x, y, z)``.
+
+        Returns:
+            ``(z_q, indices)``: codebook vectors of the same shape and indices ``(B, x, y, z)``.
+        """
+        check_latent(h, channels=self.latent_channels, name="h")
+        _, _, idx = self.quantizer.quantize(h)
+        return self.quantizer.embed(idx).to(h.dtype), idx
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode (already quantised) latents ``(B, C, x, y, z)`` to images ``(B, 1, f x, f y, f z)``."""
+        if labels is not None:
+            raise InputShapeError("VQGAN takes no label map; pass labels=None")
+        check_latent(z, channels=self.latent_channels)
+        return self.vqvae.decode(z)
+
+    def encode_stage_2_inputs(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Quantised latents for a latent diffusion model (MONAI ``LatentDiffusionInferer`` contract).
+
+        Args:
+            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
+            labels: Must be None.
+
+        Returns:
+            ``(B, embedding_dim, X/f, Y/f, Z/f)`` codebook vectors.
+        """
+        return self.quantize(self.encode_pre_quant(x, labels))[0]
+
+    def decode_stage_2_outputs(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, *, quantize: bool = True
+    ) -> torch.Tensor:
+        """Decode latents from a diffusion model (snapped to the codebook first when ``quantize``).
+
+        Args:
+            z: ``(B, embedding_dim, x, y, z)``.
+            labels: Must be None.
+            quantize: Snap to the nearest codes before decoding (as MONAI's ``VQVAE`` does).
+
+        Returns:
+            ``(B, 1, f x, f y, f z)`` in the model range.
+        """
+        if quantize:
+            z = self.quantize(z)[0]
+        return self.decode(z, labels)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> VQGANOutput:
+        """Encode, quantise (EMA update in training mode) and decode.
+
+        Args:
+            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
+            labels: Must be None.
+
+        Returns:
+            :class:`VQGANOutput`.
+        """
+        h = self.encode_pre_quant(x, labels)
+        zq, qloss, idx = self.quantizer(h)
+        return VQGANOutput(self.vqvae.decode(zq), qloss, idx, h)
+
+    # ----------------------------------------------------------------- losses
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the autoencoder (the codebook is EMA-updated, not trained)."""
+        return [p for p in self.vqvae.parameters() if p.requires_grad]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the PatchGAN discriminator."""
+        return list(self.discriminator.parameters())
+
+    def adversarial_active(self, step: int) -> bool:
+        """Whether the adversarial terms are on at optimiser step ``step``."""
+        return self.config.adversarial_weight > 0 and step >= self.config.adversarial_start
+
+    def generator_loss(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        step: int = 0,
+        features: SliceFeatureExtractor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float], VQGANOutput]:
+        """Generator side of Eq. 3 (LesionDiffusion).
+
+        ``w_rec ||x - x_hat||^2 + beta ||sg(q(z)) - z||^2 + w_adv L_adv(D(x_hat), real)``, plus
+        ``w_perc L_perc`` (2.5D) when ``features`` is given.
+
+        Args:
+            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
+            labels: Must be None.
+            step: Optimiser step (gates the adversarial term).
+            features: Optional 2D feature extractor for the perceptual term.
+            generator: Random source for perceptual slice positions.
+
+        Returns:
+            ``(loss, logs, output)``; logs hold floats ``rec``, ``quant``, ``adv``, ``perc``,
+            ``perplexity``, ``dead_codes``.
+        """
+        cfg = self.config
+        out = self(x, labels)
+        rec = torch.mean((out.reconstruction - x) ** 2)  # Eq. 3, first term
+        loss = cfg.reconstruction_weight * rec + out.quantization_loss
+        logs = {"rec": float(rec.detach()), "quant": float(out.quantization_loss.detach())}
+        if features is not None and cfg.perceptual_weight > 0:
+            perc = perceptual_loss_25d(out.reconstruction, x.detach(), features, generator=generator)
+            loss = loss + cfg.perceptual_weight * perc
+            logs["perc"] = float(perc.detach())
+        if self.adversarial_active(step):
+            logits = self.discriminator(out.reconstruction)[-1]
+            adv = self.adversarial_loss(logits, target_is_real=True, for_discriminator=False)
+            loss = loss + cfg.adversarial_weight * adv
+            logs["adv"] = float(adv.detach())
+        stats = self.codebook_stats(out.indices)
+        logs.update(perplexity=stats.perplexity, dead_codes=float(stats.dead))
+        logs["loss"] = float(loss.detach())
+        return loss, logs, out
+
+    def discriminator_loss(
+        self, x: torch.Tensor, reconstruction: torch.Tensor, *, step: int = 0
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Discriminator side of Eq. 3: ``L_adv(D(x), real) + L_adv(D(sg(x_hat)), fake)`` halved.
+
+        Returns:
+            ``(loss, logs)``; loss is None before ``adversarial_start``.
+        """
+        if not self.adversarial_active(step):
+            return None, {}
+        real = self.discriminator(x.detach())[-1]
+        fake = self.discriminator(reconstruction.detach())[-1]
+        loss = 0.5 * (
+            self.adversarial_loss(real, target_is_real=True, for_discriminator=True)
+            + self.adversarial_loss(fake, target_is_real=False, for_discriminator=True)
+        )
+        return loss, {"disc": float(loss.detach())}
+
+    # ----------------------------------------------------------------- codebook health
+    def codebook_stats(self, indices: torch.Tensor) -> CodebookStats:
+        """Perplexity, used and dead codes for a batch's indices."""
+        return codebook_stats(self.quantizer, indices, dead_threshold=self.config.dead_code_threshold)
+
+    def maintain_codebook(
+        self, output: VQGANOutput, *, step: int, generator: torch.Generator | None = None
+    ) -> int:
+        """Re-initialise dead codes from ``output.encodings`` at step 1 and every ``dead_code_interval`` steps.
+
+        Returns:
+            Number of codes re-initialised (0 when not due).
+        """
+        every = self.config.dead_code_interval
+        if every <= 0 or step <= 0 or (step % every and step != 1):
+            return 0
+        return reinit_dead_codes(
+            self.quantizer, output.encodings, dead_threshold=self.config.dead_code_threshold, generator=generator
+        )
