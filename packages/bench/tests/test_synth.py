@@ -10,6 +10,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import report_bbox
 from ctsynth_bench.synth import (
     LESION_TYPES,
     SynthError,
@@ -213,6 +214,13 @@ def test_every_type_on_phantom(phantom: Template) -> None:
         assert 0 not in lesion_organs, f"{t}: lesion voxels must be labelled as an organ in the organ map"
         if organ_ids:
             assert lesion_organs <= set(organ_ids)
+        # The report describes the mask it is paired with: size = the mask's extent in mm.
+        idx = np.argwhere(sc.lesion > 0)
+        extent = (idx.max(0) - idx.min(0) + 1) * np.asarray(phantom.spacing)
+        np.testing.assert_allclose(sc.report["size"], extent, atol=0.05, err_msg=t)
+        assert sc.synthesis["requested_size_mm"] is not None
+        fields = {k: v for k, v in sc.report.items() if k != "text"}
+        assert sc.report["text"] == report_bbox.Report.from_dict(fields).text(), t
 
 
 def _read_case(root, case):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import report_bbox
 from scipy import ndimage
 
 from ._deform import augment
@@ -200,6 +201,8 @@ def synthesize_case(
         break
     else:
         raise SynthError(f"{template.name}: could not place {lesion_type} in {_ATTEMPTS} attempts ({last})")
+    requested_size = report.get("size")
+    report = _report_with_realised_size(report, mask, template.spacing)
     parench = np.isin(organs, (5, 1, 2, 3))
     if parench.sum() < 200:
         parench = (ct > -150) & (ct < 150)
@@ -211,10 +214,33 @@ def synthesize_case(
     if outside.any():
         ids = organs[ndimage.binary_dilation(mask, iterations=2) & organ]
         organs[outside] = int(np.bincount(ids).argmax()) if ids.size else ORGAN_IDS[trule.organ][0]
-    synthesis = {"spec": asdict(spec), "params": params, "augment": aug, "voxels": int(mask.sum())}
+    synthesis = {"spec": asdict(spec), "params": params, "augment": aug, "voxels": int(mask.sum()),
+                 "requested_size_mm": requested_size}
     return SynthCase(case=case, lesion_type=lesion_type, template=template.name, ct=ct, lesion=mask.astype(np.uint8),
                      organs=organs, affine=template.affine, spacing=template.spacing, report=report, synthesis=synthesis,
                      template_lesion=own.astype(np.uint8) if own.any() else None)
+
+
+def _report_with_realised_size(
+    report: dict[str, Any], mask: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, Any]:
+    """The report with ``size`` set to the written mask's extent (mm, x y z).
+
+    Shapes are perturbed, rotated and capped to fit the organ, so the realised lesion can differ
+    from the size that was drawn; a training pair must describe the mask it holds. The drawn size
+    is recorded in the case's ``synthesis`` block.
+    """
+    idx = np.argwhere(mask)
+    extent = (idx.max(axis=0) - idx.min(axis=0) + 1) * np.asarray(spacing, dtype=np.float64)
+    fields = {k: v for k, v in report.items() if k != "text"}
+    fields["size"] = [round(float(e), 1) for e in extent]
+    try:
+        realised = report_bbox.Report.from_dict(fields)
+    except report_bbox.ReportError as exc:  # e.g. a realised size the vocabulary refuses
+        raise SynthError(f"the realised lesion does not make a valid report: {exc}") from exc
+    out: dict[str, Any] = dict(realised.to_dict())
+    out["text"] = realised.text()
+    return out
 
 
 def write_case(root: Path, sc: SynthCase) -> None:
