@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import get_args
 
 from .exceptions import ConfigError, did_you_mean
+from .sampling import GaussianSampler, InpaintingSampler
 from .schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler, ScheduleName
 
 __all__ = ["DiffusionConfig"]
@@ -75,6 +76,26 @@ class DiffusionConfig:
     def inpainting_ddim(self) -> InpaintingDDIMScheduler:
         """A fresh :class:`InpaintingDDIMScheduler` with this ``eta``."""
         return InpaintingDDIMScheduler(**self._kw(), eta=self.eta)
+
+    def _sampling(self, num_inference_steps: int | None, guidance_scale: float | None) -> dict:
+        return {
+            "num_inference_steps": self.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            "guidance_scale": self.guidance_scale if guidance_scale is None else guidance_scale,
+        }
+
+    def gaussian_sampler(
+        self, *, num_inference_steps: int | None = None, guidance_scale: float | None = None
+    ) -> GaussianSampler:
+        """A DDIM :class:`GaussianSampler`; ``None`` takes this config's steps and guidance."""
+        return GaussianSampler(scheduler=self.ddim(), **self._sampling(num_inference_steps, guidance_scale))
+
+    def inpainting_sampler(
+        self, *, num_inference_steps: int | None = None, guidance_scale: float | None = None
+    ) -> InpaintingSampler:
+        """An :class:`InpaintingSampler`; ``None`` takes this config's steps and guidance."""
+        return InpaintingSampler(
+            scheduler=self.inpainting_ddim(), **self._sampling(num_inference_steps, guidance_scale)
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""

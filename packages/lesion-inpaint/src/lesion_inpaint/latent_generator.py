@@ -154,11 +154,8 @@ class LatentGenerator(nn.Module):
         self, *, num_inference_steps: int | None = None, guidance_scale: float | None = None
     ) -> GaussianSampler:
         """A DDIM :class:`GaussianSampler` with this model's schedule."""
-        d = self.config.diffusion
-        return GaussianSampler(
-            scheduler=d.ddim(),
-            num_inference_steps=d.num_inference_steps if num_inference_steps is None else num_inference_steps,
-            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+        return self.config.diffusion.gaussian_sampler(
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
         )
 
     @torch.no_grad()

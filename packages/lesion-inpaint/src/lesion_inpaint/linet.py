@@ -211,11 +211,8 @@ class LINet(nn.Module):
         self, *, num_inference_steps: int | None = None, guidance_scale: float | None = None
     ) -> InpaintingSampler:
         """An :class:`InpaintingSampler` with this model's schedule."""
-        d = self.config.diffusion
-        return InpaintingSampler(
-            scheduler=d.inpainting_ddim(),
-            num_inference_steps=d.num_inference_steps if num_inference_steps is None else num_inference_steps,
-            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+        return self.config.diffusion.inpainting_sampler(
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
         )
 
     @torch.no_grad()
