@@ -75,7 +75,9 @@ def make_chest(cache_dir: Path | None) -> dict:
         "notes": "Cropped to the derived lungs + 15 mm, resampled from 0.63x0.63x5 mm to 2 mm "
         "(CT trilinear, lesion trilinear >= 0.5, organs/body nearest). organs: lung labels derived "
         "from HU (ctsynth_bench.data._lungs; left/right reliable, lobes split by height: an "
-        "approximation). body.nii.gz: body mask (HU > -500, largest component, holes filled).",
+        "approximation) and the thoracic oesophagus, id 15 (ctsynth_bench.data._esophagus: "
+        "model-based, upper and middle thorax only, derived on the source grid). body.nii.gz: "
+        "body mask (HU > -500, largest component, holes filled).",
     }
     (out / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

