@@ -37,7 +37,8 @@ Anatomy used (sizes in mm, so the result does not depend on the voxel size):
 last few centimetres, where the oesophagus crosses in front of the descending aorta to the hiatus,
 are left out, because there a spine-relative prior is wrong (checked on the chest CTA, whose aorta
 mask shows the crossing). The cross-section is bounded by the ellipse, so a dilated oesophagus is
-under-segmented. Validated by eye on all four chest CTs (``docs/esophagus.png``) and by the
+under-segmented. Validated by eye on all four fetched chest CTs (``docs/esophagus.png``, drawn by
+``packages/bench/scripts/esophagus_figure.py``) and by the
 anatomical checks in the tests, not against a manual label (none exists offline).
 """
 
