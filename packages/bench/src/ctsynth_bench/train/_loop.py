@@ -114,9 +114,9 @@ class TrainConfig:
             if not isinstance(value, int) or value < 1:
                 raise TrainConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.max_steps is not None and (
-            not isinstance(self.max_steps, int) or self.max_steps < 0
+            not isinstance(self.max_steps, int) or self.max_steps < 1
         ):
-            raise TrainConfigError(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
+            raise TrainConfigError(f"max_steps must be a positive integer, got {self.max_steps!r}")
         if self.minutes is not None and not self.minutes > 0:
             raise TrainConfigError(f"minutes must be > 0, got {self.minutes!r}")
         if self.batch_size % self.grad_accum:
@@ -182,7 +182,7 @@ def _configure_threads(config: TrainConfig, device: torch.device, info: DistInfo
         torch.set_num_threads(want)
 
 
-def hash_text(text: str) -> int:
+def _hash_text(text: str) -> int:
     """A stable 63-bit integer from ``text`` (Python's ``hash`` is salted per process)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
@@ -224,7 +224,7 @@ def _batch_stream(
             num_workers=num_workers,
             collate_fn=collate_fn,
             pin_memory=pin_memory,
-            generator=torch.Generator().manual_seed(_rank_seed(0, hash_text(where))),
+            generator=torch.Generator().manual_seed(_rank_seed(0, _hash_text(where))),
         )
         for batch in loader:
             sampler.advance()
