@@ -196,6 +196,36 @@ def test_resume_continues_exactly_in_process(tmp_path):
     assert all(torch.equal(v, _weights(tmp_path / "b" / "s")[0][k]) for k, v in model_b.items())
 
 
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    def mse(model, batch, generator):  # deterministic, a mean over the batch
+        return (model(batch["x"]) - batch["x"].flip(-1)).pow(2).mean(), {}
+
+    weights = []
+    for accum in (1, 2, 4):
+        torch.manual_seed(0)
+        net = TinyNet()
+        train(net, mse, _FixedCrops(), run_dir=tmp_path / str(accum), stage="s",
+              config=TrainConfig(max_steps=5, batch_size=4, grad_accum=accum, lr=1e-2),
+              progress=False)  # fmt: skip
+        weights.append(net.state_dict())
+    for other in weights[1:]:
+        for key, value in weights[0].items():
+            torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    assert not torch.allclose(TinyNet().state_dict()["body.0.weight"], weights[0]["body.0.weight"])
+
+
+class _FixedCrops(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        self.x = torch.randn(12, 1, 6, 6, 6, generator=torch.Generator().manual_seed(4))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i]}
+
+
 def test_resume_refuses_changed_settings_and_fresh_start_over_state(tmp_path):
     net = TinyNet()
     train(net, denoise_loss, RandomCrops(), run_dir=tmp_path, stage="s",

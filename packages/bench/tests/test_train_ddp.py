@@ -1,5 +1,6 @@
 """Two CPU processes under torchrun (gloo) reach the weights of one process with the same
-global batch."""
+global batch (the two processes also accumulate gradients over two micro-steps, so DDP's
+``no_sync`` path is covered)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ SCRIPT = textwrap.dedent(
 
     torch.manual_seed(0)
     net = Net()
-    config = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, checkpoint_every=5, log_every=4)
+    config = TrainConfig(
+        max_steps=12, batch_size=8, grad_accum=int(sys.argv[2]), lr=1e-2, checkpoint_every=5,
+        log_every=4,
+    )
     result = train(net, loss_fn, Data(), run_dir=sys.argv[1], stage="s", config=config)
     print("RANK", dist_info().rank, "WORLD", dist_info().world_size, "STEP", result.step)
     """
@@ -59,13 +63,13 @@ def test_two_processes_match_one_process(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "one")],
+        [sys.executable, str(script), str(tmp_path / "one"), "1"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(script), str(tmp_path / "two")],
+         str(script), str(tmp_path / "two"), "2"],
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
