@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 VQ = ca.VQGANConfig(name="t", channels=(8,), strides=(2,), num_res_layers=1, num_embeddings=16,
                     embedding_dim=3, crop_size=16)
-HDR = ca.HDRAutoencoderConfig(name="t", channels=(4, 8), num_res_blocks=1, norm_groups=4, latent_channels=3,
+HDR = ca.HDRAutoencoderConfig(name="t", channels=(4, 8), num_res_blocks=1, norm_groups=1, latent_channels=3,
                               num_embeddings=16, num_label_classes=10, label_embed_dim=2, crop_size=16)
 
 

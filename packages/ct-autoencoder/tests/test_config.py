@@ -99,10 +99,15 @@ def test_config_validation_messages():
         ca.VQGANConfig(name="x", channels=(8,), strides=(3,), num_res_layers=1, num_embeddings=8,
                        embedding_dim=2, crop_size=16)
     with pytest.raises(ca.ConfigError, match="nearest: 32"):
-        ca.HDRAutoencoderConfig(name="x", channels=(8, 8, 8), num_res_blocks=1, latent_channels=2, crop_size=30)
+        ca.HDRAutoencoderConfig(name="x", channels=(8, 8, 8), num_res_blocks=1, norm_groups=2, latent_channels=2,
+                                crop_size=30)
     with pytest.raises(ca.ConfigError, match="did you mean 'hinge'"):
-        ca.HDRAutoencoderConfig(name="x", channels=(8,), num_res_blocks=1, latent_channels=2, crop_size=8,
-                                adversarial_criterion="hinged")  # type: ignore[arg-type]
+        ca.HDRAutoencoderConfig(name="x", channels=(8,), num_res_blocks=1, norm_groups=2, latent_channels=2,
+                                crop_size=8, adversarial_criterion="hinged")  # type: ignore[arg-type]
+    # the per-voxel group norm needs at least 3 channels per group (1 would erase the signal)
+    with pytest.raises(ca.ConfigError, match=r"fewer than 3 channels per group at widths \[8\].*in \[1, 2\]"):
+        ca.HDRAutoencoderConfig(name="x", channels=(8, 16), num_res_blocks=1, norm_groups=4, latent_channels=2,
+                                crop_size=8)
 
 
 def test_config_json_round_trip():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 TINY = ca.HDRAutoencoderConfig(
-    name="tiny", channels=(4, 8), num_res_blocks=1, norm_groups=4, latent_channels=3, num_embeddings=32,
+    name="tiny", channels=(4, 8), num_res_blocks=1, norm_groups=1, latent_channels=3, num_embeddings=32,
     num_label_classes=100, label_embed_dim=3, crop_size=16, disc_channels=4, disc_layers=2, num_frames=1,
     label_dropout=0.0,
 )

@@ -139,13 +139,13 @@ def test_non_finite_inputs_fail_at_once_naming_the_input(bad):
             ca.tiled_encode(model, allnan, tile=16, overlap=0)
         z = torch.zeros(1, 4, 8, 8, 8) if model is vq else torch.zeros(1, 4, 4, 4, 4)
         z[0, 0, 0, 0, 0] = bad
-        with pytest.raises(ca.NonFiniteInputError, match="^z holds 1 non-finite"):
+        with pytest.raises(ca.NonFiniteInputError, match=r"^z holds 1 non-finite"):
             model.decode_stage_2_outputs(z)
-        with pytest.raises(ca.NonFiniteInputError, match="^z holds"):
+        with pytest.raises(ca.NonFiniteInputError, match=r"^z holds"):
             ca.tiled_decode(model, z, tile=16, overlap=0)
     hu = torch.full((2, 2), 40.0)
     hu[1, 1] = bad
-    with pytest.raises(ca.NonFiniteInputError, match="^hu holds 1 non-finite"):
+    with pytest.raises(ca.NonFiniteInputError, match=r"^hu holds 1 non-finite"):
         TINY_VQ.window.normalize(hu)
-    with pytest.raises(ca.NonFiniteInputError, match="^hu holds 1 non-finite"):
+    with pytest.raises(ca.NonFiniteInputError, match=r"^hu holds 1 non-finite"):
         TINY_VQ.window.normalize(hu.numpy())

@@ -18,14 +18,26 @@ Public API:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._checkpoint import build_model, load_autoencoder, load_checkpoint, save_autoencoder, save_checkpoint
+from ._checkpoint import (
+    build_model,
+    load_autoencoder,
+    load_checkpoint,
+    save_autoencoder,
+    save_checkpoint,
+)
 from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
 from ._discriminators import DiscriminatorOutput, Discriminators
 from ._hdr import HDRAutoencoder, HDRAutoencoderOutput, HDRWindow
 from ._losses import SliceFeatureExtractor, perceptual_loss_25d, random_slices
 from ._scale import measure_scale_factor
 from ._tiling import seam_ratio, tile_starts, tiled_decode, tiled_encode
-from ._training import Optimizers, discriminator_loss, generator_loss, make_optimizers, training_step
+from ._training import (
+    Optimizers,
+    discriminator_loss,
+    generator_loss,
+    make_optimizers,
+    training_step,
+)
 from ._vqgan import VQGAN, VQGANOutput
 from .config import (
     PRESETS,

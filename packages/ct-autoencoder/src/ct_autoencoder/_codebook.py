@@ -85,7 +85,7 @@ def reinit_dead_codes(
     Returns:
         Number of codes re-initialised.
 
-    Under an initialised ``torch.distributed`` process group with more than one rank, rank 0's
+    Under an initialised ``torch.distributed`` process group, rank 0's
     replacement vectors are broadcast, so every rank writes the same codes (the dead set is
     already the same on every rank because the EMA statistics are all-reduced).
     """
@@ -95,7 +95,7 @@ def reinit_dead_codes(
     flat = encodings.detach().float().movedim(1, -1).reshape(-1, quantizer.embedding_dim)
     pick = _random.randint(flat.shape[0], (dead.numel(),), like=flat, generator=generator)
     new = flat[pick].to(quantizer.embedding.weight.dtype).contiguous()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if dist.is_available() and dist.is_initialized():
         dist.broadcast(new, src=0)
     dead = dead.to(new.device)
     # EMA state: embedding = ema_w / cluster_size, so give each revived code unit mass.

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 from torch import nn
 
-from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
 from . import _random
+from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
 from ._inputs import check_image, check_labels, check_latent
 from ._scale import ScaleFactorMixin
 from .config import HDRAutoencoderConfig

@@ -67,6 +67,8 @@ def check_labels(labels: object, *, like: tuple[int, ...], num_classes: int) -> 
         raise InputShapeError(
             f"labels must have shape {(like[0], 1, *like[2:])} or {(like[0], *like[2:])}, got {tuple(labels.shape)}"
         )
+    if lab.device.type == "meta":  # shapes only: values cannot be inspected
+        return lab.long()
     if lab.is_floating_point():
         if not torch.equal(lab, lab.round()):
             raise InputShapeError("labels must hold integer class ids, got non-integer floats")

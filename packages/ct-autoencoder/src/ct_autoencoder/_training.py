@@ -16,6 +16,7 @@ so :func:`training_step` can be called on every rank with that rank's batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 

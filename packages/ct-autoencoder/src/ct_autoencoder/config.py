@@ -167,7 +167,9 @@ class HDRAutoencoderConfig:
         name: Preset name.
         channels: Width per level; there are ``len(channels) - 1`` stride-2 downsamplings.
         num_res_blocks: Residual blocks per level.
-        norm_groups: GroupNorm groups (must divide every width).
+        norm_groups: Groups of the per-voxel group norm; must divide every width and leave at
+            least 3 channels per group (it removes each group's mean and scale at every voxel,
+            so a 1-channel group carries nothing).
         bottleneck: ``vq`` (EMA codebook, the authors' final config) or ``kl`` (diagonal Gaussian).
         latent_channels: Latent channels.
         num_embeddings: Codebook size (``vq`` only).
@@ -242,6 +244,15 @@ class HDRAutoencoderConfig:
         bad = [c for c in self.channels if c % self.norm_groups]
         if bad:
             raise ConfigError(f"norm_groups={self.norm_groups} must divide every width; {bad} do not")
+        thin = [c for c in self.channels if c // self.norm_groups < 3]
+        if thin:
+            ok = [g for g in range(1, min(self.channels) + 1)
+                  if all(c % g == 0 and c // g >= 3 for c in self.channels)]
+            raise ConfigError(
+                f"norm_groups={self.norm_groups} leaves fewer than 3 channels per group at widths {thin}; "
+                f"the per-voxel group norm removes each group's mean and scale, so 1 channel per group "
+                f"erases the signal and 2 keep only a sign. Use norm_groups in {ok or [1]}"
+            )
         if self.bottleneck not in ("vq", "kl"):
             near = difflib.get_close_matches(str(self.bottleneck), ("vq", "kl"), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -299,12 +310,12 @@ PRESETS: dict[str, VQGANConfig | HDRAutoencoderConfig] = {
         learning_rate=1e-4,
     ),
     "hdr-demo": HDRAutoencoderConfig(
-        name="hdr-demo", channels=(8, 16, 16), num_res_blocks=1, norm_groups=4, latent_channels=4,
+        name="hdr-demo", channels=(8, 16, 16), num_res_blocks=1, norm_groups=2, latent_channels=4,
         num_embeddings=256, label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2,
         num_frames=2, learning_rate=1e-3, adversarial_start=400, dead_code_interval=50,
     ),
     "hdr-demo-kl": HDRAutoencoderConfig(
-        name="hdr-demo-kl", channels=(8, 16, 16), num_res_blocks=1, norm_groups=4, bottleneck="kl",
+        name="hdr-demo-kl", channels=(8, 16, 16), num_res_blocks=1, norm_groups=2, bottleneck="kl",
         latent_channels=4, label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2,
         num_frames=2, learning_rate=1e-3, adversarial_start=400,
     ),
