@@ -25,7 +25,7 @@ from . import _random
 __all__ = ["CodebookStats", "codebook_stats", "reinit_dead_codes"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CodebookStats:
     """Usage of a codebook on one batch plus its EMA state.
 

@@ -202,7 +202,7 @@ class _Decoder(nn.Module):
         return self.conv_out(torch.cat([F.silu(self.norm_out(h)), pyramid[0]], 1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HDRAutoencoderOutput:
     """Result of :meth:`HDRAutoencoder.forward`.
 

@@ -27,7 +27,7 @@ from .exceptions import InputShapeError
 __all__ = ["VQGAN", "VQGANOutput"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VQGANOutput:
     """Result of :meth:`VQGAN.forward`.
 
@@ -185,7 +185,7 @@ class VQGAN(ScaleFactorMixin, nn.Module):
         """
         h = self.encode_pre_quant(x, labels)
         zq, qloss, idx = self.quantizer(h)
-        return VQGANOutput(self.vqvae.decode(zq), qloss, idx, h)
+        return VQGANOutput(reconstruction=self.vqvae.decode(zq), quantization_loss=qloss, indices=idx, encodings=h)
 
     # ----------------------------------------------------------------- codebook health
     def codebook_stats(self, indices: torch.Tensor) -> CodebookStats:
