@@ -79,16 +79,25 @@ def _tcss(args: argparse.Namespace) -> None:
     preset = get_preset("demo", **over)
     if args.batch:
         preset = dataclasses.replace(preset, batch_size=args.batch)
-    d = np.load(args.out / "labels.npz")
-    tokens, mask = load_bank(args.out / "bank.safetensors")
-    data = TCSSData(labels=torch.from_numpy(d["labels"][:, None]), cell=torch.tensor([cell_of(s) for s in d["fields"]]),
-                    bank_tokens=tokens, bank_mask=mask, per_cell=PER_CELL)
+    src = args.data or args.out
+    d = np.load(src / "labels.npz")
+    tokens, mask = load_bank(src / "bank.safetensors")
+    cell = torch.tensor([cell_of(s) for s in d["fields"]])
+    choices = cell[:, None] * PER_CELL + torch.arange(PER_CELL)[None]
+    data = TCSSData(labels=torch.from_numpy(d["labels"][:, None]), choices=choices, bank_tokens=tokens, bank_mask=mask)
     synth = SemanticSynthesizer(preset.tcss)
+    if args.init is not None:  # warm start from an earlier checkpoint of the same design
+        from cat_diffusion import load_checkpoint
+
+        synth, _ = load_checkpoint(args.init)
+        if synth.config != preset.tcss:
+            raise SystemExit(f"--init {args.init}: its TCSS config differs from the variant's")
+        synth.train()
     out = args.out / args.variant
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps({**preset.to_dict(), "tumour_weight": tw or preset.tumour_weight}))
     _, res = train_tcss(synth, data, preset, out=out, minutes=args.minutes, max_steps=args.max_steps,
-                        device=args.device, seed=args.seed, tumour_weight=tw,
+                        device=args.device, seed=args.seed, tumour_weight=tw, save_every=args.save_every,
                         on_log=lambda r: print(args.variant, json.dumps(r), flush=True))
     (out / "result.json").write_text(json.dumps({"steps": res["steps"], "seconds": res["seconds"]}))
 
@@ -111,7 +120,7 @@ def _ct(args: argparse.Namespace) -> None:
     ct = torch.from_numpy(d["ct"][:, None].astype(np.float32))
     labels = torch.from_numpy(d["labels"][:, None])
     n_hold = max(2, len(ct) // 10)
-    out = args.out / "ct"
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     ae = make_autoencoder(preset)
     r_ae = train_autoencoder(ae, ct[n_hold:], labels[n_hold:], minutes=args.minutes_ae, max_steps=args.max_steps,
@@ -138,7 +147,7 @@ def _ct(args: argparse.Namespace) -> None:
     r_gen = train_generator(gen, z, labels, tok, minutes=args.minutes_gen, max_steps=args.max_steps,
                             device=args.device, seed=args.seed)
     gen.cpu().save(out / "generator")
-    (out / "result.json").write_text(json.dumps({
+    (out / "ct_result.json").write_text(json.dumps({
         "autoencoder": {"steps": r_ae["steps"], "seconds": r_ae["seconds"], **err, "scale_factor": scale,
                         "held_out": n_hold, "log": r_ae["log"][-3:]},
         "generator": {"steps": r_gen["steps"], "seconds": r_gen["seconds"], "log": r_gen["log"][-3:]},
@@ -150,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["bank", "labels", "tcss", "ct"])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="folder with labels.npz + bank.safetensors (default --out)")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--init", type=Path, default=None, help="TCSS checkpoint folder to start from")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)

@@ -9,7 +9,7 @@ organ maps when present) by
    ``LABEL_GRID`` voxels of ``LABEL_SPACING`` mm (16^3 x 24 mm = a 384 mm cube) and the CT at
    twice that resolution (32^3 x 12 mm). Labels are the plurality class of the 2x2x2 finer voxels;
    the CT is Gaussian-smoothed before sampling (anti-aliasing);
-3. GuideGen's classes (:mod:`._labels`);
+3. GuideGen's classes (``ctsynth_bench.data.to_guidegen``, the one documented table);
 4. tumours placed where the prompt says by a rule-based placer: ``count`` separate ellipsoids
    (diameter 24-36 mm if ``small``, 44-64 mm if ``large``; at 24 mm voxels a smaller tumour would
    vanish, aspect 0.8-1.25) centred in the site's
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ._labels import NUM_CLASSES, TUMOUR, class_id, map_total_v2
+from ._labels import NUM_CLASSES, TUMOUR, class_id, map_organs
 from .prompts import COUNTS, SITES, T_FOR_SIZE, PromptFields, sample_fields
 
 __all__ = [
@@ -110,15 +110,14 @@ def load_gg_templates(names: Sequence[str] | None = None) -> list[GGTemplate]:
 
     infos = data.list_cases()
     if names is None:
-        names = [i.name for i in infos if i.has_organs]
+        names = list(dict.fromkeys(i.name for i in infos if i.has_organs))  # fetched first, no repeats
     out = []
     for name in names:
         case = data.load_case(name)
         if case.organs is None:
             continue
-        labels = map_total_v2(np.asarray(case.organs), data.TOTAL_V2)
-        if case.lesion is not None:
-            labels[np.asarray(case.lesion) > 0] = TUMOUR
+        lesion = None if case.lesion is None else np.asarray(case.lesion) > 0
+        labels = map_organs(np.asarray(case.organs), lesion)
         ct = np.asarray(case.ct, dtype=np.float32)
         affine = np.asarray(case.affine, dtype=np.float64)
         body = np.argwhere(ct > -500)

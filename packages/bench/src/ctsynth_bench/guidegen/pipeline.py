@@ -112,7 +112,7 @@ def generate(
         z = system.generator.sample(cond, context=ctx, num_inference_steps=ct_steps or p.gen_steps,
                                     guidance_scale=p.gen_guidance, generator=gen_g)
         lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
-        x = system.autoencoder.decode_stage_2_outputs(z / system.scale_factor, lab_ct)
+        x = system.autoencoder.decode_stage_2_outputs(z / system.autoencoder.scale_factor, lab_ct)
         ct = system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
     s = labels.shape[-1]
     return Generated(labels=labels[:, 0].cpu(), ct=ct, label_affine=grid_affine(s, p.label_spacing),

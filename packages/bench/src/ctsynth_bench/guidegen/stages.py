@@ -186,27 +186,31 @@ class TCSSData:
 
     Attributes:
         labels: uint8 ``(N, 1, S, S, S)`` label maps.
-        cell: int64 ``(N,)`` prompt-bank cell of each map (its realised site, count, size).
-        bank_tokens: ``(P, L, D)`` prompt tokens of the bank (``P = cells x per_cell``).
+        choices: int64 ``(N, K)``: prompt indices each map may be paired with (the demo bank's
+            prompts of the map's realised site/count/size, or a user case's own prompt).
+        bank_tokens: ``(P, L, D)`` prompt tokens.
         bank_mask: ``(P, L)`` bool.
-        per_cell: prompts per cell in the bank.
     """
 
     labels: Tensor
-    cell: Tensor
+    choices: Tensor
     bank_tokens: Tensor
     bank_mask: Tensor
-    per_cell: int
 
     def to(self, device: torch.device | str) -> TCSSData:
-        return TCSSData(self.labels.to(device), self.cell.to(device), self.bank_tokens.to(device),
-                        self.bank_mask.to(device), self.per_cell)
+        return TCSSData(self.labels.to(device), self.choices.to(device), self.bank_tokens.to(device),
+                        self.bank_mask.to(device))
+
+    def prompts(self, choices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One random prompt per row of ``choices`` ``(B, K)``: tokens ``(B, L, D)``, mask ``(B, L)``."""
+        col = torch.randint(choices.shape[1], (choices.shape[0],), generator=generator, device=generator.device)
+        p = choices.gather(1, col.to(choices.device)[:, None])[:, 0].to(self.bank_tokens.device)
+        return self.bank_tokens[p].float(), self.bank_mask[p]
 
     def batch(self, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Label maps ``(B, 1, S, S, S)`` int64 with one random bank prompt of their cell each."""
-        pick = torch.randint(self.per_cell, (idx.numel(),), generator=generator, device=generator.device)
-        p = self.cell[idx] * self.per_cell + pick.to(self.cell.device)
-        return self.labels[idx].long(), self.bank_tokens[p].float(), self.bank_mask[p]
+        """Label maps ``(B, 1, S, S, S)`` int64 with one of their prompts each."""
+        tok, msk = self.prompts(self.choices[idx], generator)
+        return self.labels[idx].long(), tok, msk
 
 
 def train_tcss(
@@ -345,7 +349,8 @@ def train_autoencoder(ae: nn.Module, ct: Tensor, labels: Tensor, *, minutes: flo
 
     device = torch.device(device)
     ae.to(device).train()
-    opts = ca.make_optimizers(ae)
+    disc = ca.Discriminators(config=ae.config).to(device).train()
+    opts = ca.make_optimizers(ae, disc)
     g = torch.Generator().manual_seed(seed)  # ct_autoencoder draws on the CPU and moves the draws
     ct, labels = ct.to(device), labels.to(device)
     t0, step, rows = time.time(), 0, []
@@ -353,7 +358,7 @@ def train_autoencoder(ae: nn.Module, ct: Tensor, labels: Tensor, *, minutes: flo
         idx = torch.randint(ct.shape[0], (batch_size,), generator=g).to(device)
         x = ae.normalize(ct[idx].float())
         lab = labels_to_ct_grid(labels[idx].long(), x.shape[-1])
-        logs = ca.training_step(ae, x, opts, step=step, labels=lab, generator=g)
+        logs = ca.training_step(ae, disc, x, opts, step=step, labels=lab, generator=g)
         step += 1
         if step % 100 == 0 or step == 1:
             rows.append({"step": step, **{k: float(v) for k, v in logs.items()}, "seconds": time.time() - t0})
@@ -392,13 +397,18 @@ def autoencode_error(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 
 
 @torch.no_grad()
 def measure_scale(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8) -> float:
-    """``1 / std`` of the autoencoder's latents on data (the latent scale convention)."""
+    """Measure and record ``ae.scale_factor`` (``1 / std`` of its latents on data); returns it."""
+    import ct_autoencoder as ca
+
     dev = next(ae.parameters()).device
-    zs = []
-    for i in range(0, ct.shape[0], batch):
-        x = ae.normalize(ct[i:i + batch].float().to(dev))
-        zs.append(ae.encode_stage_2_inputs(x, labels_to_ct_grid(labels[i:i + batch].long().to(dev), x.shape[-1])))
-    return float(1.0 / torch.cat(zs).std().clamp_min(1e-6))
+
+    def batches():  # noqa: ANN202
+        for i in range(0, ct.shape[0], batch):
+            x = ae.normalize(ct[i:i + batch].float().to(dev))
+            yield x, labels_to_ct_grid(labels[i:i + batch].long().to(dev), x.shape[-1])
+
+    ae.scale_factor = ca.measure_scale_factor(ae, batches())
+    return float(ae.scale_factor)
 
 
 def make_generator(preset: GuideGenPreset) -> nn.Module:

@@ -4,9 +4,11 @@ Layout of a run folder (what ``bench train guidegen`` writes and ``bench synth g
 reads)::
 
     guidegen.json        {"format": "ctsynth-guidegen", "format_version": 1, "preset": {...},
-                          "scale_factor": float, "text_encoder": "minilm", "stages": {...}}
-    tcss/                cat_diffusion checkpoint (model.safetensors + config.json)
-    autoencoder/         ct_autoencoder checkpoint (optional: label maps only without it)
+                          "text_encoder": "minilm", "stages": {...}}
+    tcss/                cat_diffusion checkpoint (model.safetensors + config.json; when the
+                         training engine wrote it, ema.safetensors holds the weights that are used)
+    autoencoder/         ct_autoencoder checkpoint, its latent scale_factor in its config
+                         (optional: label maps only without it)
     generator/           lesion_inpaint checkpoint of the latent generator (optional)
     MODEL_CARD.md        what was trained, how long, what it reached
 
@@ -60,7 +62,6 @@ class GuideGenSystem:
         tcss: ``cat_diffusion.SemanticSynthesizer``.
         autoencoder: ``ct_autoencoder.HDRAutoencoder`` or None.
         generator: ``lesion_inpaint.LatentGenerator`` or None.
-        scale_factor: latent scale (1 / std of the autoencoder's latents on data).
         text_encoder: name for ``ctsynth_bench.text.load_text_encoder``.
         path: where it was loaded from.
         info: the manifest.
@@ -70,7 +71,6 @@ class GuideGenSystem:
     tcss: nn.Module
     autoencoder: nn.Module | None
     generator: nn.Module | None
-    scale_factor: float
     text_encoder: str
     path: Path
     info: dict[str, Any]
@@ -86,8 +86,8 @@ class GuideGenSystem:
         return self
 
 
-def write_manifest(run: str | Path, preset: GuideGenPreset, *, scale_factor: float = 1.0,
-                   text_encoder: str = "minilm", stages: dict[str, Any] | None = None) -> Path:
+def write_manifest(run: str | Path, preset: GuideGenPreset, *, text_encoder: str = "minilm",
+                   stages: dict[str, Any] | None = None) -> Path:
     """Write (or update) ``run/guidegen.json`` atomically."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def write_manifest(run: str | Path, preset: GuideGenPreset, *, scale_factor: flo
     old = json.loads(path.read_text()) if path.exists() else {}
     merged_stages = {**old.get("stages", {}), **(stages or {})}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "preset": preset.to_dict(),
-               "scale_factor": float(scale_factor), "text_encoder": text_encoder, "stages": merged_stages}
+               "text_encoder": text_encoder, "stages": merged_stages}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
     tmp.replace(path)
@@ -128,9 +128,17 @@ def ship_checkpoint(src: str | Path, dst: str | Path, *, max_bytes: int = SHARD_
 
 
 def _assembled(folder: Path, tmp: Path) -> Path:
-    """``folder`` itself when it has ``model.safetensors``, else its shards merged into ``tmp``."""
-    if (folder / "model.safetensors").exists():
+    """A checkpoint folder to load: ``folder`` itself, or (shards merged, or the engine's EMA
+    weights put in place of ``model.safetensors``) a copy in ``tmp``."""
+    ema = folder / "ema.safetensors"
+    if (folder / "model.safetensors").exists() and not ema.exists():
         return folder
+    if ema.exists():
+        out = tmp / folder.name
+        out.mkdir(parents=True)
+        shutil.copy2(folder / "config.json", out / "config.json")
+        shutil.copy2(ema, out / "model.safetensors")
+        return out
     shards = sorted(folder.glob("model-*-of-*.safetensors"))
     if not shards:
         raise BenchError(f"{folder}: no model.safetensors and no model-*-of-*.safetensors shards")
@@ -185,5 +193,4 @@ def load_system(path: str | Path | None = None, *, device: torch.device | str = 
 
             gen = LatentGenerator.load(_assembled(root / "generator", tmp), device=device).eval()
     return GuideGenSystem(preset=preset, tcss=tcss.eval(), autoencoder=ae, generator=gen,
-                          scale_factor=float(info.get("scale_factor", 1.0)),
                           text_encoder=str(info.get("text_encoder", "minilm")), path=root, info=info)
