@@ -20,6 +20,7 @@ from .. import __version__
 COMMANDS: dict[str, str] = {
     "data": "ctsynth_bench.cli.data",
     "systems": "ctsynth_bench.cli.systems",
+    "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
 }
 
 log = logging.getLogger("ctsynth_bench")

@@ -34,7 +34,7 @@ from .prompts import PromptFields, parse_prompt
 from .stages import label_condition, labels_to_ct_grid, null_prompt, sample_label_maps
 from .system import GuideGenSystem
 
-__all__ = ["CHUNK", "Generated", "encode", "generate", "synthesize_to_folder"]
+__all__ = ["CHUNK", "Generated", "encode", "generate", "labels_to_ct", "synthesize_to_folder"]
 
 log = logging.getLogger(__name__)
 CHUNK = 8
@@ -102,21 +102,30 @@ def generate(
     w = p.guidance if guidance is None else guidance
     labels, calls = sample_label_maps(system.tcss, tokens, mask, guidance=w, sampler=sampler, steps=steps,
                                       generator=generator)
-    ct = None
-    if with_ct and system.has_ct:
-        dev = next(system.generator.parameters()).device
-        lat = p.latent_size
-        cond = label_condition(labels.to(dev), lat)
-        ctx = tokens.to(dev).float()
-        gen_g = generator
-        z = system.generator.sample(cond, context=ctx, num_inference_steps=ct_steps or p.gen_steps,
-                                    guidance_scale=p.gen_guidance, generator=gen_g)
-        lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
-        x = system.autoencoder.decode_stage_2_outputs(z / system.autoencoder.scale_factor, lab_ct)
-        ct = system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
+    ct = labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator) if with_ct and system.has_ct else None
     s = labels.shape[-1]
     return Generated(labels=labels[:, 0].cpu(), ct=ct, label_affine=grid_affine(s, p.label_spacing),
                      ct_affine=grid_affine(p.ct_size, p.label_spacing * s / p.ct_size), calls=calls)
+
+
+@torch.no_grad()
+def labels_to_ct(system: GuideGenSystem, labels: torch.Tensor, tokens: torch.Tensor, *, steps: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """CT in HU ``(B, C, C, C)`` for label maps ``(B, 1, S, S, S)`` and prompt tokens ``(B, L, D)``.
+
+    Latent generator (label map concatenated on the latent grid, text by cross-attention, DDIM +
+    guidance) on scaled latents, then the HDR decoder conditioned on the same label map.
+    """
+    if not system.has_ct:
+        raise BenchError(f"{system.path}: no CT stages (autoencoder/ and generator/); train them first")
+    p = system.preset
+    dev = next(system.generator.parameters()).device
+    cond = label_condition(labels.to(dev), p.latent_size)
+    z = system.generator.sample(cond, context=tokens.to(dev).float(), num_inference_steps=steps or p.gen_steps,
+                                guidance_scale=p.gen_guidance, generator=generator)
+    lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
+    x = system.autoencoder.decode_stage_2_outputs(z / system.autoencoder.scale_factor, lab_ct)
+    return system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
 
 
 def _write_json(path: Path, obj: object) -> None:
