@@ -74,35 +74,63 @@ def main(argv: list[str] | None = None) -> int:
     (dest / "guidegen.json").write_text(json.dumps(man, indent=1, sort_keys=True))
     pre = man["preset"]
     t = pre["tcss"]
-    training = (a.run / "training.md").read_text() if (a.run / "training.md").exists() else json.dumps(
-        man.get("stages", {}), indent=1)
+    training = (
+        (a.run / "training.md").read_text()
+        if (a.run / "training.md").exists()
+        else json.dumps(man.get("stages", {}), indent=1)
+    )
     measured = "(run `bench run guidegen` for the numbers)"
     if a.alignment is not None and a.alignment.exists():
         al = json.loads(a.alignment.read_text())
         f, n = al["fast"], al["text_removed"]
-        rows = [f"- Site in/on the prompted organ: {f['site_rate']:.2f} overall ({f['n']} samples); per site "
-                + ", ".join(f"{k} {v:.2f}" for k, v in f["per_site"].items()),
-                f"- Text removed (null prompt): chance of each site's rule {al['chance_site_rate']:.2f} on average ("
-                + ", ".join(f"{k} {v:.2f}" for k, v in n["site_rate_by_site"].items()) + ")",
-                f"- Tumour count matches the prompt: {f['count_rate']:.2f} (text removed: {n['count_rate_for_prompts']:.2f})"]
+        rows = [
+            f"- Site in/on the prompted organ: {f['site_rate']:.2f} overall ({f['n']} samples); per site "
+            + ", ".join(f"{k} {v:.2f}" for k, v in f["per_site"].items()),
+            f"- Text removed (null prompt): chance of each site's rule {al['chance_site_rate']:.2f} on average ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in n["site_rate_by_site"].items())
+            + ")",
+            f"- Tumour count matches the prompt: {f['count_rate']:.2f} (text removed: {n['count_rate_for_prompts']:.2f})",
+        ]
         if "sampler" in al:
             s = al["sampler"]
-            rows.append(f"- Ancestral ({s['ancestral']['calls']} calls): site {s['ancestral']['site_rate']:.2f}, count "
-                        f"{s['ancestral']['count_rate']:.2f}; fast ({s['fast']['calls']} calls): site "
-                        f"{s['fast']['site_rate']:.2f}, count {s['fast']['count_rate']:.2f} ({s['n']} prompts)")
+            rows.append(
+                f"- Ancestral ({s['ancestral']['calls']} calls): site {s['ancestral']['site_rate']:.2f}, count "
+                f"{s['ancestral']['count_rate']:.2f}; fast ({s['fast']['calls']} calls): site "
+                f"{s['fast']['site_rate']:.2f}, count {s['fast']['count_rate']:.2f} ({s['n']} prompts)"
+            )
         if al.get("ct", {}).get("has_ct"):
-            rows.append("- Organ median HU: " + ", ".join(f"{k} {v:.0f}" for k, v in al["ct"]["organ_hu_median"].items()))
-        measured = "\n".join(rows) + "\n\nMeasured with `bench run guidegen` on these weights (seed 0)."
-    (dest / "README.md").write_text(CARD.format(
-        channels=tuple(t["channels"]), T=t["num_train_timesteps"], fast=t["fast_steps"], guidance=pre["guidance"],
-        tw=pre["tumour_weight"], drop=pre["cond_drop"], gen_steps=pre["gen_steps"], gen_guidance=pre["gen_guidance"],
-        training=training, measured=measured))
+            rows.append(
+                "- Organ median HU: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in al["ct"]["organ_hu_median"].items())
+            )
+        measured = (
+            "\n".join(rows) + "\n\nMeasured with `bench run guidegen` on these weights (seed 0)."
+        )
+    (dest / "README.md").write_text(
+        CARD.format(
+            channels=tuple(t["channels"]),
+            T=t["num_train_timesteps"],
+            fast=t["fast_steps"],
+            guidance=pre["guidance"],
+            tw=pre["tumour_weight"],
+            drop=pre["cond_drop"],
+            gen_steps=pre["gen_steps"],
+            gen_guidance=pre["gen_guidance"],
+            training=training,
+            measured=measured,
+        )
+    )
     big = [f for f in dest.rglob("*") if f.is_file() and f.stat().st_size >= 4_000_000]
     if big:
         print(f"files over 4 MB: {big}", file=sys.stderr)
         return 1
-    print(f"shipped to {dest}: " + ", ".join(f"{f.relative_to(dest)} {f.stat().st_size / 1e6:.1f} MB"
-                                             for f in sorted(dest.rglob('*.safetensors'))))
+    print(
+        f"shipped to {dest}: "
+        + ", ".join(
+            f"{f.relative_to(dest)} {f.stat().st_size / 1e6:.1f} MB"
+            for f in sorted(dest.rglob("*.safetensors"))
+        )
+    )
     return 0
 
 

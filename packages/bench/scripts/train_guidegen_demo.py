@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from ctsynth_bench.guidegen.data import build_demo_set
 from ctsynth_bench.guidegen.presets import get_preset
 from ctsynth_bench.guidegen.prompts import PromptFields, cells, prompt_bank
@@ -42,17 +41,23 @@ VARIANTS = {
 
 
 def _bank(out: Path) -> None:
-    from safetensors.torch import save_file
-
     from ctsynth_bench.text import encode_prompts, load_text_encoder
+    from safetensors.torch import save_file
 
     bank = prompt_bank(BANK_SEED, PER_CELL)
     enc = load_text_encoder("minilm")
     tokens, mask = encode_prompts(enc, [f.text for f in bank])
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"tokens": tokens.half().contiguous(), "mask": mask.contiguous()}, str(out / "bank.safetensors"),
-              metadata={"per_cell": str(PER_CELL), "seed": str(BANK_SEED), "encoder": "minilm",
-                        "prompts": json.dumps([f.to_dict() for f in bank])})
+    save_file(
+        {"tokens": tokens.half().contiguous(), "mask": mask.contiguous()},
+        str(out / "bank.safetensors"),
+        metadata={
+            "per_cell": str(PER_CELL),
+            "seed": str(BANK_SEED),
+            "encoder": "minilm",
+            "prompts": json.dumps([f.to_dict() for f in bank]),
+        },
+    )
     print(f"bank: {tokens.shape[0]} prompts, {tokens.shape[1]} tokens", flush=True)
 
 
@@ -70,7 +75,6 @@ def cell_of(fields_json: str) -> int:
 
 def _tcss(args: argparse.Namespace) -> None:
     from cat_diffusion import SemanticSynthesizer
-
     from ctsynth_bench.guidegen.stages import TCSSData, train_tcss
 
     torch.manual_seed(args.seed)
@@ -84,7 +88,12 @@ def _tcss(args: argparse.Namespace) -> None:
     tokens, mask = load_bank(src / "bank.safetensors")
     cell = torch.tensor([cell_of(s) for s in d["fields"]])
     choices = cell[:, None] * PER_CELL + torch.arange(PER_CELL)[None]
-    data = TCSSData(labels=torch.from_numpy(d["labels"][:, None]), choices=choices, bank_tokens=tokens, bank_mask=mask)
+    data = TCSSData(
+        labels=torch.from_numpy(d["labels"][:, None]),
+        choices=choices,
+        bank_tokens=tokens,
+        bank_mask=mask,
+    )
     synth = SemanticSynthesizer(preset.tcss)
     if args.init is not None:  # warm start from an earlier checkpoint of the same design
         from cat_diffusion import load_checkpoint
@@ -95,18 +104,34 @@ def _tcss(args: argparse.Namespace) -> None:
         synth.train()
     out = args.out / args.variant
     out.mkdir(parents=True, exist_ok=True)
-    (out / "preset.json").write_text(json.dumps({**preset.to_dict(), "tumour_weight": tw or preset.tumour_weight}))
-    _, res = train_tcss(synth, data, preset, out=out, minutes=args.minutes, max_steps=args.max_steps,
-                        device=args.device, seed=args.seed, tumour_weight=tw, save_every=args.save_every,
-                        on_log=lambda r: print(args.variant, json.dumps(r), flush=True))
+    (out / "preset.json").write_text(
+        json.dumps({**preset.to_dict(), "tumour_weight": tw or preset.tumour_weight})
+    )
+    _, res = train_tcss(
+        synth,
+        data,
+        preset,
+        out=out,
+        minutes=args.minutes,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+        tumour_weight=tw,
+        save_every=args.save_every,
+        on_log=lambda r: print(args.variant, json.dumps(r), flush=True),
+    )
     (out / "result.json").write_text(json.dumps({"steps": res["steps"], "seconds": res["seconds"]}))
 
 
 def _ct(args: argparse.Namespace) -> None:
     import ct_autoencoder as ca
-
     from ctsynth_bench.guidegen.stages import (
-        autoencode_error, make_autoencoder, make_generator, measure_scale, train_autoencoder, train_generator,
+        autoencode_error,
+        make_autoencoder,
+        make_generator,
+        measure_scale,
+        train_autoencoder,
+        train_generator,
     )
 
     torch.manual_seed(args.seed)
@@ -123,8 +148,15 @@ def _ct(args: argparse.Namespace) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     ae = make_autoencoder(preset)
-    r_ae = train_autoencoder(ae, ct[n_hold:], labels[n_hold:], minutes=args.minutes_ae, max_steps=args.max_steps,
-                             device=args.device, seed=args.seed)
+    r_ae = train_autoencoder(
+        ae,
+        ct[n_hold:],
+        labels[n_hold:],
+        minutes=args.minutes_ae,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+    )
     err = autoencode_error(ae, ct[:n_hold], labels[:n_hold])
     scale = measure_scale(ae, ct[n_hold:], labels[n_hold:])
     print("autoencoder", r_ae["steps"], err, "scale", scale, flush=True)
@@ -134,24 +166,52 @@ def _ct(args: argparse.Namespace) -> None:
     with torch.no_grad():
         zs = []
         for i in range(0, len(ct), 16):
-            x = ae.normalize(ct[i:i + 16].to(dev))
+            x = ae.normalize(ct[i : i + 16].to(dev))
             from ctsynth_bench.guidegen.stages import labels_to_ct_grid
 
-            zs.append(ae.encode_stage_2_inputs(x, labels_to_ct_grid(labels[i:i + 16].long().to(dev), x.shape[-1])) * scale)
+            zs.append(
+                ae.encode_stage_2_inputs(
+                    x, labels_to_ct_grid(labels[i : i + 16].long().to(dev), x.shape[-1])
+                )
+                * scale
+            )
         z = torch.cat(zs).cpu()
-    tokens, mask = load_bank(args.out / "bank.safetensors")
+    tokens, _ = load_bank(args.out / "bank.safetensors")
     rng = np.random.default_rng(args.seed)
     pick = [cell_of(s) * PER_CELL + int(rng.integers(PER_CELL)) for s in d["fields"]]
     tok = tokens[pick].float()
     gen = make_generator(preset)
-    r_gen = train_generator(gen, z, labels, tok, minutes=args.minutes_gen, max_steps=args.max_steps,
-                            device=args.device, seed=args.seed)
+    r_gen = train_generator(
+        gen,
+        z,
+        labels,
+        tok,
+        minutes=args.minutes_gen,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+    )
     gen.cpu().save(out / "generator")
-    (out / "ct_result.json").write_text(json.dumps({
-        "autoencoder": {"steps": r_ae["steps"], "seconds": r_ae["seconds"], **err, "scale_factor": scale,
-                        "held_out": n_hold, "log": r_ae["log"][-3:]},
-        "generator": {"steps": r_gen["steps"], "seconds": r_gen["seconds"], "log": r_gen["log"][-3:]},
-    }, indent=1))
+    (out / "ct_result.json").write_text(
+        json.dumps(
+            {
+                "autoencoder": {
+                    "steps": r_ae["steps"],
+                    "seconds": r_ae["seconds"],
+                    **err,
+                    "scale_factor": scale,
+                    "held_out": n_hold,
+                    "log": r_ae["log"][-3:],
+                },
+                "generator": {
+                    "steps": r_gen["steps"],
+                    "seconds": r_gen["seconds"],
+                    "log": r_gen["log"][-3:],
+                },
+            },
+            indent=1,
+        )
+    )
     print("generator", r_gen["steps"], r_gen["log"][-1], flush=True)
 
 
@@ -159,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["bank", "labels", "tcss", "ct"])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=None, help="folder with labels.npz + bank.safetensors (default --out)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with labels.npz + bank.safetensors (default --out)",
+    )
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--init", type=Path, default=None, help="TCSS checkpoint folder to start from")
     p.add_argument("--n", type=int, default=2000)

@@ -10,15 +10,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from ctsynth_bench.guidegen.pipeline import encode, generate, labels_to_ct, synthesize_to_folder
 from ctsynth_bench.guidegen.presets import get_preset
 from ctsynth_bench.guidegen.system import load_system, ship_checkpoint, write_manifest
 
-PROMPT_A = ("The patient is a 63-year-old white male. In this imaging, the patient's condition is described as "
-            "liver cancer, T2 N0 M0, 2 primary tumours, small.")
-PROMPT_B = ("The patient is a 41-year-old asian female. In this imaging, the patient's condition is described as "
-            "lung cancer, T4 N1 M1, 1 primary tumour, large.")
+PROMPT_A = (
+    "The patient is a 63-year-old white male. In this imaging, the patient's condition is described as "
+    "liver cancer, T2 N0 M0, 2 primary tumours, small."
+)
+PROMPT_B = (
+    "The patient is a 41-year-old asian female. In this imaging, the patient's condition is described as "
+    "lung cancer, T4 N1 M1, 1 primary tumour, large."
+)
 
 
 def _wake(module: torch.nn.Module, seed: int) -> None:
@@ -34,7 +37,6 @@ def _wake(module: torch.nn.Module, seed: int) -> None:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import ct_autoencoder as ca
     from cat_diffusion import SemanticSynthesizer, save_checkpoint
-
     from ctsynth_bench.guidegen.stages import make_autoencoder, make_generator
 
     torch.manual_seed(0)
@@ -60,7 +62,9 @@ def test_shards_load_and_are_small(run_dir: Path) -> None:
     from cat_diffusion import load_checkpoint
 
     full, _ = load_checkpoint(run_dir / "tcss_full")
-    for (k, a), (_, b) in zip(sorted(s.tcss.state_dict().items()), sorted(full.state_dict().items()), strict=True):
+    for (k, a), (_, b) in zip(
+        sorted(s.tcss.state_dict().items()), sorted(full.state_dict().items()), strict=True
+    ):
         assert torch.equal(a, b), k
 
 
@@ -73,16 +77,22 @@ def test_synth_writes_nnunet_layout_and_resumes(run_dir: Path, tmp_path: Path) -
         img = nib.load(out / "imagesTr" / f"{name}_0000.nii.gz")
         lab = nib.load(out / "labelsTr" / f"{name}.nii.gz")
         assert img.shape == lab.shape == (32, 32, 32)
-        assert np.allclose(img.header.get_zooms(), (12.0, 12.0, 12.0)) and np.allclose(img.affine, lab.affine)
+        assert np.allclose(img.header.get_zooms(), (12.0, 12.0, 12.0)) and np.allclose(
+            img.affine, lab.affine
+        )
         assert img.get_data_dtype() == np.int16 and lab.get_data_dtype() == np.uint8
         assert int(np.asarray(lab.dataobj).max()) <= 20
         meta = json.loads((out / "meta" / f"{name}.json").read_text())
-        assert meta["prompt"] in (PROMPT_A, PROMPT_B) and meta["seed"] == 3 and meta["tcss_calls"] == 4
+        assert (
+            meta["prompt"] in (PROMPT_A, PROMPT_B) and meta["seed"] == 3 and meta["tcss_calls"] == 4
+        )
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["labels"]["tumour"] == 20 and ds["numTraining"] == 4
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
     synthesize_to_folder(s, [PROMPT_A, PROMPT_B], out, n=2, seed=3, steps=4)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == before  # finished chunks are skipped
+    assert {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")
+    } == before  # finished chunks are skipped
 
 
 def test_prompt_and_its_removal_change_the_output(run_dir: Path) -> None:
@@ -90,7 +100,9 @@ def test_prompt_and_its_removal_change_the_output(run_dir: Path) -> None:
 
     def labels(prompt: str | None) -> torch.Tensor:
         tok, mask = encode(s, None if prompt is None else [prompt] * 2, 2)
-        return generate(s, tok, mask, steps=4, with_ct=False, generator=torch.Generator().manual_seed(0)).labels
+        return generate(
+            s, tok, mask, steps=4, with_ct=False, generator=torch.Generator().manual_seed(0)
+        ).labels
 
     a, b, none = labels(PROMPT_A), labels(PROMPT_B), labels(None)
     assert torch.equal(a, labels(PROMPT_A))  # same prompt, same seed: same maps
@@ -108,4 +120,6 @@ def test_label_map_changes_the_ct(run_dir: Path) -> None:
     assert ct_a.shape == (1, 32, 32, 32)
     assert torch.equal(ct_a, labels_to_ct(s, a, tok, generator=torch.Generator().manual_seed(0)))
     diff = (ct_a - ct_b).abs()[0]
-    assert float(diff[8:24, 8:24, 8:24].mean()) > float(diff[:4, :4, :4].mean())  # changed where the map changed
+    assert float(diff[8:24, 8:24, 8:24].mean()) > float(
+        diff[:4, :4, :4].mean()
+    )  # changed where the map changed

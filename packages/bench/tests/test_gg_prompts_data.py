@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ctsynth_bench.guidegen.control import site_hits, tumour_count
 from ctsynth_bench.guidegen.data import LABEL_GRID, load_gg_templates, make_case
-from ctsynth_bench.guidegen.prompts import SITES, PromptError, PromptFields, parse_prompt, prompt_bank, sample_fields
+from ctsynth_bench.guidegen.prompts import (
+    SITES,
+    PromptError,
+    PromptFields,
+    parse_prompt,
+    prompt_bank,
+    sample_fields,
+)
 
 
 def test_prompt_round_trip() -> None:
@@ -21,12 +27,21 @@ def test_prompt_round_trip() -> None:
 @pytest.mark.parametrize(
     ("prompt", "says"),
     [
-        ("The patient is a 50-year-old white male. In this imaging, the patient's condition is described as "
-         "brain cancer, T2 N0 M0, 1 primary tumour, small.", "site 'brain' is not in the vocabulary"),
-        ("The patient is a 50-year-old white male. In this imaging, the patient's condition is described as "
-         "liver cancer, T4 N0 M0, 1 primary tumour, small.", "T4 contradicts a small tumour"),
-        ("The patient is a 50-year-old white male. In this imaging, the patient's condition is described as "
-         "kidney cancer, T1 N0 M0, 3 primary tumours, small.", "count 3 is not allowed for kidney"),
+        (
+            "The patient is a 50-year-old white male. In this imaging, the patient's condition is described as "
+            "brain cancer, T2 N0 M0, 1 primary tumour, small.",
+            "site 'brain' is not in the vocabulary",
+        ),
+        (
+            "The patient is a 50-year-old white male. In this imaging, the patient's condition is described as "
+            "liver cancer, T4 N0 M0, 1 primary tumour, small.",
+            "T4 contradicts a small tumour",
+        ),
+        (
+            "The patient is a 50-year-old white male. In this imaging, the patient's condition is described as "
+            "kidney cancer, T1 N0 M0, 3 primary tumours, small.",
+            "count 3 is not allowed for kidney",
+        ),
         ("a tumour in the liver please", "does not follow the template"),
     ],
 )
@@ -40,7 +55,9 @@ def test_bad_prompts_one_line_listing_allowed(prompt: str, says: str) -> None:
 
 def test_bank_covers_every_cell() -> None:
     bank = prompt_bank(0, 2)
-    assert {(f.site, f.count, f.size) for f in bank} == {(f.site, f.count, f.size) for f in bank[::2]}
+    assert {(f.site, f.count, f.size) for f in bank} == {
+        (f.site, f.count, f.size) for f in bank[::2]
+    }
     assert {f.site for f in bank} == set(SITES)
 
 

@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 
-def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+def _group(
+    sub: argparse._SubParsersAction, name: str, help_text: str
+) -> argparse._SubParsersAction:
     """The sub-subparsers of group ``name`` (made if no other module has made it)."""
     group = sub.choices.get(name)
     if group is None:
@@ -37,18 +39,34 @@ def _stages(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in names if s not in STAGES]
     if not names or bad:
-        raise argparse.ArgumentTypeError(f"stages are a comma list of {', '.join(STAGES)}; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"stages are a comma list of {', '.join(STAGES)}; got {text!r}"
+        )
     return names
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..guidegen.training import train_guidegen
 
-    report = train_guidegen(args.out, preset=args.preset, data=args.data, stages=args.stages,
-                            max_steps=args.max_steps, minutes=args.minutes, resume=args.resume,
-                            device=args.device, seed=args.seed, progress=not args.quiet)
+    report = train_guidegen(
+        args.out,
+        preset=args.preset,
+        data=args.data,
+        stages=args.stages,
+        max_steps=args.max_steps,
+        minutes=args.minutes,
+        resume=args.resume,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     for name, r in report.items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+            )
+        )
     print(f"run folder: {args.out}")
     return 0
 
@@ -62,8 +80,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         parse_prompt(p)  # a bad prompt fails before any model loads
     system = load_system(args.run)
     t = time.time()
-    names = synthesize_to_folder(system, args.prompt, args.out, n=args.n, seed=args.seed, sampler=args.sampler,
-                                 steps=args.steps, progress=not args.quiet)
+    names = synthesize_to_folder(
+        system,
+        args.prompt,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        sampler=args.sampler,
+        steps=args.steps,
+        progress=not args.quiet,
+    )
     kind = "CT + label map" if system.has_ct else "label map"
     print(f"{len(names)} cases ({kind}) in {args.out} ({time.time() - t:.0f} s)")
     return 0
@@ -81,10 +107,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         train_guidegen(out, preset="demo", minutes=args.minutes, progress=not args.quiet)
         print(f"trained in {(time.time() - t) / 60:.1f} min")
         run = out
-    res = run_guidegen(out, run=run, n_per_site=args.n_per_site, n_ancestral=args.n_ancestral, seed=args.seed)
+    res = run_guidegen(
+        out, run=run, n_per_site=args.n_per_site, n_ancestral=args.n_ancestral, seed=args.seed
+    )
     f = res["fast"]
-    print(f"site in/on prompted organ {f['site_rate']:.2f} (text removed: chance {res['chance_site_rate']:.2f}), "
-          f"count {f['count_rate']:.2f}; report: {out / 'report.md'}")
+    print(
+        f"site in/on prompted organ {f['site_rate']:.2f} (text removed: chance {res['chance_site_rate']:.2f}), "
+        f"count {f['count_rate']:.2f}; report: {out / 'report.md'}"
+    )
     if args.json:
         print(json.dumps(res))
     return 0
@@ -93,9 +123,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``guidegen`` to the ``train``, ``synth`` and ``run`` groups."""
     p = _group(sub, "train", "train a full system into a run folder").add_parser(
-        "guidegen", help="train GuideGen (TCSS, HDR autoencoder, latent generator)",
+        "guidegen",
+        help="train GuideGen (TCSS, HDR autoencoder, latent generator)",
         description="Train GuideGen's stages on the demo set (real templates, deformed, with prompted tumours) "
-        "or a user's set (--data: imagesTr, organs, labelsTr, prompts). The budget applies to each stage.")
+        "or a user's set (--data: imagesTr, organs, labelsTr, prompts). The budget applies to each stage.",
+    )
     p.add_argument("--data", type=Path, default=None, help="user set (default: the demo set)")
     p.add_argument("--preset", choices=["demo", "paper"], default="demo")
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -108,9 +140,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = _group(sub, "synth", "generate synthetic cases with a trained system").add_parser(
-        "guidegen", help="prompt -> label map -> CT (nnU-Net layout)",
-        description="Generate label maps and CTs from prompts in the GuideGen template.")
-    p.add_argument("--run", type=Path, default=None, help="run folder (default: the shipped demo system)")
+        "guidegen",
+        help="prompt -> label map -> CT (nnU-Net layout)",
+        description="Generate label maps and CTs from prompts in the GuideGen template.",
+    )
+    p.add_argument(
+        "--run", type=Path, default=None, help="run folder (default: the shipped demo system)"
+    )
     p.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
     p.add_argument("--n", type=int, default=1, help="cases per prompt")
     p.add_argument("--seed", type=int, default=0)
@@ -120,13 +156,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
     p = _group(sub, "run", "run a system end to end and write its report").add_parser(
-        "guidegen", help="gallery + prompt-alignment check + report.md",
+        "guidegen",
+        help="gallery + prompt-alignment check + report.md",
         description="Gallery of label maps and CTs for prompts varying site and count, the prompt-alignment "
-        "check (with and without text, fast vs ancestral sampler, organ HU), DIR/report.md.")
+        "check (with and without text, fast vs ancestral sampler, organ HU), DIR/report.md.",
+    )
     p.add_argument("--out", type=Path, default=Path("guidegen_run"))
-    p.add_argument("--run", type=Path, default=None, help="run folder (default: the shipped demo system)")
-    p.add_argument("--train", action="store_true", help="train the demo from scratch into --out first")
-    p.add_argument("--minutes", type=float, default=8.0, help="training budget per stage with --train")
+    p.add_argument(
+        "--run", type=Path, default=None, help="run folder (default: the shipped demo system)"
+    )
+    p.add_argument(
+        "--train", action="store_true", help="train the demo from scratch into --out first"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=8.0, help="training budget per stage with --train"
+    )
     p.add_argument("--n-per-site", type=int, default=8)
     p.add_argument("--n-ancestral", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)

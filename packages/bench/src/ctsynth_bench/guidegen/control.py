@@ -63,9 +63,11 @@ def site_hits(labels: np.ndarray, site: str) -> bool:
 
 def class_histogram_distance(maps: np.ndarray, real: np.ndarray) -> float:
     """Total-variation distance between the mean class-volume fractions of two map sets."""
+
     def hist(m: np.ndarray) -> np.ndarray:
         h = np.bincount(m.reshape(-1).astype(np.int64), minlength=NUM_CLASSES).astype(np.float64)
         return h / h.sum()
+
     return float(0.5 * np.abs(hist(maps) - hist(real)).sum())
 
 
@@ -90,8 +92,13 @@ def score_maps(maps: Sequence[np.ndarray], fields: Sequence[PromptFields]) -> Si
         sel = [h for h, f in zip(hits, fields, strict=True) if f.site == s]
         if sel:
             per[s] = float(np.mean(sel))
-    return SiteCount(n=len(maps), site_rate=float(np.mean(hits)), count_rate=float(np.mean(counts)),
-                     tumour_rate=float(np.mean(has)), per_site=per)
+    return SiteCount(
+        n=len(maps),
+        site_rate=float(np.mean(hits)),
+        count_rate=float(np.mean(counts)),
+        tumour_rate=float(np.mean(has)),
+        per_site=per,
+    )
 
 
 def null_site_rates(maps: Sequence[np.ndarray]) -> dict[str, float]:

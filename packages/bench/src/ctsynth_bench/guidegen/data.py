@@ -110,7 +110,9 @@ def load_gg_templates(names: Sequence[str] | None = None) -> list[GGTemplate]:
 
     infos = data.list_cases()
     if names is None:
-        names = list(dict.fromkeys(i.name for i in infos if i.has_organs))  # fetched first, no repeats
+        names = list(
+            dict.fromkeys(i.name for i in infos if i.has_organs)
+        )  # fetched first, no repeats
     out = []
     for name in names:
         case = data.load_case(name)
@@ -123,12 +125,20 @@ def load_gg_templates(names: Sequence[str] | None = None) -> list[GGTemplate]:
         body = np.argwhere(ct > -500)
         centre = (affine @ np.r_[body.mean(axis=0), 1.0])[:3]
         present = set(np.unique(labels).tolist())
-        sites = tuple(s for s, organ in SITES.items() if class_id(organ) in present
-                      and int((labels == class_id(organ)).sum()) * float(np.prod(case.spacing)) > 120_000)
+        sites = tuple(
+            s
+            for s, organ in SITES.items()
+            if class_id(organ) in present
+            and int((labels == class_id(organ)).sum()) * float(np.prod(case.spacing)) > 120_000
+        )
         if not sites:
             log.info("template %s has no organ of the demo sites; skipped", name)
             continue
-        out.append(GGTemplate(name=case.name, ct=ct, labels=labels, affine=affine, centre=centre, sites=sites))
+        out.append(
+            GGTemplate(
+                name=case.name, ct=ct, labels=labels, affine=affine, centre=centre, sites=sites
+            )
+        )
     if not out:
         raise ValueError("no template with an organ map of a demo site is available")
     return out
@@ -136,10 +146,14 @@ def load_gg_templates(names: Sequence[str] | None = None) -> list[GGTemplate]:
 
 def _smooth_field(rng: np.random.Generator, n: int, amp_mm: float, ctrl: int = 7) -> np.ndarray:
     c = rng.normal(0.0, amp_mm, size=(3, ctrl, ctrl, ctrl))
-    return np.stack([ndimage.zoom(c[i], n / ctrl, order=3, mode="nearest", grid_mode=True) for i in range(3)])
+    return np.stack(
+        [ndimage.zoom(c[i], n / ctrl, order=3, mode="nearest", grid_mode=True) for i in range(3)]
+    )
 
 
-def _resample(t: GGTemplate, rng: np.random.Generator, with_ct: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _resample(
+    t: GGTemplate, rng: np.random.Generator, with_ct: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     n = CT_GRID
     scale = rng.uniform(0.9, 1.1)
     shift = rng.uniform(-12.0, 12.0, size=3)
@@ -162,24 +176,30 @@ def _resample(t: GGTemplate, rng: np.random.Generator, with_ct: bool) -> tuple[n
         tsp = np.sqrt((t.affine[:3, :3] ** 2).sum(0))
         sigma = np.maximum(0.0, 0.4 * (CT_SPACING / scale) / tsp - 0.3)
         src = ndimage.gaussian_filter(t.ct, sigma) if np.any(sigma > 0) else t.ct
-        ct = ndimage.map_coordinates(src, vox, order=1, mode="constant", cval=AIR_HU, prefilter=False)
+        ct = ndimage.map_coordinates(
+            src, vox, order=1, mode="constant", cval=AIR_HU, prefilter=False
+        )
         ct = ct.astype(np.float32)
     return labels, ct
 
 
-def _ellipsoid(centre: np.ndarray, radii: np.ndarray, rot: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _ellipsoid(
+    centre: np.ndarray, radii: np.ndarray, rot: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
     """Voxels whose 3x3x3 sub-samples are at least half inside the ellipsoid (voxel units)."""
     lo = np.maximum(0, np.floor(centre - radii.max() - 1)).astype(int)
     hi = np.minimum(shape, np.ceil(centre + radii.max() + 2)).astype(int)
     sub = (np.arange(3) - 1) / 3.0
-    g = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
+    g = np.stack(
+        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
+    )
     offs = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
     p = g[..., None, :] + offs - centre  # (..., 27, 3)
     q = p @ rot
     inside = ((q / radii) ** 2).sum(-1) <= 1.0
     frac = inside.mean(-1)
     out = np.zeros(shape, dtype=bool)
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = frac >= 0.5
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = frac >= 0.5
     c = np.clip(np.round(centre).astype(int), 0, np.array(shape) - 1)
     out[tuple(c)] = True
     return out
@@ -222,19 +242,35 @@ def _place(labels: np.ndarray, organ: int, size: str, count: int, rng: np.random
     return placed
 
 
-def _render_tumours(ct: np.ndarray, fine_tumour: np.ndarray, fine_labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _render_tumours(
+    ct: np.ndarray, fine_tumour: np.ndarray, fine_labels: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Hypodense tumours in the CT grid: organ median - 45 HU, smooth texture, soft edge."""
     if not fine_tumour.any():
         return ct
     soft = ndimage.gaussian_filter(fine_tumour.astype(np.float32), 0.7)
-    organ_vox = ct[ndimage.binary_dilation(fine_tumour, iterations=2) & ~fine_tumour & (fine_labels > 0)]
+    organ_vox = ct[
+        ndimage.binary_dilation(fine_tumour, iterations=2) & ~fine_tumour & (fine_labels > 0)
+    ]
     ref = float(np.median(organ_vox)) if organ_vox.size else 40.0
-    target = ref - 45.0 + 12.0 * ndimage.gaussian_filter(rng.normal(size=ct.shape).astype(np.float32), 1.0) * 3
+    target = (
+        ref
+        - 45.0
+        + 12.0 * ndimage.gaussian_filter(rng.normal(size=ct.shape).astype(np.float32), 1.0) * 3
+    )
     return (ct * (1 - soft) + target * soft).astype(np.float32)
 
 
-def make_case(templates: Sequence[GGTemplate], seed: int, index: int, *, with_ct: bool = True,
-              site: str | None = None, count: int | None = None, size: str | None = None) -> DemoCase:
+def make_case(
+    templates: Sequence[GGTemplate],
+    seed: int,
+    index: int,
+    *,
+    with_ct: bool = True,
+    site: str | None = None,
+    count: int | None = None,
+    size: str | None = None,
+) -> DemoCase:
     """Case ``index`` of the demo set with ``seed`` (deterministic in both).
 
     Args:
@@ -253,7 +289,9 @@ def make_case(templates: Sequence[GGTemplate], seed: int, index: int, *, with_ct
         site = str(rng.choice(sorted({s for t in templates for s in t.sites})))
     fitting = [t for t in templates if site in t.sites]
     if not fitting:
-        raise ValueError(f"no template holds site {site!r}; templates: {[t.name for t in templates]}")
+        raise ValueError(
+            f"no template holds site {site!r}; templates: {[t.name for t in templates]}"
+        )
     t = fitting[int(rng.integers(len(fitting)))]
     fields = sample_fields(rng, site=site, count=count, size=size)
     labels, ct = _resample(t, rng, with_ct)
@@ -294,8 +332,16 @@ def _case_arrays(job: tuple[int, int, bool]) -> tuple[np.ndarray, np.ndarray | N
     return c.labels, ct, json.dumps(c.fields.to_dict()), c.template
 
 
-def build_demo_set(path: str | Path, *, n: int, seed: int, with_ct: bool, workers: int = 1,
-                   templates: Sequence[str] | None = None, start: int = 0) -> Path:
+def build_demo_set(
+    path: str | Path,
+    *,
+    n: int,
+    seed: int,
+    with_ct: bool,
+    workers: int = 1,
+    templates: Sequence[str] | None = None,
+    start: int = 0,
+) -> Path:
     """Make cases ``start .. start+n-1`` and write them as one compressed ``.npz``.
 
     Arrays: ``labels`` uint8 (n, 16, 16, 16), ``ct`` int16 (n, 32, 32, 32) HU when ``with_ct``,
@@ -306,13 +352,18 @@ def build_demo_set(path: str | Path, *, n: int, seed: int, with_ct: bool, worker
     if workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(names,)) as pool:
+        with mp.get_context("fork").Pool(
+            workers, initializer=_init_worker, initargs=(names,)
+        ) as pool:
             rows = pool.map(_case_arrays, jobs, chunksize=8)
     else:
         _init_worker(names)
         rows = [_case_arrays(j) for j in jobs]
-    arrays = {"labels": np.stack([r[0] for r in rows]), "fields": np.array([r[2] for r in rows]),
-              "template": np.array([r[3] for r in rows])}
+    arrays = {
+        "labels": np.stack([r[0] for r in rows]),
+        "fields": np.array([r[2] for r in rows]),
+        "template": np.array([r[3] for r in rows]),
+    }
     if with_ct:
         arrays["ct"] = np.stack([r[1] for r in rows])
     path = Path(path)

@@ -59,8 +59,9 @@ class Generated:
     calls: int
 
 
-def encode(system: GuideGenSystem, prompts: Sequence[str] | None, batch: int, encoder: object | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    system: GuideGenSystem, prompts: Sequence[str] | None, batch: int, encoder: object | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt tokens ``(B, L, D)`` + mask, or the null prompt when ``prompts`` is None."""
     dim = system.preset.tcss.context_dim
     if prompts is None:
@@ -70,7 +71,9 @@ def encode(system: GuideGenSystem, prompts: Sequence[str] | None, batch: int, en
     enc = encoder if encoder is not None else load_text_encoder(system.text_encoder)
     tokens, mask = encode_prompts(enc, list(prompts))
     if tokens.shape[-1] != dim:
-        raise BenchError(f"the text encoder gives {tokens.shape[-1]}-d tokens; this system was trained on {dim}-d")
+        raise BenchError(
+            f"the text encoder gives {tokens.shape[-1]}-d tokens; this system was trained on {dim}-d"
+        )
     return tokens.cpu(), mask.cpu()
 
 
@@ -100,29 +103,52 @@ def generate(
     """
     p = system.preset
     w = p.guidance if guidance is None else guidance
-    labels, calls = sample_label_maps(system.tcss, tokens, mask, guidance=w, sampler=sampler, steps=steps,
-                                      generator=generator)
-    ct = labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator) if with_ct and system.has_ct else None
+    labels, calls = sample_label_maps(
+        system.tcss, tokens, mask, guidance=w, sampler=sampler, steps=steps, generator=generator
+    )
+    ct = (
+        labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
+        if with_ct and system.has_ct
+        else None
+    )
     s = labels.shape[-1]
-    return Generated(labels=labels[:, 0].cpu(), ct=ct, label_affine=grid_affine(s, p.label_spacing),
-                     ct_affine=grid_affine(p.ct_size, p.label_spacing * s / p.ct_size), calls=calls)
+    return Generated(
+        labels=labels[:, 0].cpu(),
+        ct=ct,
+        label_affine=grid_affine(s, p.label_spacing),
+        ct_affine=grid_affine(p.ct_size, p.label_spacing * s / p.ct_size),
+        calls=calls,
+    )
 
 
 @torch.no_grad()
-def labels_to_ct(system: GuideGenSystem, labels: torch.Tensor, tokens: torch.Tensor, *, steps: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def labels_to_ct(
+    system: GuideGenSystem,
+    labels: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """CT in HU ``(B, C, C, C)`` for label maps ``(B, 1, S, S, S)`` and prompt tokens ``(B, L, D)``.
 
     Latent generator (label map concatenated on the latent grid, text by cross-attention, DDIM +
     guidance) on scaled latents, then the HDR decoder conditioned on the same label map.
     """
     if not system.has_ct:
-        raise BenchError(f"{system.path}: no CT stages (autoencoder/ and generator/); train them first")
+        raise BenchError(
+            f"{system.path}: no CT stages (autoencoder/ and generator/); train them first"
+        )
     p = system.preset
     dev = next(system.generator.parameters()).device
     cond = label_condition(labels.to(dev), p.latent_size)
-    z = system.generator.sample(cond, context=tokens.to(dev).float(), num_inference_steps=steps or p.gen_steps,
-                                guidance_scale=p.gen_guidance, generator=generator)
+    z = system.generator.sample(
+        cond,
+        context=tokens.to(dev).float(),
+        num_inference_steps=steps or p.gen_steps,
+        guidance_scale=p.gen_guidance,
+        generator=generator,
+    )
     lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
     x = system.autoencoder.decode_stage_2_outputs(z / system.autoencoder.scale_factor, lab_ct)
     return system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
@@ -157,7 +183,7 @@ def synthesize_to_folder(
         raise BenchError(f"--n must be >= 1, got {n}")
     out = Path(out)
     jobs = [(j, k) for j in range(len(prompts)) for k in range(n)]
-    chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     for sub in ("imagesTr", "labelsTr", "meta"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -182,25 +208,52 @@ def synthesize_to_folder(
             if res.ct is not None:
                 f = res.ct.shape[-1] // lab.shape[-1]
                 lab_out = lab.repeat(f, 0).repeat(f, 1).repeat(f, 2)
-                save_nifti(out / "imagesTr" / f"{name}_0000.nii.gz", res.ct[b].numpy(), res.ct_affine, dtype="int16")
-                save_nifti(out / "labelsTr" / f"{name}.nii.gz", lab_out, res.ct_affine, dtype="uint8")
+                save_nifti(
+                    out / "imagesTr" / f"{name}_0000.nii.gz",
+                    res.ct[b].numpy(),
+                    res.ct_affine,
+                    dtype="int16",
+                )
+                save_nifti(
+                    out / "labelsTr" / f"{name}.nii.gz", lab_out, res.ct_affine, dtype="uint8"
+                )
             else:
-                save_nifti(out / "labelsTr" / f"{name}.nii.gz", lab, res.label_affine, dtype="uint8")
-            _write_json(out / "meta" / f"{name}.json", {
-                "case": name, "prompt": prompts[j], "fields": fields[j].to_dict(), "seed": seed,
-                "chunk": c, "chunk_seed": chunk_seed, "index_in_chunk": b, "sampler": sampler,
-                "steps": steps or system.preset.tcss.fast_steps if sampler == "fast" else
-                system.preset.tcss.num_train_timesteps, "tcss_calls": res.calls,
-                "guidance": system.preset.guidance, "run": str(system.path), "has_ct": res.ct is not None,
-            })
+                save_nifti(
+                    out / "labelsTr" / f"{name}.nii.gz", lab, res.label_affine, dtype="uint8"
+                )
+            _write_json(
+                out / "meta" / f"{name}.json",
+                {
+                    "case": name,
+                    "prompt": prompts[j],
+                    "fields": fields[j].to_dict(),
+                    "seed": seed,
+                    "chunk": c,
+                    "chunk_seed": chunk_seed,
+                    "index_in_chunk": b,
+                    "sampler": sampler,
+                    "steps": steps or system.preset.tcss.fast_steps
+                    if sampler == "fast"
+                    else system.preset.tcss.num_train_timesteps,
+                    "tcss_calls": res.calls,
+                    "guidance": system.preset.guidance,
+                    "run": str(system.path),
+                    "has_ct": res.ct is not None,
+                },
+            )
         if progress:
             log.info("chunk %d/%d written", c + 1, len(chunks))
     if rank == 0:
-        _write_json(out / "dataset.json", {
-            "channel_names": {"0": "CT"}, "labels": {name: i for i, name in enumerate(GUIDEGEN_CLASSES)},
-            "numTraining": len(list((out / "labelsTr").glob("*.nii.gz"))), "file_ending": ".nii.gz",
-            "description": "GuideGen synthetic torso CT + organ/tumour maps (ctsynth)",
-        })
+        _write_json(
+            out / "dataset.json",
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {name: i for i, name in enumerate(GUIDEGEN_CLASSES)},
+                "numTraining": len(list((out / "labelsTr").glob("*.nii.gz"))),
+                "file_ending": ".nii.gz",
+                "description": "GuideGen synthetic torso CT + organ/tumour maps (ctsynth)",
+            },
+        )
     return names
 
 

@@ -69,10 +69,14 @@ class GuideGenPreset:
 
     def __post_init__(self) -> None:
         if self.tcss.num_classes != NUM_CLASSES:
-            raise BenchError(f"tcss.num_classes must be {NUM_CLASSES} (GuideGen classes), got {self.tcss.num_classes}")
+            raise BenchError(
+                f"tcss.num_classes must be {NUM_CLASSES} (GuideGen classes), got {self.tcss.num_classes}"
+            )
         factor = 2 ** (len(self.ae_channels) - 1)
         if self.ct_size % factor:
-            raise BenchError(f"ct_size {self.ct_size} must be divisible by the autoencoder's downsampling {factor}")
+            raise BenchError(
+                f"ct_size {self.ct_size} must be divisible by the autoencoder's downsampling {factor}"
+            )
 
     @property
     def latent_size(self) -> int:
@@ -94,10 +98,22 @@ class GuideGenPreset:
 
 def _demo_tcss(**kw: Any) -> SynthesizerConfig:
     base = dict(
-        num_classes=NUM_CLASSES, spatial_size=(16, 16, 16), num_train_timesteps=200, schedule="cosine",
-        channels=(16, 32, 64), attention_levels=(False, True, True), num_res_blocks=1,
-        num_head_channels=16, norm_num_groups=8, conditioning="injection", context_dim=384,
-        cross_attention_dim=64, num_queries=8, injection_layers=2, injection_heads=4, fast_steps=20,
+        num_classes=NUM_CLASSES,
+        spatial_size=(16, 16, 16),
+        num_train_timesteps=200,
+        schedule="cosine",
+        channels=(16, 32, 64),
+        attention_levels=(False, True, True),
+        num_res_blocks=1,
+        num_head_channels=16,
+        norm_num_groups=8,
+        conditioning="injection",
+        context_dim=384,
+        cross_attention_dim=64,
+        num_queries=8,
+        injection_layers=2,
+        injection_heads=4,
+        fast_steps=20,
     )
     base.update(kw)
     return SynthesizerConfig(**base)
@@ -108,13 +124,31 @@ PRESETS: dict[str, GuideGenPreset] = {
     "paper": GuideGenPreset(
         name="paper",
         tcss=SynthesizerConfig(
-            num_classes=NUM_CLASSES, spatial_size=(128, 128, 128), num_train_timesteps=1000, schedule="cosine",
-            channels=(64, 64, 128, 128, 256), attention_levels=(False, False, False, True, True),
-            num_head_channels=32, norm_num_groups=32, context_dim=384, cross_attention_dim=512, num_queries=16,
-            injection_layers=3, injection_heads=8, fast_steps=100,
+            num_classes=NUM_CLASSES,
+            spatial_size=(128, 128, 128),
+            num_train_timesteps=1000,
+            schedule="cosine",
+            channels=(64, 64, 128, 128, 256),
+            attention_levels=(False, False, False, True, True),
+            num_head_channels=32,
+            norm_num_groups=32,
+            context_dim=384,
+            cross_attention_dim=512,
+            num_queries=16,
+            injection_layers=3,
+            injection_heads=8,
+            fast_steps=100,
         ),
-        label_spacing=3.0, ct_size=256, lr=2e-5, batch_size=2, ae_channels=(64, 128, 128), latent_channels=8,
-        gen_channels=(128, 256, 256, 512), gen_attention=(False, False, True, True), gen_steps=200, gen_guidance=2.5,
+        label_spacing=3.0,
+        ct_size=256,
+        lr=2e-5,
+        batch_size=2,
+        ae_channels=(64, 128, 128),
+        latent_channels=8,
+        gen_channels=(128, 256, 256, 512),
+        gen_attention=(False, False, True, True),
+        gen_steps=200,
+        gen_guidance=2.5,
     ),
 }
 

@@ -82,8 +82,18 @@ def _allowed() -> str:
     return (
         f"allowed: sites {sites}; size small (T1/T2) or large (T3/T4); N0-N3; M0-M1; age {AGES[0]}-{AGES[1]}; "
         f"race {'/'.join(RACES)}; sex {'/'.join(SEXES)}; template: "
-        + PROMPT_TEMPLATE.format(age=63, race="white", sex="male", site="liver", t=2, n=0, m=0, count=2,
-                                 tumours="tumours", size="small")
+        + PROMPT_TEMPLATE.format(
+            age=63,
+            race="white",
+            sex="male",
+            site="liver",
+            t=2,
+            n=0,
+            m=0,
+            count=2,
+            tumours="tumours",
+            size="small",
+        )
     )
 
 
@@ -140,8 +150,16 @@ class PromptFields:
     def text(self) -> str:
         """The prompt in the authors' template."""
         return PROMPT_TEMPLATE.format(
-            age=self.age, race=self.race, sex=self.sex, site=self.site, t=self.t, n=self.n, m=self.m,
-            count=self.count, tumours="tumour" if self.count == 1 else "tumours", size=self.size,
+            age=self.age,
+            race=self.race,
+            sex=self.sex,
+            site=self.site,
+            t=self.t,
+            n=self.n,
+            m=self.m,
+            count=self.count,
+            tumours="tumour" if self.count == 1 else "tumours",
+            size=self.size,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +167,9 @@ class PromptFields:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptFields:
-        return cls(**{k: d[k] for k in ("age", "race", "sex", "site", "t", "n", "m", "count", "size")})
+        return cls(
+            **{k: d[k] for k in ("age", "race", "sex", "site", "t", "n", "m", "count", "size")}
+        )
 
 
 def parse_prompt(prompt: str) -> PromptFields:
@@ -165,13 +185,25 @@ def parse_prompt(prompt: str) -> PromptFields:
         raise PromptError(f"bad prompt: it does not follow the template; {_allowed()}")
     g = m.groupdict()
     return PromptFields(
-        age=int(g["age"]), race=g["race"].lower(), sex=g["sex"].lower(), site=g["site"].lower().strip(),
-        t=int(g["t"]), n=int(g["n"]), m=int(g["m"]), count=int(g["count"]), size=g["size"].lower(),
+        age=int(g["age"]),
+        race=g["race"].lower(),
+        sex=g["sex"].lower(),
+        site=g["site"].lower().strip(),
+        t=int(g["t"]),
+        n=int(g["n"]),
+        m=int(g["m"]),
+        count=int(g["count"]),
+        size=g["size"].lower(),
     )
 
 
-def sample_fields(rng: np.random.Generator, *, site: str | None = None, count: int | None = None,
-                  size: str | None = None) -> PromptFields:
+def sample_fields(
+    rng: np.random.Generator,
+    *,
+    site: str | None = None,
+    count: int | None = None,
+    size: str | None = None,
+) -> PromptFields:
     """Draw prompt fields (the given ones fixed, the others uniform over the vocabulary)."""
     site = site if site is not None else str(rng.choice(list(SITES)))
     if site not in SITES:
@@ -180,8 +212,15 @@ def sample_fields(rng: np.random.Generator, *, site: str | None = None, count: i
     size = size if size is not None else str(rng.choice(SIZES))
     t = int(rng.choice(T_FOR_SIZE[size])) if size in T_FOR_SIZE else 1
     return PromptFields(
-        age=int(rng.integers(30, 86)), race=str(rng.choice(RACES)), sex=str(rng.choice(SEXES)), site=site,
-        t=t, n=int(rng.integers(0, 4)), m=int(rng.integers(0, 2)), count=count, size=size,
+        age=int(rng.integers(30, 86)),
+        race=str(rng.choice(RACES)),
+        sex=str(rng.choice(SEXES)),
+        site=site,
+        t=t,
+        n=int(rng.integers(0, 4)),
+        m=int(rng.integers(0, 2)),
+        count=count,
+        size=size,
     )
 
 
@@ -198,4 +237,6 @@ def prompt_bank(seed: int, per_cell: int) -> list[PromptFields]:
     cell ``k // per_cell`` of :func:`cells`.
     """
     rng = np.random.default_rng([seed, 7919])
-    return [sample_fields(rng, site=s, count=c, size=z) for s, c, z in cells() for _ in range(per_cell)]
+    return [
+        sample_fields(rng, site=s, count=c, size=z) for s, c, z in cells() for _ in range(per_cell)
+    ]

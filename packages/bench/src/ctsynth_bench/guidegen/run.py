@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._labels import GUIDEGEN_CLASSES, NUM_CLASSES, TUMOUR
+from ._labels import TUMOUR
 from .control import class_histogram_distance, null_site_rates, organ_hu, score_maps
 from .data import load_gg_templates, make_case
 from .pipeline import encode, generate
@@ -41,16 +41,28 @@ def _prompts(n_per_site: int, seed: int) -> list[PromptFields]:
     for s in SITES:
         for k in range(n_per_site):
             count = COUNTS[s][k % len(COUNTS[s])]
-            out.append(sample_fields(rng, site=s, count=count, size=("small", "large")[(k // len(COUNTS[s])) % 2]))
+            out.append(
+                sample_fields(
+                    rng, site=s, count=count, size=("small", "large")[(k // len(COUNTS[s])) % 2]
+                )
+            )
     return out
 
 
-def _batched(system: GuideGenSystem, fields: list[PromptFields] | None, n: int, *, encoder: Any, seed: int,
-             batch: int = 10, **kw: Any) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
+def _batched(
+    system: GuideGenSystem,
+    fields: list[PromptFields] | None,
+    n: int,
+    *,
+    encoder: Any,
+    seed: int,
+    batch: int = 10,
+    **kw: Any,
+) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
     maps, cts, calls = [], [], 0
     for i in range(0, n, batch):
         b = min(batch, n - i)
-        texts = None if fields is None else [f.text for f in fields[i:i + b]]
+        texts = None if fields is None else [f.text for f in fields[i : i + b]]
         tok, mask = encode(system, texts, b, encoder)
         g = torch.Generator().manual_seed(seed * 7919 + i)
         res = generate(system, tok, mask, generator=g, **kw)
@@ -61,60 +73,141 @@ def _batched(system: GuideGenSystem, fields: list[PromptFields] | None, n: int, 
     return maps, calls, cts
 
 
-def alignment_check(system: GuideGenSystem, *, n_per_site: int = 8, n_ancestral: int = 5, seed: int = 0,
-                    guidance: float | None = None, encoder: Any = None, steps: int | None = None) -> dict[str, Any]:
+def alignment_check(
+    system: GuideGenSystem,
+    *,
+    n_per_site: int = 8,
+    n_ancestral: int = 5,
+    seed: int = 0,
+    guidance: float | None = None,
+    encoder: Any = None,
+    steps: int | None = None,
+) -> dict[str, Any]:
     """Measure prompt alignment (module docstring) with label maps only; returns a JSON-ready dict."""
     from ..text import load_text_encoder
 
     enc = encoder if encoder is not None else load_text_encoder(system.text_encoder)
     fields = _prompts(n_per_site, seed)
     t0 = time.time()
-    maps, calls, _ = _batched(system, fields, len(fields), encoder=enc, seed=seed, guidance=guidance,
-                              with_ct=False, steps=steps)
+    maps, calls, _ = _batched(
+        system,
+        fields,
+        len(fields),
+        encoder=enc,
+        seed=seed,
+        guidance=guidance,
+        with_ct=False,
+        steps=steps,
+    )
     fast = score_maps(maps, fields)
     t_fast = time.time() - t0
-    null_maps, null_calls, _ = _batched(system, None, len(fields), encoder=enc, seed=seed + 1, with_ct=False,
-                                        steps=steps)
+    null_maps, null_calls, _ = _batched(
+        system, None, len(fields), encoder=enc, seed=seed + 1, with_ct=False, steps=steps
+    )
     null = null_site_rates(null_maps)
-    null_text = score_maps(null_maps, fields)  # the same prompts' fields, scored on text-removed maps
+    null_text = score_maps(
+        null_maps, fields
+    )  # the same prompts' fields, scored on text-removed maps
     templates = load_gg_templates()
     real = np.stack([make_case(templates, 12345, i, with_ct=False).labels for i in range(40)])
     res: dict[str, Any] = {
-        "n_per_site": n_per_site, "guidance": system.preset.guidance if guidance is None else guidance,
-        "fast": {**asdict(fast), "calls_per_sample": calls, "seconds": t_fast,
-                 "class_distance_to_real": class_histogram_distance(np.stack(maps), real)},
-        "text_removed": {"site_rate_by_site": null, "site_rate_for_prompts": null_text.site_rate,
-                         "count_rate_for_prompts": null_text.count_rate, "tumour_rate": null_text.tumour_rate,
-                         "calls_per_sample": null_calls},
+        "n_per_site": n_per_site,
+        "guidance": system.preset.guidance if guidance is None else guidance,
+        "fast": {
+            **asdict(fast),
+            "calls_per_sample": calls,
+            "seconds": t_fast,
+            "class_distance_to_real": class_histogram_distance(np.stack(maps), real),
+        },
+        "text_removed": {
+            "site_rate_by_site": null,
+            "site_rate_for_prompts": null_text.site_rate,
+            "count_rate_for_prompts": null_text.count_rate,
+            "tumour_rate": null_text.tumour_rate,
+            "calls_per_sample": null_calls,
+        },
         "chance_site_rate": float(np.mean(list(null.values()))),
     }
     if n_ancestral > 0:
-        sub = [f for k, f in enumerate(fields) if k % n_per_site < n_ancestral // len(SITES) + 1][:n_ancestral]
+        sub = [f for k, f in enumerate(fields) if k % n_per_site < n_ancestral // len(SITES) + 1][
+            :n_ancestral
+        ]
         t1 = time.time()
-        a_maps, a_calls, _ = _batched(system, sub, len(sub), encoder=enc, seed=seed + 2, guidance=guidance,
-                                      sampler="ancestral", with_ct=False)
-        f_maps, f_calls, _ = _batched(system, sub, len(sub), encoder=enc, seed=seed + 2, guidance=guidance,
-                                      sampler="fast", with_ct=False, steps=steps)
+        a_maps, a_calls, _ = _batched(
+            system,
+            sub,
+            len(sub),
+            encoder=enc,
+            seed=seed + 2,
+            guidance=guidance,
+            sampler="ancestral",
+            with_ct=False,
+        )
+        f_maps, f_calls, _ = _batched(
+            system,
+            sub,
+            len(sub),
+            encoder=enc,
+            seed=seed + 2,
+            guidance=guidance,
+            sampler="fast",
+            with_ct=False,
+            steps=steps,
+        )
         a, f = score_maps(a_maps, sub), score_maps(f_maps, sub)
         res["sampler"] = {
             "n": len(sub),
-            "ancestral": {"site_rate": a.site_rate, "count_rate": a.count_rate, "calls": a_calls,
-                          "class_distance_to_real": class_histogram_distance(np.stack(a_maps), real)},
-            "fast": {"site_rate": f.site_rate, "count_rate": f.count_rate, "calls": f_calls,
-                     "class_distance_to_real": class_histogram_distance(np.stack(f_maps), real)},
+            "ancestral": {
+                "site_rate": a.site_rate,
+                "count_rate": a.count_rate,
+                "calls": a_calls,
+                "class_distance_to_real": class_histogram_distance(np.stack(a_maps), real),
+            },
+            "fast": {
+                "site_rate": f.site_rate,
+                "count_rate": f.count_rate,
+                "calls": f_calls,
+                "class_distance_to_real": class_histogram_distance(np.stack(f_maps), real),
+            },
             "seconds": time.time() - t1,
         }
     return res
 
 
-_PALETTE = np.array([
-    [0, 0, 0], [120, 60, 160], [230, 200, 60], [180, 80, 60], [240, 160, 120], [250, 220, 160], [90, 160, 230],
-    [250, 180, 200], [200, 140, 100], [170, 120, 90], [120, 200, 220], [200, 40, 60], [235, 235, 235],
-    [210, 210, 180], [90, 200, 120], [60, 90, 200], [160, 110, 60], [230, 60, 40], [70, 70, 220], [60, 170, 90],
-    [255, 0, 255]], dtype=np.float32) / 255.0
+_PALETTE = (
+    np.array(
+        [
+            [0, 0, 0],
+            [120, 60, 160],
+            [230, 200, 60],
+            [180, 80, 60],
+            [240, 160, 120],
+            [250, 220, 160],
+            [90, 160, 230],
+            [250, 180, 200],
+            [200, 140, 100],
+            [170, 120, 90],
+            [120, 200, 220],
+            [200, 40, 60],
+            [235, 235, 235],
+            [210, 210, 180],
+            [90, 200, 120],
+            [60, 90, 200],
+            [160, 110, 60],
+            [230, 60, 40],
+            [70, 70, 220],
+            [60, 170, 90],
+            [255, 0, 255],
+        ],
+        dtype=np.float32,
+    )
+    / 255.0
+)
 
 
-def _gallery_png(path: Path, maps: list[np.ndarray], cts: list[np.ndarray], titles: list[str]) -> None:
+def _gallery_png(
+    path: Path, maps: list[np.ndarray], cts: list[np.ndarray], titles: list[str]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +222,9 @@ def _gallery_png(path: Path, maps: list[np.ndarray], cts: list[np.ndarray], titl
         axes[0, j].set_title(titles[j], fontsize=6)
         if cts:
             f = cts[j].shape[1] // m.shape[1]
-            axes[1, j].imshow(np.rot90(cts[j][:, y * f + f // 2, :]), cmap="gray", vmin=-200, vmax=250)
+            axes[1, j].imshow(
+                np.rot90(cts[j][:, y * f + f // 2, :]), cmap="gray", vmin=-200, vmax=250
+            )
         for a in axes[:, j]:
             a.axis("off")
     fig.tight_layout()
@@ -137,8 +232,15 @@ def _gallery_png(path: Path, maps: list[np.ndarray], cts: list[np.ndarray], titl
     plt.close(fig)
 
 
-def run_guidegen(out: str | Path, *, run: str | Path | None = None, n_per_site: int = 8, n_ancestral: int = 5,
-                 seed: int = 0, gallery_n: int = 2) -> dict[str, Any]:
+def run_guidegen(
+    out: str | Path,
+    *,
+    run: str | Path | None = None,
+    n_per_site: int = 8,
+    n_ancestral: int = 5,
+    seed: int = 0,
+    gallery_n: int = 2,
+) -> dict[str, Any]:
     """Gallery + alignment + report of a system (default: the shipped demo); returns the numbers."""
     from ..text import load_text_encoder
 
@@ -147,11 +249,16 @@ def run_guidegen(out: str | Path, *, run: str | Path | None = None, n_per_site: 
     system = load_system(run)
     enc = load_text_encoder(system.text_encoder)
     t0 = time.time()
-    align = alignment_check(system, n_per_site=n_per_site, n_ancestral=n_ancestral, seed=seed, encoder=enc)
+    align = alignment_check(
+        system, n_per_site=n_per_site, n_ancestral=n_ancestral, seed=seed, encoder=enc
+    )
     # gallery: site x count, with CT
     rng = np.random.default_rng([seed, 99])
-    gal = [sample_fields(rng, site=s, count=c, size="large" if c == 1 else "small")
-           for s in SITES for c in COUNTS[s][:gallery_n]]
+    gal = [
+        sample_fields(rng, site=s, count=c, size="large" if c == 1 else "small")
+        for s in SITES
+        for c in COUNTS[s][:gallery_n]
+    ]
     maps, _, cts = _batched(system, gal, len(gal), encoder=enc, seed=seed + 3, with_ct=True)
     hu: dict[str, list[float]] = {}
     ok: dict[str, list[bool]] = {}
@@ -163,11 +270,16 @@ def run_guidegen(out: str | Path, *, run: str | Path | None = None, n_per_site: 
     titles = [f"{f.site} x{f.count} {f.size}" for f in gal]
     _gallery_png(out / "gallery.png", maps, cts, titles)
     null_tok = encode(system, None, len(gal), enc)
-    nmaps, _, ncts = _batched(system, None, min(6, len(gal)), encoder=enc, seed=seed + 4, with_ct=True)
+    nmaps, _, ncts = _batched(
+        system, None, min(6, len(gal)), encoder=enc, seed=seed + 4, with_ct=True
+    )
     _gallery_png(out / "gallery_text_removed.png", nmaps, ncts, ["text removed"] * len(nmaps))
     del null_tok
-    align["ct"] = {"has_ct": system.has_ct, "organ_hu_median": {k: float(np.median(v)) for k, v in hu.items()},
-                   "organ_hu_in_range": {k: float(np.mean(v)) for k, v in ok.items()}}
+    align["ct"] = {
+        "has_ct": system.has_ct,
+        "organ_hu_median": {k: float(np.median(v)) for k, v in hu.items()},
+        "organ_hu_in_range": {k: float(np.mean(v)) for k, v in ok.items()},
+    }
     align["seconds_total"] = time.time() - t0
     align["system"] = str(system.path)
     (out / "alignment.json").write_text(json.dumps(align, indent=1))
@@ -178,30 +290,48 @@ def run_guidegen(out: str | Path, *, run: str | Path | None = None, n_per_site: 
 def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
     f, n = a["fast"], a["text_removed"]
     lines = [
-        "# GuideGen: prompt alignment report", "",
+        "# GuideGen: prompt alignment report",
+        "",
         f"System: `{Path(a['system']).name}` (preset `{system.preset.name}`, TCSS {system.preset.tcss.spatial_size[0]}^3 "
-        f"x {system.preset.label_spacing:g} mm, guidance {a['guidance']}). Total time {a['seconds_total']:.0f} s.", "",
-        "## Tumour site and count (fast sampler)", "",
-        "| site | in/on prompted organ, with text | same rule, text removed |", "|---|---|---|",
+        f"x {system.preset.label_spacing:g} mm, guidance {a['guidance']}). Total time {a['seconds_total']:.0f} s.",
+        "",
+        "## Tumour site and count (fast sampler)",
+        "",
+        "| site | in/on prompted organ, with text | same rule, text removed |",
+        "|---|---|---|",
     ]
     for s in SITES:
-        lines.append(f"| {s} | {f['per_site'].get(s, float('nan')):.2f} | {n['site_rate_by_site'][s]:.2f} |")
+        lines.append(
+            f"| {s} | {f['per_site'].get(s, float('nan')):.2f} | {n['site_rate_by_site'][s]:.2f} |"
+        )
     lines += [
-        f"| **all** | **{f['site_rate']:.2f}** (target >= 0.80) | **{a['chance_site_rate']:.2f}** (chance) |", "",
+        f"| **all** | **{f['site_rate']:.2f}** (target >= 0.80) | **{a['chance_site_rate']:.2f}** (chance) |",
+        "",
         f"- Count matches the prompt: **{f['count_rate']:.2f}** (target >= 0.70); text removed: {n['count_rate_for_prompts']:.2f}.",
         f"- Maps with a tumour: {f['tumour_rate']:.2f} with text, {n['tumour_rate']:.2f} without.",
         f"- {f['n']} samples with text, {f['n']} without; {f['calls_per_sample']} network calls per sample "
         f"(guidance batches prompt and null prompt in one call).",
-        f"- Class-volume distance to real demo maps (total variation): {f['class_distance_to_real']:.3f}.", "",
+        f"- Class-volume distance to real demo maps (total variation): {f['class_distance_to_real']:.3f}.",
+        "",
     ]
     if "sampler" in a:
         s = a["sampler"]
-        lines += ["## Fast vs ancestral sampler", "", "| sampler | calls | site | count | class distance |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Fast vs ancestral sampler",
+            "",
+            "| sampler | calls | site | count | class distance |",
+            "|---|---|---|---|---|",
+        ]
         for k in ("ancestral", "fast"):
-            lines.append(f"| {k} | {s[k]['calls']} | {s[k]['site_rate']:.2f} | {s[k]['count_rate']:.2f} | "
-                         f"{s[k]['class_distance_to_real']:.3f} |")
-        lines += ["", f"{s['n']} prompts each; the fast sampler uses {s['ancestral']['calls'] / max(1, s['fast']['calls']):.0f}x fewer calls.", ""]
+            lines.append(
+                f"| {k} | {s[k]['calls']} | {s[k]['site_rate']:.2f} | {s[k]['count_rate']:.2f} | "
+                f"{s[k]['class_distance_to_real']:.3f} |"
+            )
+        lines += [
+            "",
+            f"{s['n']} prompts each; the fast sampler uses {s['ancestral']['calls'] / max(1, s['fast']['calls']):.0f}x fewer calls.",
+            "",
+        ]
     c = a["ct"]
     lines += ["## CT", ""]
     if c["has_ct"]:
@@ -210,5 +340,13 @@ def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
             lines.append(f"| {k} | {v:.0f} | {c['organ_hu_in_range'][k]:.2f} |")
     else:
         lines.append("This system has no CT stages (label maps only).")
-    lines += ["", "![gallery](gallery.png)", "", "Text removed:", "", "![text removed](gallery_text_removed.png)", ""]
+    lines += [
+        "",
+        "![gallery](gallery.png)",
+        "",
+        "Text removed:",
+        "",
+        "![text removed](gallery_text_removed.png)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))

@@ -64,12 +64,18 @@ class TCSSNet(nn.Module):
         return self.synth(x, t, context=tokens, context_mask=mask)
 
 
-def null_prompt(batch: int, dim: int, *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def null_prompt(
+    batch: int, dim: int, *, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     """The null prompt (text removed): one zero token per sample, ``((B, 1, D), (B, 1))``."""
-    return torch.zeros(batch, 1, dim, device=device), torch.ones(batch, 1, dtype=torch.bool, device=device)
+    return torch.zeros(batch, 1, dim, device=device), torch.ones(
+        batch, 1, dtype=torch.bool, device=device
+    )
 
 
-def drop_prompts(tokens: Tensor, mask: Tensor, p: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def drop_prompts(
+    tokens: Tensor, mask: Tensor, p: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Replace each sample's prompt by the null prompt with probability ``p`` (condition dropout)."""
     if p <= 0:
         return tokens, mask
@@ -95,8 +101,13 @@ class GuidedTCSS(nn.Module):
         guidance: guidance scale ``w``.
     """
 
-    def __init__(self, synth: SemanticSynthesizer, levels: list[Tensor | None],
-                 null_levels: list[Tensor | None] | None, guidance: float) -> None:
+    def __init__(
+        self,
+        synth: SemanticSynthesizer,
+        levels: list[Tensor | None],
+        null_levels: list[Tensor | None] | None,
+        guidance: float,
+    ) -> None:
         super().__init__()
         self.synth = synth
         self.levels = levels
@@ -108,7 +119,10 @@ class GuidedTCSS(nn.Module):
         self.calls += 1
         if self.null_levels is None or self.guidance == 1.0:
             return self.synth.unet(x, t, self.levels)
-        both = [None if a is None else torch.cat([a, b]) for a, b in zip(self.levels, self.null_levels, strict=True)]
+        both = [
+            None if a is None else torch.cat([a, b])
+            for a, b in zip(self.levels, self.null_levels, strict=True)
+        ]
         out = self.synth.unet(torch.cat([x, x]), torch.cat([t, t]), both)
         cond, uncond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)
@@ -142,13 +156,21 @@ def sample_label_maps(
     cfg = synth.config
     device = next(synth.parameters()).device
     if tokens is None:
-        raise ValueError("tokens: give prompt tokens; for the text removed pass null_prompt(...) tokens")
+        raise ValueError(
+            "tokens: give prompt tokens; for the text removed pass null_prompt(...) tokens"
+        )
     b = tokens.shape[0]
     inj = cfg.conditioning == "injection"
-    levels = synth.encode_context(tokens.to(device), mask.to(device) if inj and mask is not None else None)
+    levels = synth.encode_context(
+        tokens.to(device), mask.to(device) if inj and mask is not None else None
+    )
     null_t, null_m = null_prompt(b, cfg.context_dim, device=device)
     is_null = bool((tokens == 0).all())
-    null_levels = None if is_null or guidance == 1.0 else synth.encode_context(null_t, null_m if inj else None)
+    null_levels = (
+        None
+        if is_null or guidance == 1.0
+        else synth.encode_context(null_t, null_m if inj else None)
+    )
     if not inj:  # plain cross-attention: one shared context for every level
         levels = [levels] * synth.unet.num_levels
         null_levels = None if null_levels is None else [null_levels] * synth.unet.num_levels
@@ -156,7 +178,13 @@ def sample_label_maps(
     shape = (b, 1, *cfg.spatial_size)
     s = CategoricalSampler(synth.make_scheduler())
     if sampler == "fast":
-        out = s.fast(model, num_steps=steps or cfg.fast_steps, shape=shape, generator=generator, device=device)
+        out = s.fast(
+            model,
+            num_steps=steps or cfg.fast_steps,
+            shape=shape,
+            generator=generator,
+            device=device,
+        )
     elif sampler == "ancestral":
         out = s.ancestral(model, shape=shape, generator=generator, device=device, progress=False)
     else:
@@ -198,12 +226,18 @@ class TCSSData:
     bank_mask: Tensor
 
     def to(self, device: torch.device | str) -> TCSSData:
-        return TCSSData(self.labels.to(device), self.choices.to(device), self.bank_tokens.to(device),
-                        self.bank_mask.to(device))
+        return TCSSData(
+            self.labels.to(device),
+            self.choices.to(device),
+            self.bank_tokens.to(device),
+            self.bank_mask.to(device),
+        )
 
     def prompts(self, choices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """One random prompt per row of ``choices`` ``(B, K)``: tokens ``(B, L, D)``, mask ``(B, L)``."""
-        col = torch.randint(choices.shape[1], (choices.shape[0],), generator=generator, device=generator.device)
+        col = torch.randint(
+            choices.shape[1], (choices.shape[0],), generator=generator, device=generator.device
+        )
         p = choices.gather(1, col.to(choices.device)[:, None])[:, 0].to(self.bank_tokens.device)
         return self.bank_tokens[p].float(), self.bank_mask[p]
 
@@ -255,7 +289,9 @@ def train_tcss(
     synth = synth.to(device).train()
     net = TCSSNet(synth)
     tw = preset.tumour_weight if tumour_weight is None else tumour_weight
-    loss_fn = CategoricalDiffusionLoss(ce_weight=preset.ce_weight, class_weights=tumour_class_weights(tw))
+    loss_fn = CategoricalDiffusionLoss(
+        ce_weight=preset.ce_weight, class_weights=tumour_class_weights(tw)
+    )
     sched = synth.make_scheduler()
     opt = torch.optim.AdamW(synth.parameters(), lr=preset.lr, weight_decay=1e-4)
     ema = EMA(synth, 0.995)
@@ -292,8 +328,14 @@ def train_tcss(
         lv = float(res.loss.detach())
         run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
         if step % 100 == 0 or step == 1:
-            row = {"step": step, "loss": lv, "loss_avg": run_avg, "kl": float(res.kl), "ce": float(res.ce),
-                   "seconds": time.time() - t0}
+            row = {
+                "step": step,
+                "loss": lv,
+                "loss_avg": run_avg,
+                "kl": float(res.kl),
+                "ce": float(res.ce),
+                "seconds": time.time() - t0,
+            }
             rows.append(row)
             if on_log:
                 on_log(row)
@@ -306,7 +348,12 @@ def train_tcss(
     if out_dir is not None:
         save_checkpoint(ema.shadow, out_dir / "tcss", metadata={"step": step})
     state = {"opt": opt.state_dict(), "ema": ema.shadow.state_dict(), "step": step}
-    return ema.shadow.eval(), {"steps": step, "seconds": time.time() - t0, "log": rows, "state": state}
+    return ema.shadow.eval(), {
+        "steps": step,
+        "seconds": time.time() - t0,
+        "log": rows,
+        "state": state,
+    }
 
 
 # ---------------------------------------------------------------- CT stages
@@ -328,16 +375,30 @@ def make_autoencoder(preset: GuideGenPreset) -> nn.Module:
     import ct_autoencoder as ca
 
     cfg = dataclasses.replace(
-        ca.hdr_preset("demo_kl"), channels=preset.ae_channels, latent_channels=preset.latent_channels,
-        num_label_classes=NUM_CLASSES, crop_size=preset.ct_size, label_embed_dim=4, norm_groups=4,
-        adversarial_start=1500, learning_rate=1e-3,
+        ca.hdr_preset("demo_kl"),
+        channels=preset.ae_channels,
+        latent_channels=preset.latent_channels,
+        num_label_classes=NUM_CLASSES,
+        crop_size=preset.ct_size,
+        label_embed_dim=4,
+        norm_groups=4,
+        adversarial_start=1500,
+        learning_rate=1e-3,
     )
     return ca.HDRAutoencoder(config=cfg)
 
 
-def train_autoencoder(ae: nn.Module, ct: Tensor, labels: Tensor, *, minutes: float | None = None,
-                      max_steps: int | None = None, batch_size: int = 8, device: torch.device | str = "cpu",
-                      seed: int = 0) -> dict[str, Any]:
+def train_autoencoder(
+    ae: nn.Module,
+    ct: Tensor,
+    labels: Tensor,
+    *,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train the HDR autoencoder (generator + both discriminators, Eq. 7-9) on HU volumes.
 
     Args:
@@ -354,20 +415,30 @@ def train_autoencoder(ae: nn.Module, ct: Tensor, labels: Tensor, *, minutes: flo
     g = torch.Generator().manual_seed(seed)  # ct_autoencoder draws on the CPU and moves the draws
     ct, labels = ct.to(device), labels.to(device)
     t0, step, rows = time.time(), 0, []
-    while (max_steps is None or step < max_steps) and (minutes is None or time.time() - t0 < minutes * 60):
+    while (max_steps is None or step < max_steps) and (
+        minutes is None or time.time() - t0 < minutes * 60
+    ):
         idx = torch.randint(ct.shape[0], (batch_size,), generator=g).to(device)
         x = ae.normalize(ct[idx].float())
         lab = labels_to_ct_grid(labels[idx].long(), x.shape[-1])
         logs = ca.training_step(ae, disc, x, opts, step=step, labels=lab, generator=g)
         step += 1
         if step % 100 == 0 or step == 1:
-            rows.append({"step": step, **{k: float(v) for k, v in logs.items()}, "seconds": time.time() - t0})
+            rows.append(
+                {
+                    "step": step,
+                    **{k: float(v) for k, v in logs.items()},
+                    "seconds": time.time() - t0,
+                }
+            )
     ae.eval()
     return {"steps": step, "seconds": time.time() - t0, "log": rows}
 
 
 @torch.no_grad()
-def autoencode_error(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8) -> dict[str, float]:
+def autoencode_error(
+    ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8
+) -> dict[str, float]:
     """Held-out reconstruction: mean |HU error| of the autoencoder and of a non-learned baseline.
 
     The baseline keeps as many numbers as the latent (area-downsample the CT to the grid with
@@ -380,8 +451,8 @@ def autoencode_error(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 
     s = round(n_latent ** (1 / 3))
     body = []
     for i in range(0, ct.shape[0], batch):
-        x = ct[i:i + batch].float().to(dev)
-        lab = labels_to_ct_grid(labels[i:i + batch].long().to(dev), size)
+        x = ct[i : i + batch].float().to(dev)
+        lab = labels_to_ct_grid(labels[i : i + batch].long().to(dev), size)
         z = ae.encode_stage_2_inputs(ae.normalize(x), lab)
         rec = ae.denormalize(ae.decode_stage_2_outputs(z, lab)).clamp(-1024, 3071)
         low = F.interpolate(x, size=(s, s, s), mode="area")
@@ -391,8 +462,11 @@ def autoencode_error(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 
         errs.append(((rec - x).abs() * m).sum())
         base_errs.append(((base - x).abs() * m).sum())
     tot = float(sum(body))
-    return {"autoencoder_mae_hu": float(sum(errs)) / tot, "baseline_mae_hu": float(sum(base_errs)) / tot,
-            "baseline_grid": s}
+    return {
+        "autoencoder_mae_hu": float(sum(errs)) / tot,
+        "baseline_mae_hu": float(sum(base_errs)) / tot,
+        "baseline_grid": s,
+    }
 
 
 @torch.no_grad()
@@ -402,10 +476,10 @@ def measure_scale(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8) 
 
     dev = next(ae.parameters()).device
 
-    def batches():  # noqa: ANN202
+    def batches():
         for i in range(0, ct.shape[0], batch):
-            x = ae.normalize(ct[i:i + batch].float().to(dev))
-            yield x, labels_to_ct_grid(labels[i:i + batch].long().to(dev), x.shape[-1])
+            x = ae.normalize(ct[i : i + batch].float().to(dev))
+            yield x, labels_to_ct_grid(labels[i : i + batch].long().to(dev), x.shape[-1])
 
     ae.scale_factor = ca.measure_scale_factor(ae, batches())
     return float(ae.scale_factor)
@@ -418,14 +492,30 @@ def make_generator(preset: GuideGenPreset) -> nn.Module:
     from lesion_inpaint.latent_generator import LatentGeneratorConfig
     from lesion_inpaint.unet import UNetConfig
 
-    unet = UNetConfig(in_channels=preset.latent_channels + NUM_CLASSES, out_channels=preset.latent_channels,
-                      channels=preset.gen_channels, attention_levels=preset.gen_attention, num_head_channels=16,
-                      norm_num_groups=8, context_dim=preset.tcss.context_dim)
-    diff = DiffusionConfig(num_train_timesteps=1000, schedule="scaled_linear_beta",
-                           num_inference_steps=preset.gen_steps, guidance_scale=preset.gen_guidance,
-                           cond_drop_prob=preset.cond_drop)
-    return LatentGenerator(LatentGeneratorConfig(latent_channels=preset.latent_channels, cond_channels=NUM_CLASSES,
-                                                 unet=unet, diffusion=diff))
+    unet = UNetConfig(
+        in_channels=preset.latent_channels + NUM_CLASSES,
+        out_channels=preset.latent_channels,
+        channels=preset.gen_channels,
+        attention_levels=preset.gen_attention,
+        num_head_channels=16,
+        norm_num_groups=8,
+        context_dim=preset.tcss.context_dim,
+    )
+    diff = DiffusionConfig(
+        num_train_timesteps=1000,
+        schedule="scaled_linear_beta",
+        num_inference_steps=preset.gen_steps,
+        guidance_scale=preset.gen_guidance,
+        cond_drop_prob=preset.cond_drop,
+    )
+    return LatentGenerator(
+        LatentGeneratorConfig(
+            latent_channels=preset.latent_channels,
+            cond_channels=NUM_CLASSES,
+            unet=unet,
+            diffusion=diff,
+        )
+    )
 
 
 def label_condition(labels: Tensor, size: int | None = None) -> Tensor:
@@ -439,9 +529,19 @@ def label_condition(labels: Tensor, size: int | None = None) -> Tensor:
     return oh
 
 
-def train_generator(gen: nn.Module, z: Tensor, labels: Tensor, tokens: Tensor, *, minutes: float | None = None,
-                    max_steps: int | None = None, batch_size: int = 16, lr: float = 2e-4,
-                    device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+def train_generator(
+    gen: nn.Module,
+    z: Tensor,
+    labels: Tensor,
+    tokens: Tensor,
+    *,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 16,
+    lr: float = 2e-4,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train the latent generator (Eq. 11) on scaled latents with condition dropout.
 
     Args:
@@ -456,11 +556,17 @@ def train_generator(gen: nn.Module, z: Tensor, labels: Tensor, tokens: Tensor, *
     g = torch.Generator(device=device).manual_seed(seed)
     z, labels, tokens = z.to(device), labels.to(device), tokens.to(device)
     t0, step, rows, avg = time.time(), 0, [], None
-    while (max_steps is None or step < max_steps) and (minutes is None or time.time() - t0 < minutes * 60):
-        idx = torch.randint(z.shape[0], (batch_size,), generator=g, device=device)  # g is on `device`
+    while (max_steps is None or step < max_steps) and (
+        minutes is None or time.time() - t0 < minutes * 60
+    ):
+        idx = torch.randint(
+            z.shape[0], (batch_size,), generator=g, device=device
+        )  # g is on `device`
         for pg in opt.param_groups:
             pg["lr"] = lr * min(1.0, (step + 1) / 200)
-        loss = gen.training_loss(z[idx].float(), label_condition(labels[idx]), context=tokens[idx].float(), generator=g)
+        loss = gen.training_loss(
+            z[idx].float(), label_condition(labels[idx]), context=tokens[idx].float(), generator=g
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
@@ -472,5 +578,3 @@ def train_generator(gen: nn.Module, z: Tensor, labels: Tensor, tokens: Tensor, *
             rows.append({"step": step, "loss": lv, "loss_avg": avg, "seconds": time.time() - t0})
     gen.eval()
     return {"steps": step, "seconds": time.time() - t0, "log": rows}
-
-

@@ -86,23 +86,35 @@ class GuideGenSystem:
         return self
 
 
-def write_manifest(run: str | Path, preset: GuideGenPreset, *, text_encoder: str = "minilm",
-                   stages: dict[str, Any] | None = None) -> Path:
+def write_manifest(
+    run: str | Path,
+    preset: GuideGenPreset,
+    *,
+    text_encoder: str = "minilm",
+    stages: dict[str, Any] | None = None,
+) -> Path:
     """Write (or update) ``run/guidegen.json`` atomically."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     path = run / "guidegen.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     merged_stages = {**old.get("stages", {}), **(stages or {})}
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "preset": preset.to_dict(),
-               "text_encoder": text_encoder, "stages": merged_stages}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "preset": preset.to_dict(),
+        "text_encoder": text_encoder,
+        "stages": merged_stages,
+    }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
     tmp.replace(path)
     return path
 
 
-def ship_checkpoint(src: str | Path, dst: str | Path, *, max_bytes: int = SHARD_BYTES) -> list[Path]:
+def ship_checkpoint(
+    src: str | Path, dst: str | Path, *, max_bytes: int = SHARD_BYTES
+) -> list[Path]:
     """Copy a checkpoint folder, splitting ``model.safetensors`` into shards under ``max_bytes``."""
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -155,8 +167,12 @@ def _assembled(folder: Path, tmp: Path) -> Path:
     return out
 
 
-def load_system(path: str | Path | None = None, *, device: torch.device | str = "cpu",
-                stages: tuple[str, ...] = ("tcss", "autoencoder", "generator")) -> GuideGenSystem:
+def load_system(
+    path: str | Path | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    stages: tuple[str, ...] = ("tcss", "autoencoder", "generator"),
+) -> GuideGenSystem:
     """Load a run folder (default: the shipped demo system).
 
     Args:
@@ -172,8 +188,10 @@ def load_system(path: str | Path | None = None, *, device: torch.device | str = 
     root = shipped_dir() if path is None else Path(path)
     man = root / "guidegen.json"
     if not man.exists():
-        raise BenchError(f"{root} is not a GuideGen run folder: {man.name} is missing (train one with "
-                         f"'bench train guidegen --out DIR', or leave --run out to use the shipped demo)")
+        raise BenchError(
+            f"{root} is not a GuideGen run folder: {man.name} is missing (train one with "
+            f"'bench train guidegen --out DIR', or leave --run out to use the shipped demo)"
+        )
     info = json.loads(man.read_text())
     if info.get("format") != FORMAT:
         raise BenchError(f"{man}: format {info.get('format')!r} is not {FORMAT!r}")
@@ -192,5 +210,12 @@ def load_system(path: str | Path | None = None, *, device: torch.device | str = 
             from lesion_inpaint import LatentGenerator
 
             gen = LatentGenerator.load(_assembled(root / "generator", tmp), device=device).eval()
-    return GuideGenSystem(preset=preset, tcss=tcss.eval(), autoencoder=ae, generator=gen,
-                          text_encoder=str(info.get("text_encoder", "minilm")), path=root, info=info)
+    return GuideGenSystem(
+        preset=preset,
+        tcss=tcss.eval(),
+        autoencoder=ae,
+        generator=gen,
+        text_encoder=str(info.get("text_encoder", "minilm")),
+        path=root,
+        info=info,
+    )

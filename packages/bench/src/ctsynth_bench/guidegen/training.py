@@ -42,15 +42,18 @@ def _encode_bank(fields: Sequence[PromptFields], path: Path) -> None:
     from ..text import encode_prompts, load_text_encoder
 
     tokens, mask = encode_prompts(load_text_encoder("minilm"), [f.text for f in fields])
-    save_file({"tokens": tokens.half().contiguous(), "mask": mask.contiguous()}, str(path),
-              metadata={"prompts": json.dumps([f.to_dict() for f in fields])})
+    save_file(
+        {"tokens": tokens.half().contiguous(), "mask": mask.contiguous()},
+        str(path),
+        metadata={"prompts": json.dumps([f.to_dict() for f in fields])},
+    )
 
 
 def _user_set(src: Path, out: Path, *, n: int, seed: int, with_ct: bool) -> None:
     """Deformed copies of a user's cases, with their own tumours and prompts."""
     from .. import data as bdata
-    from .data import GGTemplate, _resample
     from ._labels import map_organs
+    from .data import GGTemplate, _resample
 
     cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (src / "imagesTr").glob("*_0000.nii.gz"))
     if not cases:
@@ -70,8 +73,16 @@ def _user_set(src: Path, out: Path, *, n: int, seed: int, with_ct: bool) -> None
         f = parse_prompt(p["prompt"]) if "prompt" in p else PromptFields.from_dict(p)
         body = np.argwhere(np.asarray(ct) > -500)
         centre = (np.asarray(aff) @ np.r_[body.mean(axis=0), 1.0])[:3]
-        temps.append(GGTemplate(name=c, ct=np.asarray(ct, np.float32), labels=lab, affine=np.asarray(aff),
-                                centre=centre, sites=(f.site,)))
+        temps.append(
+            GGTemplate(
+                name=c,
+                ct=np.asarray(ct, np.float32),
+                labels=lab,
+                affine=np.asarray(aff),
+                centre=centre,
+                sites=(f.site,),
+            )
+        )
         fields.append(f)
     rng = np.random.default_rng(seed)
     idx = rng.integers(len(cases), size=n)
@@ -81,8 +92,12 @@ def _user_set(src: Path, out: Path, *, n: int, seed: int, with_ct: bool) -> None
         labels.append(lab)
         if with_ct:
             cts.append(np.clip(np.round(ct), -1024, 3071).astype(np.int16))
-    arrays = {"labels": np.stack(labels), "fields": np.array([json.dumps(fields[i].to_dict()) for i in idx]),
-              "template": np.array([cases[i] for i in idx]), "prompt_index": idx}
+    arrays = {
+        "labels": np.stack(labels),
+        "fields": np.array([json.dumps(fields[i].to_dict()) for i in idx]),
+        "template": np.array([cases[i] for i in idx]),
+        "prompt_index": idx,
+    }
     if with_ct:
         arrays["ct"] = np.stack(cts)
     np.savez_compressed(out / ("ct.npz" if with_ct else "labels.npz"), **arrays)
@@ -90,7 +105,9 @@ def _user_set(src: Path, out: Path, *, n: int, seed: int, with_ct: bool) -> None
         _encode_bank(fields, out / "bank.safetensors")
 
 
-def prepare_data(out: Path, *, data: Path | None, n_labels: int, n_ct: int, seed: int, workers: int = 1) -> Path:
+def prepare_data(
+    out: Path, *, data: Path | None, n_labels: int, n_ct: int, seed: int, workers: int = 1
+) -> Path:
     """Make (or reuse) ``out/data/{labels.npz, ct.npz, bank.safetensors}``."""
     d = out / "data"
     d.mkdir(parents=True, exist_ok=True)
@@ -112,8 +129,12 @@ def prepare_data(out: Path, *, data: Path | None, n_labels: int, n_ct: int, seed
 def _choices(npz: Any) -> torch.Tensor:
     if "prompt_index" in npz:  # a user's set: each case its own prompt
         return torch.from_numpy(np.asarray(npz["prompt_index"], dtype=np.int64))[:, None]
-    cell = torch.tensor([cells().index((f["site"], f["count"], f["size"]))
-                         for f in (json.loads(s) for s in npz["fields"])])
+    cell = torch.tensor(
+        [
+            cells().index((f["site"], f["count"], f["size"]))
+            for f in (json.loads(s) for s in npz["fields"])
+        ]
+    )
     return cell[:, None] * PER_CELL + torch.arange(PER_CELL)[None]
 
 
@@ -128,10 +149,22 @@ class _Pairs(Dataset):
         return tuple(t[i] for t in self.tensors)
 
 
-def train_guidegen(out: str | Path, *, preset: str = "demo", data: str | Path | None = None,
-                   stages: Sequence[str] = STAGES, max_steps: int | None = None, minutes: float | None = None,
-                   resume: bool = False, device: str | None = None, seed: int = 0, n_labels: int = 1500,
-                   n_ct: int = 300, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+def train_guidegen(
+    out: str | Path,
+    *,
+    preset: str = "demo",
+    data: str | Path | None = None,
+    stages: Sequence[str] = STAGES,
+    max_steps: int | None = None,
+    minutes: float | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    n_labels: int = 1500,
+    n_ct: int = 300,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train the chosen stages into the run folder ``out``; returns what each stage reached.
 
     ``minutes`` is the budget of each stage (the autoencoder and generator get half each when
@@ -142,8 +175,16 @@ def train_guidegen(out: str | Path, *, preset: str = "demo", data: str | Path | 
 
     from .. import train as engine
     from .stages import (
-        TCSSData, TCSSNet, autoencode_error, drop_prompts, label_condition, labels_to_ct_grid,
-        make_autoencoder, make_generator, measure_scale, train_autoencoder,
+        TCSSData,
+        TCSSNet,
+        autoencode_error,
+        drop_prompts,
+        label_condition,
+        labels_to_ct_grid,
+        make_autoencoder,
+        make_generator,
+        measure_scale,
+        train_autoencoder,
     )
 
     bad = sorted(set(stages) - set(STAGES))
@@ -154,39 +195,84 @@ def train_guidegen(out: str | Path, *, preset: str = "demo", data: str | Path | 
     out = Path(out)
     p = get_preset(preset)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    d = prepare_data(out, data=Path(data) if data else None, n_labels=n_labels, n_ct=n_ct, seed=seed, workers=workers)
+    d = prepare_data(
+        out,
+        data=Path(data) if data else None,
+        n_labels=n_labels,
+        n_ct=n_ct,
+        seed=seed,
+        workers=workers,
+    )
     bank = load_file(str(d / "bank.safetensors"))
     tokens, mask = bank["tokens"].float(), bank["mask"].bool()
-    engine.start_run(out, system="guidegen", preset=preset,
-                     data={"source": str(data) if data else "demo", "labels": n_labels, "ct": n_ct,
-                           "label_grid": p.tcss.spatial_size[0], "ct_grid": p.ct_size},
-                     seeds={"train": seed}, device=str(dev))
+    engine.start_run(
+        out,
+        system="guidegen",
+        preset=preset,
+        data={
+            "source": str(data) if data else "demo",
+            "labels": n_labels,
+            "ct": n_ct,
+            "label_grid": p.tcss.spatial_size[0],
+            "ct_grid": p.ct_size,
+        },
+        seeds={"train": seed},
+        device=str(dev),
+    )
     write_manifest(out, p)
     report: dict[str, Any] = {}
     if "tcss" in stages:
         lab = np.load(d / "labels.npz")
-        tdata = TCSSData(labels=torch.from_numpy(lab["labels"][:, None]), choices=_choices(lab),
-                         bank_tokens=tokens, bank_mask=mask)
-        loss = CategoricalDiffusionLoss(ce_weight=p.ce_weight, class_weights=tumour_class_weights(p.tumour_weight))
+        tdata = TCSSData(
+            labels=torch.from_numpy(lab["labels"][:, None]),
+            choices=_choices(lab),
+            bank_tokens=tokens,
+            bank_mask=mask,
+        )
+        loss = CategoricalDiffusionLoss(
+            ce_weight=p.ce_weight, class_weights=tumour_class_weights(p.tumour_weight)
+        )
         sched = SemanticSynthesizer(p.tcss).make_scheduler()
         on_dev: dict[str, TCSSData] = {}
 
-        def tcss_loss(model: Any, batch: Any, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        def tcss_loss(
+            model: Any, batch: Any, g: torch.Generator
+        ) -> tuple[torch.Tensor, dict[str, float]]:
             x0, ch = batch
-            td = on_dev.setdefault(str(x0.device), TCSSData(tdata.labels[:0], tdata.choices[:0],
-                                                            tokens.to(x0.device), mask.to(x0.device)))
+            td = on_dev.setdefault(
+                str(x0.device),
+                TCSSData(
+                    tdata.labels[:0], tdata.choices[:0], tokens.to(x0.device), mask.to(x0.device)
+                ),
+            )
             tok, msk = td.prompts(ch.to(x0.device), g)
             tok, msk = drop_prompts(tok, msk, p.cond_drop, g)
             r = loss(model, sched, x0.long(), context=(tok, msk), generator=g)
             return r.loss, {"kl": float(r.kl), "ce": float(r.ce)}
 
         net = TCSSNet(SemanticSynthesizer(p.tcss))
-        res = engine.train(net, tcss_loss, _Pairs(tdata.labels, tdata.choices), run_dir=out, stage="tcss",
-                           config=engine.TrainConfig(max_steps=max_steps, minutes=minutes, batch_size=p.batch_size,
-                                                     lr=p.lr, ema_decay=0.995, weight_decay=1e-4,
-                                                     checkpoint_every=250, log_every=50, seed=seed),
-                           save_fn=lambda m, folder: save_checkpoint(m.synth, folder), resume=resume, device=dev,
-                           progress=progress)
+        res = engine.train(
+            net,
+            tcss_loss,
+            _Pairs(tdata.labels, tdata.choices),
+            run_dir=out,
+            stage="tcss",
+            config=engine.TrainConfig(
+                max_steps=max_steps,
+                minutes=minutes,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                ema_decay=0.995,
+                weight_decay=1e-4,
+                checkpoint_every=250,
+                log_every=50,
+                seed=seed,
+            ),
+            save_fn=lambda m, folder: save_checkpoint(m.synth, folder),
+            resume=resume,
+            device=dev,
+            progress=progress,
+        )
         # The engine keeps the EMA of the wrapper (keys "synth.*"); store it under the TCSS's own keys,
         # so tcss/ loads as a cat_diffusion checkpoint with its EMA weights.
         from safetensors.torch import save_file
@@ -195,7 +281,10 @@ def train_guidegen(out: str | Path, *, preset: str = "demo", data: str | Path | 
         if ema_path.exists():
             ema = load_file(str(ema_path))
             if all(k.startswith("synth.") for k in ema):
-                save_file({k[len("synth."):]: v for k, v in ema.items()}, str(ema_path.with_suffix(".tmp")))
+                save_file(
+                    {k[len("synth.") :]: v for k, v in ema.items()},
+                    str(ema_path.with_suffix(".tmp")),
+                )
                 ema_path.with_suffix(".tmp").replace(ema_path)
         report["tcss"] = {"steps": res.step, "seconds": res.seconds, "loss": res.loss}
     if "autoencoder" in stages or "generator" in stages:
@@ -209,34 +298,72 @@ def train_guidegen(out: str | Path, *, preset: str = "demo", data: str | Path | 
         sub_minutes = None if minutes is None else (minutes / 2 if both else minutes)
         if "autoencoder" in stages:
             ae = make_autoencoder(p)
-            r = train_autoencoder(ae, ct[n_hold:], clab[n_hold:], minutes=sub_minutes, max_steps=max_steps,
-                                  device=dev, seed=seed)
+            r = train_autoencoder(
+                ae,
+                ct[n_hold:],
+                clab[n_hold:],
+                minutes=sub_minutes,
+                max_steps=max_steps,
+                device=dev,
+                seed=seed,
+            )
             err = autoencode_error(ae, ct[:n_hold], clab[:n_hold])
             measure_scale(ae, ct[n_hold:], clab[n_hold:])
             ca.save_autoencoder(ae.cpu(), out / "autoencoder")
-            report["autoencoder"] = {"steps": r["steps"], "seconds": r["seconds"], "held_out": n_hold, **err,
-                                     "scale_factor": float(ae.scale_factor)}
+            report["autoencoder"] = {
+                "steps": r["steps"],
+                "seconds": r["seconds"],
+                "held_out": n_hold,
+                **err,
+                "scale_factor": float(ae.scale_factor),
+            }
         if "generator" in stages:
             ae = ca.load_autoencoder(out / "autoencoder", device=dev)
             with torch.no_grad():
-                z = torch.cat([ae.encode_stage_2_inputs(ae.normalize(ct[i:i + 16].to(dev)),
-                               labels_to_ct_grid(clab[i:i + 16].long().to(dev), p.ct_size)) * ae.scale_factor
-                               for i in range(0, len(ct), 16)]).cpu()
+                z = torch.cat(
+                    [
+                        ae.encode_stage_2_inputs(
+                            ae.normalize(ct[i : i + 16].to(dev)),
+                            labels_to_ct_grid(clab[i : i + 16].long().to(dev), p.ct_size),
+                        )
+                        * ae.scale_factor
+                        for i in range(0, len(ct), 16)
+                    ]
+                ).cpu()
             pick = _choices(c)[:, 0]
             gen = make_generator(p)
 
-            def gen_loss(model: Any, batch: Any, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+            def gen_loss(
+                model: Any, batch: Any, g: torch.Generator
+            ) -> tuple[torch.Tensor, dict[str, float]]:
                 zb, lb, pb = batch
                 ctx = tokens.to(zb.device)[pb.to(zb.device)]
                 inner = model.module if hasattr(model, "module") else model
-                return inner.training_loss(zb, label_condition(lb, zb.shape[-1]), context=ctx, generator=g), {}
+                return inner.training_loss(
+                    zb, label_condition(lb, zb.shape[-1]), context=ctx, generator=g
+                ), {}
 
-            res = engine.train(gen, gen_loss, _Pairs(z, clab, pick), run_dir=out, stage="generator",
-                               config=engine.TrainConfig(max_steps=max_steps, minutes=sub_minutes, batch_size=16,
-                                                         lr=2e-4, ema_decay=0.995, checkpoint_every=250,
-                                                         log_every=50, seed=seed),
-                               save_fn=lambda m, folder: m.save(folder), resume=resume, device=dev,
-                               progress=progress)
+            res = engine.train(
+                gen,
+                gen_loss,
+                _Pairs(z, clab, pick),
+                run_dir=out,
+                stage="generator",
+                config=engine.TrainConfig(
+                    max_steps=max_steps,
+                    minutes=sub_minutes,
+                    batch_size=16,
+                    lr=2e-4,
+                    ema_decay=0.995,
+                    checkpoint_every=250,
+                    log_every=50,
+                    seed=seed,
+                ),
+                save_fn=lambda m, folder: m.save(folder),
+                resume=resume,
+                device=dev,
+                progress=progress,
+            )
             report["generator"] = {"steps": res.step, "seconds": res.seconds, "loss": res.loss}
     write_manifest(out, p, stages=report)
     return report
