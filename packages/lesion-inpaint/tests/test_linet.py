@@ -11,10 +11,10 @@ from lesion_inpaint import (
     LINetConfig,
     ShapeError,
     UNetConfig,
+    guided_eps,
     linet_loss,
     resize_mask,
 )
-from lesion_inpaint.sampling import guided_eps
 
 D = 8  # context feature size of the toy "text encoder"
 

@@ -2,8 +2,27 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._diffusion_config import DiffusionConfig
+from ._latent_generator import (
+    LatentGenerator,
+    LatentGeneratorConfig,
+    generator_loss,
+    label_channels,
+)
+from ._linet import LINet, LINetConfig, linet_loss, resize_mask
+from ._lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss
+from ._paste import blend_weights, paste_back
+from ._presets import PRESETS, Preset, get_preset
+from ._sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
+from ._schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    InpaintingDDIMScheduler,
+    SchedulerOutput,
+    make_betas,
+)
+from ._unet import LevelContextUNet, UNetConfig, build_unet
 from .exceptions import (
     CheckpointError,
     ConfigError,
@@ -11,20 +30,6 @@ from .exceptions import (
     LesionInpaintError,
     ShapeError,
 )
-from .latent_generator import LatentGenerator, LatentGeneratorConfig, generator_loss, label_channels
-from .linet import LINet, LINetConfig, linet_loss, resize_mask
-from .lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss
-from .paste import blend_weights, paste_back
-from .presets import PRESETS, Preset, get_preset
-from .sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
-from .schedulers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    InpaintingDDIMScheduler,
-    SchedulerOutput,
-    make_betas,
-)
-from .unet import LevelContextUNet, UNetConfig, build_unet
 
 try:
     __version__ = version("lesion-inpaint")

@@ -14,11 +14,8 @@ from typing import Literal
 
 import torch
 
+from . import LatentGenerator, LINet, LMNet, get_preset
 from .exceptions import ConfigError
-from .latent_generator import LatentGenerator
-from .linet import LINet
-from .lmnet import LMNet
-from .presets import get_preset
 
 __all__ = ["SamplerBenchmark", "benchmark_sampler"]
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .diffusion_config import DiffusionConfig
+from ._diffusion_config import DiffusionConfig
+from ._latent_generator import LatentGeneratorConfig
+from ._linet import LINetConfig
+from ._lmnet import LMNetConfig
+from ._unet import UNetConfig
 from .exceptions import ConfigError, did_you_mean
-from .latent_generator import LatentGeneratorConfig
-from .linet import LINetConfig
-from .lmnet import LMNetConfig
-from .unet import UNetConfig
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._diffusion_config import DiffusionConfig
+from ._sampling import InpaintingSampler, drop_context
+from ._unet import Context, LevelContextUNet, UNetConfig
 from .exceptions import ConfigError, ShapeError
-from .sampling import InpaintingSampler, drop_context
-from .unet import Context, LevelContextUNet, UNetConfig
 
 __all__ = ["LINet", "LINetConfig", "linet_loss", "resize_mask"]
 

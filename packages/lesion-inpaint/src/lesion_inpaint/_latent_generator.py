@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._diffusion_config import DiffusionConfig
+from ._sampling import GaussianSampler, drop_context
+from ._unet import Context, LevelContextUNet, UNetConfig
 from .exceptions import ConfigError, ShapeError
-from .sampling import GaussianSampler, drop_context
-from .unet import Context, LevelContextUNet, UNetConfig
 
 __all__ = ["LatentGenerator", "LatentGeneratorConfig", "generator_loss", "label_channels"]
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ._schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler
+from ._unet import Context
 from .exceptions import ConfigError, ShapeError
-from .schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler
-from .unet import Context
 
 __all__ = [
     "EpsModel",

@@ -27,11 +27,11 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._diffusion_config import DiffusionConfig
+from ._sampling import GaussianSampler, drop_context
+from ._unet import Context, LevelContextUNet, UNetConfig
 from .exceptions import ConfigError, EmptyMaskError, ShapeError
-from .sampling import GaussianSampler, drop_context
-from .unet import Context, LevelContextUNet, UNetConfig
 
 __all__ = ["LMNet", "LMNetConfig", "binarize_mask", "lmnet_loss"]
 
