@@ -8,10 +8,11 @@ from ._latent_generator import (
     LatentGenerator,
     LatentGeneratorConfig,
     generator_loss,
+    generator_training_loss,
     label_channels,
 )
-from ._linet import LINet, LINetConfig, linet_loss, resize_mask
-from ._lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss
+from ._linet import LINet, LINetConfig, linet_loss, linet_training_loss, resize_mask
+from ._lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss, lmnet_training_loss
 from ._paste import blend_weights, paste_back
 from ._presets import PRESETS, Preset, get_preset
 from ._sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
@@ -65,11 +66,14 @@ __all__ = [
     "build_unet",
     "drop_context",
     "generator_loss",
+    "generator_training_loss",
     "get_preset",
     "guided_eps",
     "label_channels",
     "linet_loss",
+    "linet_training_loss",
     "lmnet_loss",
+    "lmnet_training_loss",
     "load_checkpoint",
     "make_betas",
     "null_context",

@@ -12,7 +12,7 @@ from .exceptions import ConfigError, did_you_mean
 __all__ = ["DiffusionConfig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiffusionConfig:
     """Noise schedule, sampler and guidance settings.
 

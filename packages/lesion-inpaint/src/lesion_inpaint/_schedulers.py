@@ -1,12 +1,20 @@
 """Gaussian noise schedules and the DDPM / DDIM / inpainting-DDIM schedulers.
 
 A scheduler holds no model (STYLE.md rule 1). It owns the noise schedule and the timestep grid and
-exposes the package-wide vocabulary::
+follows the ctsynth timestep convention, shared with cat-diffusion's categorical scheduler::
 
-    scheduler.set_timesteps(n, device=None)
-    scheduler.timesteps                      # LongTensor (n,), descending
-    scheduler.add_noise(x0, noise, t)        # q(x_t | x_0)
+    scheduler.set_timesteps(n, device=None)  # timesteps = round(linspace(T-1, 0, n)), int64
+    scheduler.timesteps                      # (n,) descending, from T-1 to 0
+    scheduler.add_noise(x0, noise, t)        # q(x_t | x_0), t in [0, T-1], noise ~ N(0, I)
     scheduler.step(model_output, t, sample, *, generator=None) -> SchedulerOutput
+
+Timesteps are integers in ``[0, T-1]``: ``t = 0`` is one forward step away from the data and
+``t = T-1`` the noisiest state. The step at a grid entry goes to the next grid entry; the step at
+the last entry (``t = 0``) returns the clean sample. ``step`` takes ``t`` as a Python int (checked
+against the grid) or as an integer tensor, scalar or ``(B,)``, e.g. an entry of
+:attr:`timesteps`; a tensor is looked up in per-timestep coefficient tables on the sample's device,
+so a sampling loop makes no host round trip per step. A tensor timestep that is not on the grid
+gives NaN (the tables hold NaN there) rather than a silent wrong step.
 
 :class:`InpaintingDDIMScheduler.step` also takes ``known`` and ``mask`` and re-imposes the known
 (clean) latent outside the mask after every step (LesionDiffusion Sec. 2.2, sampling with Eq. (4)).
@@ -25,6 +33,7 @@ from typing import Literal, get_args
 
 import torch
 
+from ._random import draw_randn
 from .exceptions import ConfigError, ShapeError, did_you_mean
 
 __all__ = [
@@ -90,16 +99,20 @@ def make_betas(
     return (1.0 - abar[1:] / abar[:-1]).clamp(0.0, 0.999)
 
 
-def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape per-sample values (B,) or a scalar to broadcast against ``like`` (B, ...)."""
-    values = values.to(device=like.device, dtype=like.dtype)
-    if values.ndim == 0:
-        return values
+Timestep = int | torch.Tensor
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Shape gathered per-sample values ``(1,)`` or ``(B,)`` to broadcast against ``like`` (B, ...)."""
+    if values.shape[0] == 1:
+        return values.reshape(())
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
 
 
 class _GaussianScheduler:
-    """Shared schedule, timestep grid and forward process q(x_t | x_0)."""
+    """Shared schedule, timestep grid, coefficient tables and forward process q(x_t | x_0)."""
+
+    _stochastic = True
 
     def __init__(
         self,
@@ -122,78 +135,112 @@ class _GaussianScheduler:
         )
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.num_inference_steps = self.num_train_timesteps
-        self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1, dtype=torch.long)
-        self._next = self._next_map(self.timesteps.tolist())
-
-    @staticmethod
-    def _next_map(grid: list[int]) -> dict[int, int]:
-        return {t: (grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)}
+        self.set_timesteps(self.num_train_timesteps)
 
     # -- timestep grid ---------------------------------------------------------------------------
     def set_timesteps(self, n: int, device: torch.device | str | None = None) -> None:
-        """Use ``n`` evenly spaced timesteps ``round(linspace(T-1, 0, n))`` (descending).
+        """Use ``n`` timesteps ``round(linspace(T-1, 0, n))`` (descending, ``[T-1]`` for n = 1).
+
+        Also precomputes the step coefficients of every grid entry, so :meth:`step` needs no search.
 
         Args:
             n: number of inference steps, 1 <= n <= T.
             device: device of :attr:`timesteps` (default CPU).
         """
-        if int(n) != n or not 1 <= n <= self.num_train_timesteps:
+        if isinstance(n, bool) or int(n) != n or not 1 <= n <= self.num_train_timesteps:
             raise ConfigError(
                 f"number of inference steps must be an integer in [1, {self.num_train_timesteps}], "
                 f"got {n!r}; closest valid: {min(max(int(n), 1), self.num_train_timesteps)}"
             )
         n = int(n)
         self.num_inference_steps = n
-        if n == 1:
-            grid = torch.tensor([self.num_train_timesteps - 1], dtype=torch.float64)
-        else:
-            grid = torch.linspace(self.num_train_timesteps - 1, 0, n, dtype=torch.float64)
-        grid_long = grid.round().long()
-        self._next = self._next_map(grid_long.tolist())  # host-side lookup: no device sync per step
-        self.timesteps = grid_long.to(device)
+        grid = _grid(self.num_train_timesteps, n)
+        prev = torch.full((self.num_train_timesteps,), -2, dtype=torch.long)  # -2: not on the grid
+        prev[grid[:-1]] = grid[1:]
+        prev[grid[-1]] = -1  # -1: the clean sample
+        self._prev = prev
+        self._on_grid = frozenset(grid.tolist())
+        self._tables = self._coefficients(prev)
+        self._table_cache: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self.timesteps = grid.to(device)
+        if device is not None:  # copy the tables now, not inside the sampling loop
+            self._device_tables(self.timesteps.device)
 
     def previous_timestep(self, t: int) -> int:
-        """The grid point after ``t`` in :attr:`timesteps`, or -1 after the last one."""
-        if t not in self._next:
+        """The grid entry after ``t`` in :attr:`timesteps`, or -1 (the clean sample) after the last."""
+        return int(self._prev[self._check_int_t(t)])
+
+    def _abar_prev(self, prev: torch.Tensor) -> torch.Tensor:
+        abar_prev = torch.where(prev >= 0, self.alphas_cumprod[prev.clamp_min(0)], 1.0)
+        return torch.where(prev == -2, math.nan, abar_prev)
+
+    def _coefficients(self, prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-timestep float64 tables (T,) of the step; NaN off the grid."""
+        abar = self.alphas_cumprod
+        return {"sqrt_abar": abar.sqrt(), "sqrt_one_minus_abar": (1.0 - abar).sqrt()}
+
+    def _device_tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        cache = self._table_cache.get(device)
+        if cache is None:
+            dt = torch.float32 if device.type == "mps" else torch.float64
+            cache = {k: v.to(device=device, dtype=dt) for k, v in self._tables.items()}
+            self._table_cache[device] = cache
+        return cache
+
+    def _table(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        return self._device_tables(like.device)[name]
+
+    def _check_int_t(self, t: int) -> int:
+        if t not in self._on_grid:
+            grid = sorted(self._on_grid, reverse=True)
             raise ConfigError(
-                f"timestep {t} is not on the current grid (first steps: {list(self._next)[:5]}); "
-                "call set_timesteps() and step through scheduler.timesteps"
+                f"timestep {t} is not on the current grid ({len(grid)} steps from {grid[0]} to "
+                f"{grid[-1]}, all in [0, {self.num_train_timesteps - 1}]); call set_timesteps() and "
+                "step through scheduler.timesteps"
             )
-        return self._next[t]
+        return t
 
-    def _abar(self, t: int) -> float:
-        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
-
-    def _check_t(self, t: int | torch.Tensor) -> int:
+    def _coef(self, name: str, t: Timestep, like: torch.Tensor) -> float | torch.Tensor:
+        """Coefficient ``name`` at ``t``: a float for an int ``t``, a broadcastable tensor otherwise."""
         if isinstance(t, torch.Tensor):
-            if t.numel() != 1:
-                raise ShapeError(f"step() takes one timestep for the whole batch, got shape {tuple(t.shape)}")
-            t = int(t.item())
-        if not 0 <= int(t) < self.num_train_timesteps:
-            raise ConfigError(f"timestep must be in [0, {self.num_train_timesteps - 1}], got {t}")
-        return int(t)
+            if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim > 1:
+                raise ShapeError(f"timestep must be an integer scalar or (B,) tensor, got {t.dtype} {tuple(t.shape)}")
+            if t.ndim == 1 and t.shape[0] not in (1, like.shape[0]):
+                raise ShapeError(f"timesteps of shape {tuple(t.shape)} do not match the batch {like.shape[0]}")
+            idx = t.reshape(-1).to(device=like.device, dtype=torch.long)
+            return _broadcast(self._table(name, like)[idx], like).to(like.dtype)
+        if isinstance(t, bool) or int(t) != t:
+            raise ShapeError(f"timestep must be an int or an integer tensor, got {t!r}")
+        return float(self._tables[name][self._check_int_t(int(t))])
 
     # -- forward process ---------------------------------------------------------------------------
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """q(x_t | x_0): ``sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise``.
 
         Args:
             x0: clean sample (B, C, ...).
             noise: standard normal noise, same shape as ``x0``.
-            t: integer timesteps, shape (B,) or scalar, in [0, T).
+            t: integer timesteps in [0, T-1], shape (B,) or scalar.
+
+        Returns:
+            x_t, same shape, dtype and device as ``x0``.
         """
         if x0.shape != noise.shape:
             raise ShapeError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape")
-        t = torch.as_tensor(t).long()
+        t = torch.as_tensor(t, device=x0.device)
+        if t.dtype.is_floating_point or t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x0.shape[0]):
+            raise ShapeError(f"t must be an integer scalar or ({x0.shape[0]},) tensor, got {t.dtype} {tuple(t.shape)}")
+        t = t.long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps):
-            raise ConfigError(f"timesteps must be in [0, {self.num_train_timesteps - 1}]")
-        abar = self.alphas_cumprod.to(t.device)[t]
-        return _expand(abar.sqrt(), x0) * x0 + _expand((1.0 - abar).sqrt(), x0) * noise
+            raise ConfigError(
+                f"timesteps must be in [0, {self.num_train_timesteps - 1}], got [{int(t.min())}, {int(t.max())}]"
+            )
+        abar = self.alphas_cumprod.to(x0.device)[t.reshape(-1)]
+        abar = abar.reshape(()) if t.ndim == 0 else abar.reshape(-1, *([1] * (x0.ndim - 1)))
+        return abar.sqrt().to(x0.dtype) * x0 + (1.0 - abar).sqrt().to(x0.dtype) * noise
 
-    def _x0_from_eps(self, eps: torch.Tensor, t: int, sample: torch.Tensor) -> torch.Tensor:
-        abar = self._abar(t)
-        x0 = (sample - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
+    def _x0_from_eps(self, eps: torch.Tensor, t: Timestep, sample: torch.Tensor) -> torch.Tensor:
+        x0 = (sample - self._coef("sqrt_one_minus_abar", t, sample) * eps) / self._coef("sqrt_abar", t, sample)
         if self.clip_sample is not None:
             x0 = x0.clamp(-self.clip_sample, self.clip_sample)
         return x0
@@ -204,46 +251,64 @@ class _GaussianScheduler:
                 f"model_output {tuple(model_output.shape)} must match sample {tuple(sample.shape)} "
                 "(the model predicts the noise eps)"
             )
+        if not sample.dtype.is_floating_point:
+            raise ShapeError(f"sample must be a float tensor, got {sample.dtype}")
+
+    def _noise(self, sample: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return draw_randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+
+
+def _grid(num_train_timesteps: int, n: int) -> torch.Tensor:
+    """``round(linspace(T-1, 0, n))`` as int64 (``[T-1]`` for n = 1): the ctsynth grid rule."""
+    if n == 1:
+        return torch.tensor([num_train_timesteps - 1], dtype=torch.long)
+    return torch.linspace(num_train_timesteps - 1, 0, n, dtype=torch.float64).round().long()
 
 
 class DDPMScheduler(_GaussianScheduler):
     """Ancestral DDPM sampling (Ho et al. 2020), eps-prediction, on any sub-grid of timesteps.
 
     With ``set_timesteps(T)`` this is the original ancestral sampler with the "fixed small"
-    posterior variance; on a sub-grid the posterior uses abar of the two grid points.
+    posterior variance; on a sub-grid the posterior uses abar of the two grid points. Every step
+    draws one noise tensor from ``generator`` (scaled by 0 on the last step).
     """
+
+    def _coefficients(self, prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        abar_t = self.alphas_cumprod
+        abar_prev = self._abar_prev(prev)
+        beta = 1.0 - abar_t / abar_prev  # effective beta between the two grid points
+        var = beta * (1.0 - abar_prev) / (1.0 - abar_t)
+        std = torch.where(prev >= 0, var.clamp_min(1e-20).sqrt(), 0.0)
+        return {
+            **super()._coefficients(prev),
+            "c_x0": abar_prev.sqrt() * beta / (1.0 - abar_t),
+            "c_xt": (1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar_t),
+            "std": torch.where(prev == -2, math.nan, std),
+        }
 
     def step(
         self,
         model_output: torch.Tensor,
-        t: int | torch.Tensor,
+        t: Timestep,
         sample: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
     ) -> SchedulerOutput:
-        """One reverse step x_t -> x_{t_prev}.
+        """One reverse step x_t -> x_{t_prev} (x_0 after the last grid entry).
 
         Args:
             model_output: predicted noise eps_hat, same shape as ``sample``.
-            t: current timestep (on the grid).
-            sample: x_t.
+            t: current timestep on the grid: int, or integer tensor scalar / (B,).
+            sample: x_t (B, C, ...), float.
             generator: random source of the posterior noise.
+
+        Returns:
+            :class:`SchedulerOutput` with tensors of ``sample``'s shape, dtype and device.
         """
         self._check_step_args(model_output, sample)
-        t = self._check_t(t)
-        prev = self.previous_timestep(t)
-        abar_t, abar_prev = self._abar(t), self._abar(prev)
-        beta = 1.0 - abar_t / abar_prev  # effective beta between the two grid points
         x0 = self._x0_from_eps(model_output, t, sample)
-        c0 = math.sqrt(abar_prev) * beta / (1.0 - abar_t)
-        ct = math.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar_t)
-        prev_sample = c0 * x0 + ct * sample
-        if prev >= 0:
-            var = max(beta * (1.0 - abar_prev) / (1.0 - abar_t), 1e-20)
-            noise = torch.randn(
-                sample.shape, dtype=sample.dtype, device=sample.device, generator=generator
-            )
-            prev_sample = prev_sample + math.sqrt(var) * noise
+        prev_sample = self._coef("c_x0", t, sample) * x0 + self._coef("c_xt", t, sample) * sample
+        prev_sample = prev_sample + self._coef("std", t, sample) * self._noise(sample, generator)
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
 
@@ -251,8 +316,13 @@ class DDIMScheduler(_GaussianScheduler):
     """DDIM (Song et al. 2021, Eq. 12 and 16) with stochasticity ``eta`` (0 = deterministic).
 
     Args:
+        num_train_timesteps: T.
+        schedule: ``"scaled_linear_beta"`` or ``"cosine"``.
+        beta_start: first beta of the scaled-linear schedule.
+        beta_end: last beta of the scaled-linear schedule.
+        clip_sample: clamp the predicted x_0 to [-c, c], or None.
         eta: 0 gives deterministic DDIM; 1 gives the DDPM posterior variance on the grid (the
-            authors' setting, ``ddim_eta=1``).
+            authors' setting, ``ddim_eta=1``). With ``eta > 0`` every step draws one noise tensor.
     """
 
     def __init__(
@@ -265,6 +335,9 @@ class DDIMScheduler(_GaussianScheduler):
         clip_sample: float | None = None,
         eta: float = 0.0,
     ) -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"eta must be in [0, 1], got {eta}; closest valid: {min(max(eta, 0.0), 1.0)}")
+        self.eta = float(eta)
         super().__init__(
             num_train_timesteps=num_train_timesteps,
             schedule=schedule,
@@ -272,43 +345,47 @@ class DDIMScheduler(_GaussianScheduler):
             beta_end=beta_end,
             clip_sample=clip_sample,
         )
-        if not 0.0 <= eta <= 1.0:
-            raise ConfigError(f"eta must be in [0, 1], got {eta}; closest valid: {min(max(eta, 0.0), 1.0)}")
-        self.eta = float(eta)
+
+    def _coefficients(self, prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        abar_t = self.alphas_cumprod
+        abar_prev = self._abar_prev(prev)
+        # Eq. 16: sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+        sigma = self.eta * ((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)).clamp_min(0).sqrt()
+        return {
+            **super()._coefficients(prev),
+            "sqrt_abar_prev": abar_prev.sqrt(),
+            "c_eps": (1.0 - abar_prev - sigma**2).clamp_min(0.0).sqrt(),
+            "sigma": sigma,
+        }
 
     def step(
         self,
         model_output: torch.Tensor,
-        t: int | torch.Tensor,
+        t: Timestep,
         sample: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
     ) -> SchedulerOutput:
-        """One DDIM step x_t -> x_{t_prev} (Song et al. Eq. 12).
+        """One DDIM step x_t -> x_{t_prev} (Song et al. Eq. 12; x_0 after the last grid entry).
 
         Args:
             model_output: predicted noise eps_hat, same shape as ``sample``.
-            t: current timestep (on the grid).
-            sample: x_t.
+            t: current timestep on the grid: int, or integer tensor scalar / (B,).
+            sample: x_t (B, C, ...), float.
             generator: random source, used only when ``eta > 0``.
+
+        Returns:
+            :class:`SchedulerOutput` with tensors of ``sample``'s shape, dtype and device.
         """
         self._check_step_args(model_output, sample)
-        t = self._check_t(t)
-        prev = self.previous_timestep(t)
-        abar_t, abar_prev = self._abar(t), self._abar(prev)
         x0 = self._x0_from_eps(model_output, t, sample)
         if self.clip_sample is not None:  # re-derive eps consistent with the clipped x0
-            eps = (sample - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
+            eps = (sample - self._coef("sqrt_abar", t, sample) * x0) / self._coef("sqrt_one_minus_abar", t, sample)
         else:
             eps = model_output
-        # Eq. 16: sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
-        sigma = self.eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
-        prev_sample = math.sqrt(abar_prev) * x0 + math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            noise = torch.randn(
-                sample.shape, dtype=sample.dtype, device=sample.device, generator=generator
-            )
-            prev_sample = prev_sample + sigma * noise
+        prev_sample = self._coef("sqrt_abar_prev", t, sample) * x0 + self._coef("c_eps", t, sample) * eps
+        if self.eta > 0:
+            prev_sample = prev_sample + self._coef("sigma", t, sample) * self._noise(sample, generator)
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
 
@@ -317,7 +394,8 @@ class InpaintingDDIMScheduler(DDIMScheduler):
 
     Following Eq. (4) of LesionDiffusion, the region outside the mask is the *clean* latent z_0 at
     every t (not a noised copy as in RePaint), so ``prev = prev * m + known * (1 - m)``. With a
-    binary mask the output equals ``known`` exactly outside the mask.
+    binary mask the output equals ``known`` exactly outside the mask. Without ``known`` and
+    ``mask``, :meth:`step` is a plain DDIM step, so the scheduler keeps the common contract.
     """
 
     def initial_sample(
@@ -335,7 +413,7 @@ class InpaintingDDIMScheduler(DDIMScheduler):
             generator: random source of eps.
         """
         self._check_mask(known, mask)
-        noise = torch.randn(known.shape, dtype=known.dtype, device=known.device, generator=generator)
+        noise = self._noise(known, generator)
         return noise * mask + known * (1 - mask)
 
     @staticmethod
@@ -348,30 +426,34 @@ class InpaintingDDIMScheduler(DDIMScheduler):
         if mask.shape[1] not in (1, known.shape[1]):
             raise ShapeError(f"mask must have 1 or {known.shape[1]} channels, got {mask.shape[1]}")
 
-    def step(  # type: ignore[override]
+    def step(
         self,
         model_output: torch.Tensor,
-        t: int | torch.Tensor,
+        t: Timestep,
         sample: torch.Tensor,
         *,
-        known: torch.Tensor,
-        mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        known: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> SchedulerOutput:
-        """One DDIM step, then ``prev * m + known * (1 - m)``.
+        """One DDIM step, then ``prev * m + known * (1 - m)`` when ``known`` and ``mask`` are given.
 
         Args:
             model_output: predicted noise, same shape as ``sample``.
-            t: current timestep (on the grid).
+            t: current timestep on the grid: int, or integer tensor scalar / (B,).
             sample: z_t.
-            known: clean latent z_0, same shape as ``sample``.
-            mask: (B, 1, ...) or sample-shaped, 1 where the lesion is generated.
             generator: random source (eta > 0).
+            known: clean latent z_0, same shape as ``sample`` (give it with ``mask``).
+            mask: (B, 1, ...) or sample-shaped, 1 where the lesion is generated.
         """
+        out = super().step(model_output, t, sample, generator=generator)
+        if known is None and mask is None:
+            return out
+        if known is None or mask is None:
+            raise ShapeError("known and mask go together: pass both (inpainting) or neither (plain DDIM)")
         if known.shape != sample.shape:
             raise ShapeError(f"known {tuple(known.shape)} must match sample {tuple(sample.shape)}")
         self._check_mask(known, mask)
-        out = super().step(model_output, t, sample, generator=generator)
         prev = out.prev_sample * mask + known * (1 - mask)
         x0 = out.pred_original_sample * mask + known * (1 - mask)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
