@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from ctsynth_bench.data import _sources
 from ctsynth_bench.exceptions import FetchError
 
-BACKEND = '''
+BACKEND = """
 import os
 
 
@@ -35,7 +36,7 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     raise RuntimeError("the fetch only downloads")
-'''
+"""
 
 PYPROJECT = """
 [build-system]
@@ -77,7 +78,7 @@ def local_index(tmp_path, monkeypatch):
         f"[global]\nno-index = true\nfind-links = {tmp_path / 'links'}\n"
         f"constraint = {constraints}\n"
     )
-    for key in [k for k in __import__("os").environ if k.startswith("PIP_")]:
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
     source = _sources.Source(
@@ -113,7 +114,7 @@ def test_constraint_in_pip_constraint_variable_is_neutralised_too(
 def test_the_same_pip_call_with_the_users_constraint_crashes(local_index, tmp_path, monkeypatch):
     # Guards the fixture: it reproduces pip's legacy-resolver crash that the fetch works around.
     source, _, _ = local_index
-    monkeypatch.setattr(_sources, "pip_environment", lambda scratch: dict(__import__("os").environ))
+    monkeypatch.setattr(_sources, "pip_environment", lambda scratch: dict(os.environ))
     with pytest.raises(FetchError, match="pip crashed with AssertionError") as info:
         _sources.obtain_archive(source, tmp_path / "downloads")
     assert "pip config list" in str(info.value) and "fakepkg-1.0.tar.gz" in str(info.value)
