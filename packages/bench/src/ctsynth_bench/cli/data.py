@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -67,13 +68,19 @@ def _parse_window(text: str) -> tuple[float, float]:
     try:
         centre, width = (float(v) for v in text.split(","))
     except ValueError:
+        centre = width = float("nan")
+    if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
         raise argparse.ArgumentTypeError(
-            f"window must be CENTRE,WIDTH in HU (e.g. 40,400) or one of {sorted(WINDOWS)}"
-        ) from None
+            f"{text!r}: window must be CENTRE,WIDTH in HU with a width > 0 (e.g. 40,400) or one "
+            f"of {sorted(WINDOWS)}"
+        )
     return centre, width
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from .._checks import check_file_target
+
+    check_file_target(args.out, "--out")
     import numpy as np
 
     from ..data import TOTAL_V2, load_case, load_lesion_dataset

