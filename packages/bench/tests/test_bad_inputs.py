@@ -116,6 +116,8 @@ def bad_template(kind: str, folder: Path) -> tuple[Path, Path]:
         ct_name = "ct.nii.gz"
         (folder / ct_name).parent.mkdir(parents=True, exist_ok=True)
         (folder / ct_name).write_text("this is a text file, not an image\n")
+    elif kind == "organs_empty":
+        organs = np.zeros_like(organs)
     elif kind == "organs_missing":
         org_name = "does-not-exist.nii.gz"
     else:  # pragma: no cover - a typo in the table below
@@ -146,6 +148,7 @@ BAD_TEMPLATES = {
     "ct_2d": ["2D"],
     "ct_text_file": ["NIfTI"],
     "organs_missing": ["not found"],
+    "organs_empty": ["no organ"],
 }
 
 
@@ -610,3 +613,44 @@ def test_argument_errors_come_before_torch_and_templates(tmp_path):
     assert float(seconds) < 1.0
     assert not (tmp_path / "o").exists()
     assert done.stderr.count("bench: error: ") == 2
+
+
+def test_cache_dir_that_is_a_file_is_named(tmp_path, capsys):
+    from ctsynth_bench.data import fetch, list_cases
+
+    afile = tmp_path / "cache.txt"
+    afile.write_text("x")
+    for argv in (["data", "list"], ["data", "fetch", "--case", "abdomen"]):
+        rc, _, err = run([*argv, "--cache-dir", afile], capsys)
+        assert_one_line_error(rc, err, "cache.txt", "not a folder")
+    with pytest.raises(BenchError, match="not a folder"):
+        list_cases(afile)
+    with pytest.raises(BenchError, match="list of case names"):
+        fetch(tmp_path / "cache", cases="abdomen", progress=False)
+    assert afile.read_text() == "x" and not (tmp_path / "cache").exists()
+
+
+def test_show_refuses_cache_dir_with_dataset(existing, tmp_path, capsys):
+    case = sorted((existing / "reports").glob("*.json"))[0].stem
+    argv = ["data", "show", case, "--dataset", existing, "--cache-dir", tmp_path, "--out"]
+    rc, _, err = run([*argv, tmp_path / "v.png"], capsys)
+    assert_one_line_error(rc, err, "--cache-dir", "--dataset")
+    assert not (tmp_path / "v.png").exists()
+
+
+def test_stats_names_a_corrupt_dataset_json(existing, capsys):
+    (existing / "dataset.json").write_text('{"name": ')
+    before = snapshot(existing)
+    rc, _, err = run(["data", "lesions", "--stats", existing, "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "dataset.json", "JSON")
+    assert snapshot(existing) == before
+
+
+def test_foreign_folder_is_not_filled(tmp_path, template_pair, capsys):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("\\documentclass{article}\n")
+    before = snapshot(folder)
+    rc, _, err = run(lesion_argv(folder, *template_pair), capsys)
+    assert_one_line_error(rc, err, "--out", "no synth.json")
+    assert snapshot(folder) == before

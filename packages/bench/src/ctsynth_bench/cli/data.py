@@ -81,6 +81,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .._checks import check_file_target
 
     check_file_target(args.out, "--out")
+    if args.dataset is not None and args.cache_dir is not None:
+        raise DataError("--cache-dir has no effect with --dataset (the case is read from the dataset)")
     import numpy as np
 
     from ..data import TOTAL_V2, load_case, load_lesion_dataset

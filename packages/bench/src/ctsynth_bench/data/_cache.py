@@ -64,7 +64,11 @@ def default_cache_dir() -> Path:
 
 
 def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if root.exists() and not root.is_dir():
+        origin = "cache_dir" if cache_dir is not None else f"${CACHE_ENV} or the default cache"
+        raise DataError(f"{root}: is a file, not a folder; the cache ({origin}) must be a folder")
+    return root
 
 
 def bundled_dir() -> Path:
@@ -181,6 +185,8 @@ def fetch(
             is left in ``cases/``).
         DataError: unknown case name.
     """
+    if isinstance(cases, str):
+        raise DataError(f"cases must be a list of case names, got the string {cases!r}")
     root = _resolve_cache(cache_dir)
     wanted = list(FETCHED_CASES) if cases is None else list(cases)
     for name in wanted:

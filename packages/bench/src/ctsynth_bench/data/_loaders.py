@@ -170,6 +170,8 @@ def check_ct_and_organs(
     _check_hu(ct.astype(np.float32, copy=False), f"{where} CT", check_hu)
     labels = _as_int_labels(organs, f"{where} organ map")
     _check_organ_ids(labels, f"{where} organ map", TOTAL_V2, "v2")
+    if not labels.any():
+        raise DataError(f"{where}: the organ map holds no organ (every voxel is 0)")
     if check_hu:
         _check_soft_tissue(ct, labels, where)
     return labels.astype(np.int16)

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from .._checks import check_dataset_folder, check_dataset_options
 from ..data import check_ct_and_organs, save_nifti
-from ..exceptions import BenchError
+from ..exceptions import BenchError, DataError
 from ._deform import augment
 from ._draw import draw_report_and_target
 from ._render import estimate_noise, reference_hu, render_lesion
@@ -478,5 +478,8 @@ def template_from_files(ct_path: str | Path, organs_path: str | Path, *, name: s
         stem = stem.removesuffix(ext)
     case = data.load_volume_set(name or stem, ct=ct_path, organs=organs_path)
     assert case.organs is not None  # asked for above
-    return Template(name=case.name, ct=case.ct, organs=case.organs.astype(np.int16),
-                    affine=case.affine, spacing=case.spacing)
+    try:
+        return Template(name=case.name, ct=case.ct, organs=case.organs.astype(np.int16),
+                        affine=case.affine, spacing=case.spacing)
+    except BenchError as exc:  # name the files, not only the template
+        raise DataError(f"{ct_path} with {organs_path.name}: {exc}") from None

@@ -186,6 +186,8 @@ def load_and_measure(root: str | Path, *, progress: bool = False) -> list[CaseMe
     root = Path(root)
     if not root.is_dir():
         raise SynthError(f"{root}: no such folder; give a set written by 'bench data lesions'")
+    if (root / "dataset.json").is_file():
+        _read_json(root / "dataset.json", dict)  # a broken layout is named, not measured
     reports = sorted((root / "reports").glob("*.json")) if (root / "reports").is_dir() else []
     if not reports:
         raise SynthError(f"{root} holds no reports/*.json; is it a dataset written by 'bench data lesions'?")

@@ -127,7 +127,10 @@ def render_views(
 
 def _save_png_atomically(fig: Any, out: Path, *, dpi: int) -> None:
     """Write the figure to a temporary PNG beside ``out`` and rename it: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, format="png")
