@@ -171,7 +171,10 @@ def snapshot(path: Path) -> dict[str, str] | None:
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
     capsys.readouterr()
-    rc = main([str(a) for a in argv])
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's option errors (printed as one line)
+        rc = exc.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -654,3 +657,41 @@ def test_foreign_folder_is_not_filled(tmp_path, template_pair, capsys):
     rc, _, err = run(lesion_argv(folder, *template_pair), capsys)
     assert_one_line_error(rc, err, "--out", "no synth.json")
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "fetch", "--case", "abdomen", "--cache-dir", ""],
+        ["data", "list", "--cache-dir", ""],
+        ["data", "lesions", "--stats", ""],
+        ["data", "lesions", "--n", "1", "--out", ""],
+    ],
+    ids=["fetch-cache-dir", "list-cache-dir", "stats", "out"],
+)
+def test_empty_path_never_means_the_current_folder(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(argv, capsys)
+    assert_one_line_error(rc, err, "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_small_mistakes(tmp_path, template_pair):
+    from ctsynth_bench.rulesynth import Template, synthesize_dataset, template_from_files
+    from ctsynth_bench.viz import render_views
+
+    ct, organs, affine = phantom()
+    with pytest.raises(BenchError, match="template name"):
+        Template(name=None, ct=ct, organs=organs, affine=affine, spacing=(SPACING,) * 3)
+    with pytest.raises(BenchError, match="finite"):
+        render_views(np.full_like(ct, np.nan), spacing=(SPACING,) * 3, out=tmp_path / "v.png")
+    assert list(tmp_path.iterdir()) == []
+    # NumPy integers are whole numbers too: accepted, not refused.
+    summary = synthesize_dataset(
+        tmp_path / "set",
+        n=np.int64(1),
+        seed=np.int64(2),
+        types=["liver_cyst"],
+        templates=[template_from_files(*template_pair)],
+    )
+    assert summary.written == 1

@@ -9,6 +9,7 @@ calls it again (``rulesynth.synthesize_dataset``), so both give the same answer.
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,11 @@ from .exceptions import BenchError
 #: Largest number of cases of a synthetic set: case ids carry five digits.
 MAX_CASES = 99_999
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _whole(value: object) -> bool:
+    """A Python or NumPy integer (not a bool, not a float that happens to be whole)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_lesion_types(types: object, *, label: str = "types") -> None:
@@ -59,9 +65,9 @@ def check_dataset_options(
         BenchError: naming the option, what is wrong and what is allowed.
     """
     label = {"n": "n", "seed": "seed", "types": "types", "prefix": "prefix", **(names or {})}
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CASES:
+    if not _whole(n) or not 1 <= n <= MAX_CASES:  # type: ignore[operator]
         raise BenchError(f"{label['n']} must be a whole number from 1 to {MAX_CASES}, got {n!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not _whole(seed) or seed < 0:  # type: ignore[operator]
         raise BenchError(f"{label['seed']} must be a whole number >= 0, got {seed!r}")
     check_lesion_types(types, label=label["types"])
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or ".." in prefix:

@@ -60,6 +60,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _path(text: str) -> Path:
+    """A path option; an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return Path(text)
+
+
 def _parse_window(text: str) -> tuple[float, float]:
     from ..viz import WINDOWS
 
@@ -171,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "real CT cases (abdomen, chest_cta, lung1, lung2, rider) into the cache. Cases already "
         "in the cache are skipped.",
     )
-    p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
+    p.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
     p.add_argument("--case", action="append", metavar="NAME", help="only this case (repeatable)")
     p.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar"
@@ -183,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="list the cases and where they are (bundled or fetched)",
         description="List the available cases: fetched ones in the cache and bundled ones.",
     )
-    p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
+    p.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_list)
 
@@ -194,16 +201,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "label outlined. Without --label the lesion is shown if the case has one.",
     )
     p.add_argument("case", metavar="CASE", help="case name (see `bench data list`) or, with --dataset, a case id")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_path, required=True, help="PNG file to write")
     p.add_argument(
         "--label",
         type=int,
         default=None,
         help="TotalSegmentator v2 organ id to centre on and outline (e.g. 5 = liver); 0 = lesion",
     )
-    p.add_argument("--dataset", type=Path, default=None, help="a lesion dataset folder (DESIGN layout)")
+    p.add_argument("--dataset", type=_path, default=None, help="a lesion dataset folder (DESIGN layout)")
     p.add_argument("--window", type=_parse_window, default=None, help="HU window CENTRE,WIDTH or a name (soft_tissue, lung, bone, liver, mediastinum)")
-    p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
+    p.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
     p.set_defaults(func=_cmd_show)
 
     data_lesions.register(data_sub)

@@ -50,6 +50,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.gallery is not None and args.stats is None:
         raise BenchError("--gallery draws a set measured with --stats DIR; add --stats DIR")
     if args.stats is not None:
+        if not args.stats.strip():
+            raise BenchError("--stats is empty; give the folder of a lesion set")
         extra = [f"--{n.replace('_', '-')}" for n in _RUN_OPTIONS if _given(args, n)]
         if extra:
             raise BenchError(

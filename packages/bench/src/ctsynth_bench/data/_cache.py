@@ -64,6 +64,8 @@ def default_cache_dir() -> Path:
 
 
 def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
+    if cache_dir is not None and not str(cache_dir).strip():
+        raise DataError("cache_dir is empty; give a folder, or None for the default cache")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if root.exists() and not root.is_dir():
         origin = "cache_dir" if cache_dir is not None else f"${CACHE_ENV} or the default cache"

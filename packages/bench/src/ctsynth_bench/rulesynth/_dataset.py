@@ -78,6 +78,8 @@ class Template:
         # The one validation every CT + organ map passes before a lesion is placed in it (the
         # file loaders apply the same checks): 3D, same shape, finite plausible HU, integer
         # organ ids of TotalSegmentator v2; and a usable geometry.
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
+            raise SynthError(f"a template name must be a non-empty string without '/', got {self.name!r}")
         where = f"template {self.name!r}"
         organs = check_ct_and_organs(self.ct, self.organs, where=where)
         affine = np.asarray(self.affine, dtype=np.float64)

@@ -74,6 +74,8 @@ def render_views(
     ct = np.asarray(ct)
     if ct.ndim != 3:
         raise DataError(f"render_views: ct must be 3D (X, Y, Z), got shape {ct.shape}")
+    if ct.dtype.kind not in "iuf" or not np.all(np.isfinite(ct)):
+        raise DataError("render_views: ct must hold finite numbers (HU); found NaN, inf or non-numbers")
     if label is not None:
         label = np.asarray(label) != 0
         if label.shape != ct.shape:
