@@ -212,7 +212,6 @@ def fetch(
         for source_name in dict.fromkeys(RECIPES[n].source for n in todo):
             source = SOURCES[source_name]
             bar.set_postfix_str(f"download {source.name}=={source.version}")
-            log.info("obtaining %s (%s)", source.archive, source.licence)
             archive = obtain_archive(source, root / "downloads", progress=progress)
             names = [n for n in todo if RECIPES[n].source == source_name]
             with tempfile.TemporaryDirectory(prefix=".extract-", dir=root) as tmp:
