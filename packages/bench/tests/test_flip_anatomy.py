@@ -12,7 +12,7 @@ from ctsynth_bench.rulesynth._deform import (
     flip_lr,
     lr_pairs,
 )
-from report_bbox.organs import TOTALSEG_V2
+from report_bbox import TOTALSEG_V2
 
 
 def _side_free(name: str) -> str:
