@@ -40,7 +40,7 @@ from ._organs import (
 )
 from ._verify import BenchRow, bbox_violation, benchmark_bboxes
 from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
-from .lesion_types import (
+from ._lesion_types import (
     LESION_TYPES,
     RULES,
     LesionTypeSpec,
@@ -48,10 +48,10 @@ from .lesion_types import (
     lesion_type_name,
     rule_violations,
 )
-from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
-from .report import LESION_ORGANS, Report, parse_size_mm
-from .sampling import check_report_fits, sample_report
-from .vocabulary import (
+from ._llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
+from ._report import LESION_ORGANS, Report, parse_size_mm
+from ._sampling import check_report_fits, sample_report
+from ._vocabulary import (
     ATTRIBUTES,
     CATEGORICAL_ATTRIBUTES,
     IMAGE_ATTRIBUTES,

@@ -29,9 +29,9 @@ from ._bbox import (
 )
 from ._organs import ORGANS, organ_ids
 from .exceptions import BBoxError
-from .lesion_types import LESION_TYPES
-from .report import Report
-from .sampling import sample_report
+from ._lesion_types import LESION_TYPES
+from ._report import Report
+from ._sampling import sample_report
 
 __all__ = ["BenchRow", "bbox_violation", "benchmark_bboxes"]
 

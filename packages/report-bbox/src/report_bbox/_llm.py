@@ -25,10 +25,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from .exceptions import ReportError, ReportWriterError
-from .lesion_types import LESION_TYPES, lesion_type_name
-from .report import LESION_ORGANS, Report, _validate_organ
-from .sampling import _normalize_fixed, check_report_fits, sample_report
-from .vocabulary import VOCABULARY
+from ._lesion_types import LESION_TYPES, lesion_type_name
+from ._report import LESION_ORGANS, Report, validate_organ
+from ._sampling import check_report_fits, normalize_fixed, sample_report
+from ._vocabulary import VOCABULARY
 
 __all__ = [
     "FakeReportWriter",
@@ -64,8 +64,8 @@ class ReportRequest:
         if self.lesion_type is not None:
             object.__setattr__(self, "lesion_type", lesion_type_name(self.lesion_type))
         if self.organ is not None:
-            object.__setattr__(self, "organ", _validate_organ(self.organ))
-        object.__setattr__(self, "fixed", _normalize_fixed(dict(self.fixed)))
+            object.__setattr__(self, "organ", validate_organ(self.organ))
+        object.__setattr__(self, "fixed", normalize_fixed(dict(self.fixed)))
 
 
 @runtime_checkable
