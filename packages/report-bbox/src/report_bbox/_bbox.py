@@ -38,8 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from ._organs import ORGANS, organ_ids
-from .exceptions import BBoxError
 from ._report import Report
+from .exceptions import BBoxError
 
 __all__ = [
     "DEFAULT_BBOX_RULES",

@@ -24,11 +24,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from .exceptions import ReportError, ReportWriterError
 from ._lesion_types import LESION_TYPES, lesion_type_name
 from ._report import LESION_ORGANS, Report, validate_organ
 from ._sampling import check_report_fits, normalize_fixed, sample_report
 from ._vocabulary import VOCABULARY
+from .exceptions import ReportError, ReportWriterError
 
 __all__ = [
     "FakeReportWriter",

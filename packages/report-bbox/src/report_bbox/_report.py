@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ._organs import ORGANS, TOTALSEG_V2, V1_TO_V2, resolve_organ
-from .exceptions import OrganError, ReportError
 from ._vocabulary import (
     ATTRIBUTES,
     IMAGE_ATTRIBUTES,
@@ -28,6 +27,7 @@ from ._vocabulary import (
     VOCABULARY,
     canonical_value,
 )
+from .exceptions import OrganError, ReportError
 
 __all__ = ["LESION_ORGANS", "MAX_SIZE_MM", "Report", "parse_size_mm"]
 # ``KEY_ALIASES``, ``norm_key`` and ``validate_organ`` are shared with the sampler and the LLM

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ._organs import ORGANS
-from .exceptions import ReportError
 from ._lesion_types import LESION_TYPES, LesionTypeSpec, lesion_type_name, rule_violations
+from ._organs import ORGANS
 from ._report import KEY_ALIASES, Report, norm_key, parse_size_mm, validate_organ
 from ._vocabulary import ATTRIBUTES, VOCABULARY, canonical_value
+from .exceptions import ReportError
 
 __all__ = ["check_report_fits", "sample_report"]
 
