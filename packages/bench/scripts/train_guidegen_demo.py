@@ -94,11 +94,11 @@ def _tcss(args: argparse.Namespace) -> None:
         bank_tokens=tokens,
         bank_mask=mask,
     )
-    synth = SemanticSynthesizer(preset.tcss)
+    synth = SemanticSynthesizer(config=preset.tcss)
     if args.init is not None:  # warm start from an earlier checkpoint of the same design
         from cat_diffusion import load_checkpoint
 
-        synth, _ = load_checkpoint(args.init)
+        synth = load_checkpoint(args.init)
         if synth.config != preset.tcss:
             raise SystemExit(f"--init {args.init}: its TCSS config differs from the variant's")
         synth.train()

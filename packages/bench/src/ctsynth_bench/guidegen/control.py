@@ -1,9 +1,12 @@
 """Does GuideGen follow its prompt? Site, count, text-removed, sampler and image checks.
 
-* **Site**: a sample hits when it has a tumour and every tumour component lies in or on the
-  prompted organ (touches the organ's voxels or their 26-neighbours). Its chance level is measured,
-  not assumed: the same rule applied to samples drawn with the text removed (the null prompt),
-  for each site.
+* **Site**, two rules. *Touch* (the issue's "in or on"): a sample hits when it has a tumour and
+  every tumour component touches the prompted organ (its voxels or their 26-neighbours). At 24 mm
+  voxels a tumour often touches two organs, so this rule is lenient. *Dominant*: every component's
+  site is the organ class that fills most of its one-voxel shell (background and tumour left out),
+  and it must be the prompted organ; a component has one site, so chance is near one in five.
+  Chance levels are measured, not assumed: the same rules on samples drawn with the text removed
+  (the null prompt), for each site.
 * **Count**: the number of connected tumour components (26-connectivity) equals the prompt's.
 * **Sampler**: the fast sampler against the ancestral one, by site and count accuracy, the
   distance of the class-volume histogram to the real maps', and network calls.
@@ -28,7 +31,9 @@ __all__ = [
     "null_site_rates",
     "organ_hu",
     "score_maps",
+    "site_dominant",
     "site_hits",
+    "tumour_sites",
     "tumour_count",
 ]
 
@@ -61,6 +66,25 @@ def site_hits(labels: np.ndarray, site: str) -> bool:
     return len(touched) == k
 
 
+def tumour_sites(labels: np.ndarray) -> list[str]:
+    """Dominant organ of each tumour component (the class filling most of its one-voxel shell)."""
+    comp, k = ndimage.label(labels == TUMOUR, structure=_S26)
+    out = []
+    for i in range(1, k + 1):
+        blob = comp == i
+        shell = ndimage.binary_dilation(blob, structure=_S26) & ~blob
+        vals = labels[shell]
+        vals = vals[(vals != 0) & (vals != TUMOUR)]
+        out.append(GUIDEGEN_CLASSES[int(np.bincount(vals).argmax())] if vals.size else "background")
+    return out
+
+
+def site_dominant(labels: np.ndarray, site: str) -> bool:
+    """True when the map has a tumour and every component's dominant organ is the site's organ."""
+    sites = tumour_sites(labels)
+    return bool(sites) and all(s == SITES[site] for s in sites)
+
+
 def class_histogram_distance(maps: np.ndarray, real: np.ndarray) -> float:
     """Total-variation distance between the mean class-volume fractions of two map sets."""
 
@@ -80,30 +104,37 @@ class SiteCount:
     count_rate: float
     tumour_rate: float
     per_site: dict[str, float]
+    dominant_rate: float
+    per_site_dominant: dict[str, float]
 
 
 def score_maps(maps: Sequence[np.ndarray], fields: Sequence[PromptFields]) -> SiteCount:
     """Site and count agreement of maps with the prompts they were made from."""
     hits = [site_hits(m, f.site) for m, f in zip(maps, fields, strict=True)]
+    dom = [site_dominant(m, f.site) for m, f in zip(maps, fields, strict=True)]
     counts = [tumour_count(m) == f.count for m, f in zip(maps, fields, strict=True)]
     has = [tumour_count(m) > 0 for m in maps]
-    per = {}
+    per, per_dom = {}, {}
     for s in SITES:
-        sel = [h for h, f in zip(hits, fields, strict=True) if f.site == s]
+        sel = [i for i, f in enumerate(fields) if f.site == s]
         if sel:
-            per[s] = float(np.mean(sel))
+            per[s] = float(np.mean([hits[i] for i in sel]))
+            per_dom[s] = float(np.mean([dom[i] for i in sel]))
     return SiteCount(
         n=len(maps),
         site_rate=float(np.mean(hits)),
         count_rate=float(np.mean(counts)),
         tumour_rate=float(np.mean(has)),
         per_site=per,
+        dominant_rate=float(np.mean(dom)),
+        per_site_dominant=per_dom,
     )
 
 
-def null_site_rates(maps: Sequence[np.ndarray]) -> dict[str, float]:
-    """For maps made with the text removed: how often each site's rule is met by chance."""
-    return {s: float(np.mean([site_hits(m, s) for m in maps])) for s in SITES}
+def null_site_rates(maps: Sequence[np.ndarray], *, rule: str = "touch") -> dict[str, float]:
+    """For maps made with the text removed: how often each site's rule (touch|dominant) is met."""
+    fn = site_hits if rule == "touch" else site_dominant
+    return {s: float(np.mean([fn(m, s) for m in maps])) for s in SITES}
 
 
 def organ_hu(ct: np.ndarray, labels_on_ct: np.ndarray) -> dict[str, tuple[float, bool]]:

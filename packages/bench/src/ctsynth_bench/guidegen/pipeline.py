@@ -31,7 +31,7 @@ from ..exceptions import BenchError
 from ._labels import GUIDEGEN_CLASSES
 from .data import grid_affine
 from .prompts import PromptFields, parse_prompt
-from .stages import label_condition, labels_to_ct_grid, null_prompt, sample_label_maps
+from .stages import labels_to_ct_grid, null_prompt, sample_label_maps
 from .system import GuideGenSystem
 
 __all__ = ["CHUNK", "Generated", "encode", "generate", "labels_to_ct", "synthesize_to_folder"]
@@ -141,9 +141,9 @@ def labels_to_ct(
         )
     p = system.preset
     dev = next(system.generator.parameters()).device
-    cond = label_condition(labels.to(dev), p.latent_size)
     z = system.generator.sample(
-        cond,
+        labels.to(dev).long(),
+        latent_size=(p.latent_size,) * 3,
         context=tokens.to(dev).float(),
         num_inference_steps=steps or p.gen_steps,
         guidance_scale=p.gen_guidance,

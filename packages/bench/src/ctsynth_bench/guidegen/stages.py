@@ -118,12 +118,12 @@ class GuidedTCSS(nn.Module):
     def forward(self, x: Tensor, t: Tensor, context: Any = None) -> Tensor:
         self.calls += 1
         if self.null_levels is None or self.guidance == 1.0:
-            return self.synth.unet(x, t, self.levels)
+            return self.synth.unet(x, t, context=self.levels)
         both = [
             None if a is None else torch.cat([a, b])
             for a, b in zip(self.levels, self.null_levels, strict=True)
         ]
-        out = self.synth.unet(torch.cat([x, x]), torch.cat([t, t]), both)
+        out = self.synth.unet(torch.cat([x, x]), torch.cat([t, t]), context=both)
         cond, uncond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
@@ -176,7 +176,7 @@ def sample_label_maps(
         null_levels = None if null_levels is None else [null_levels] * synth.unet.num_levels
     model = GuidedTCSS(synth, levels, null_levels, guidance)
     shape = (b, 1, *cfg.spatial_size)
-    s = CategoricalSampler(synth.make_scheduler())
+    s = CategoricalSampler(scheduler=synth.make_scheduler())
     if sampler == "fast":
         out = s.fast(
             model,
@@ -344,9 +344,9 @@ def train_tcss(
                 with open(out_dir / "tcss_log.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
         if out_dir is not None and step % save_every == 0:
-            save_checkpoint(ema.shadow, out_dir / "tcss", metadata={"step": step})
+            save_checkpoint(ema.shadow, out_dir / "tcss")
     if out_dir is not None:
-        save_checkpoint(ema.shadow, out_dir / "tcss", metadata={"step": step})
+        save_checkpoint(ema.shadow, out_dir / "tcss")
     state = {"opt": opt.state_dict(), "ema": ema.shadow.state_dict(), "step": step}
     return ema.shadow.eval(), {
         "steps": step,
@@ -487,10 +487,7 @@ def measure_scale(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8) 
 
 def make_generator(preset: GuideGenPreset) -> nn.Module:
     """The latent generator: latent + one-hot label map in, noise out, prompt tokens by cross-attention."""
-    from lesion_inpaint import LatentGenerator
-    from lesion_inpaint.diffusion_config import DiffusionConfig
-    from lesion_inpaint.latent_generator import LatentGeneratorConfig
-    from lesion_inpaint.unet import UNetConfig
+    from lesion_inpaint import DiffusionConfig, LatentGenerator, LatentGeneratorConfig, UNetConfig
 
     unet = UNetConfig(
         in_channels=preset.latent_channels + NUM_CLASSES,
@@ -509,9 +506,9 @@ def make_generator(preset: GuideGenPreset) -> nn.Module:
         cond_drop_prob=preset.cond_drop,
     )
     return LatentGenerator(
-        LatentGeneratorConfig(
+        config=LatentGeneratorConfig(
             latent_channels=preset.latent_channels,
-            cond_channels=NUM_CLASSES,
+            num_label_classes=NUM_CLASSES,
             unet=unet,
             diffusion=diff,
         )
@@ -565,7 +562,7 @@ def train_generator(
         for pg in opt.param_groups:
             pg["lr"] = lr * min(1.0, (step + 1) / 200)
         loss = gen.training_loss(
-            z[idx].float(), label_condition(labels[idx]), context=tokens[idx].float(), generator=g
+            z[idx].float(), labels[idx].long(), context=tokens[idx].float(), generator=g
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -200,7 +200,7 @@ def load_system(
         tmp = Path(tmpd)
         if not (root / "tcss").exists():
             raise BenchError(f"{root}: the TCSS stage (tcss/) is missing; train it first")
-        tcss, _meta = cat_diffusion.load_checkpoint(_assembled(root / "tcss", tmp), device=device)
+        tcss = cat_diffusion.load_checkpoint(_assembled(root / "tcss", tmp), device=device)
         ae = gen = None
         if "autoencoder" in stages and (root / "autoencoder").exists():
             import ct_autoencoder as ca

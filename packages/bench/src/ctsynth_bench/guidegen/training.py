@@ -179,7 +179,6 @@ def train_guidegen(
         TCSSNet,
         autoencode_error,
         drop_prompts,
-        label_condition,
         labels_to_ct_grid,
         make_autoencoder,
         make_generator,
@@ -232,7 +231,7 @@ def train_guidegen(
         loss = CategoricalDiffusionLoss(
             ce_weight=p.ce_weight, class_weights=tumour_class_weights(p.tumour_weight)
         )
-        sched = SemanticSynthesizer(p.tcss).make_scheduler()
+        sched = SemanticSynthesizer(config=p.tcss).make_scheduler()
         on_dev: dict[str, TCSSData] = {}
 
         def tcss_loss(
@@ -250,7 +249,7 @@ def train_guidegen(
             r = loss(model, sched, x0.long(), context=(tok, msk), generator=g)
             return r.loss, {"kl": float(r.kl), "ce": float(r.ce)}
 
-        net = TCSSNet(SemanticSynthesizer(p.tcss))
+        net = TCSSNet(SemanticSynthesizer(config=p.tcss))
         res = engine.train(
             net,
             tcss_loss,
@@ -336,12 +335,12 @@ def train_guidegen(
             def gen_loss(
                 model: Any, batch: Any, g: torch.Generator
             ) -> tuple[torch.Tensor, dict[str, float]]:
+                from lesion_inpaint import generator_training_loss
+
                 zb, lb, pb = batch
                 ctx = tokens.to(zb.device)[pb.to(zb.device)]
-                inner = model.module if hasattr(model, "module") else model
-                return inner.training_loss(
-                    zb, label_condition(lb, zb.shape[-1]), context=ctx, generator=g
-                ), {}
+                loss = generator_training_loss(model, zb, lb.long(), context=ctx, generator=g)
+                return loss, {}
 
             res = engine.train(
                 gen,
