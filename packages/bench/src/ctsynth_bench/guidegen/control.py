@@ -33,8 +33,8 @@ __all__ = [
     "score_maps",
     "site_dominant",
     "site_hits",
-    "tumour_sites",
     "tumour_count",
+    "tumour_sites",
 ]
 
 _S26 = np.ones((3, 3, 3), dtype=bool)

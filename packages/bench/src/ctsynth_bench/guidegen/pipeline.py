@@ -32,6 +32,7 @@ from ._labels import GUIDEGEN_CLASSES
 from .data import grid_affine
 from .prompts import PromptFields, parse_prompt
 from .stages import labels_to_ct_grid, null_prompt, sample_label_maps
+from .presets import tumour_class_weights
 from .system import GuideGenSystem
 
 __all__ = ["CHUNK", "Generated", "encode", "generate", "labels_to_ct", "synthesize_to_folder"]
@@ -88,6 +89,7 @@ def generate(
     guidance: float | None = None,
     with_ct: bool = True,
     ct_steps: int | None = None,
+    calibrate: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> Generated:
     """Label maps (and CTs) for encoded prompts.
@@ -99,12 +101,21 @@ def generate(
         guidance: TCSS guidance (default: the preset's).
         with_ct: run the CT stages when the system has them.
         ct_steps: DDIM steps of the latent generator (default: the preset's).
+        calibrate: undo the tumour weight of the loss in the x0 logits (default: the preset's).
         generator: CPU generator for every draw.
     """
     p = system.preset
     w = p.guidance if guidance is None else guidance
+    cal = p.calibrate if calibrate is None else calibrate
     labels, calls = sample_label_maps(
-        system.tcss, tokens, mask, guidance=w, sampler=sampler, steps=steps, generator=generator
+        system.tcss,
+        tokens,
+        mask,
+        guidance=w,
+        sampler=sampler,
+        steps=steps,
+        class_weights=tumour_class_weights(p.tumour_weight) if cal else None,
+        generator=generator,
     )
     ct = (
         labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)

@@ -39,6 +39,8 @@ class GuideGenPreset:
         cond_drop: probability of training a sample with the null prompt (enables guidance and
             the no-text measurement).
         guidance: classifier-free guidance scale of the TCSS at sampling (1 = off).
+        calibrate: add ``-log(class weight)`` to the TCSS's x0 logits at sampling (undoes the
+            weighted loss's bias towards the tumour class).
         lr: learning rate of the TCSS.
         batch_size: TCSS batch size.
         ae_channels: HDR autoencoder widths (one stride-2 step per extra level).
@@ -57,6 +59,7 @@ class GuideGenPreset:
     ce_weight: float = 1.0
     cond_drop: float = 0.15
     guidance: float = 2.0
+    calibrate: bool = True
     lr: float = 1e-3
     batch_size: int = 8
     ae_channels: tuple[int, ...] = (16, 32)

@@ -107,15 +107,23 @@ class GuidedTCSS(nn.Module):
         levels: list[Tensor | None],
         null_levels: list[Tensor | None] | None,
         guidance: float,
+        logit_bias: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.synth = synth
         self.levels = levels
         self.null_levels = null_levels
         self.guidance = float(guidance)
+        self.logit_bias = logit_bias
         self.calls = 0
 
     def forward(self, x: Tensor, t: Tensor, context: Any = None) -> Tensor:
+        out = self._guided(x, t)
+        if self.logit_bias is not None:
+            out = out + self.logit_bias.to(out).reshape(1, -1, *([1] * (out.ndim - 2)))
+        return out
+
+    def _guided(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         if self.null_levels is None or self.guidance == 1.0:
             return self.synth.unet(x, t, context=self.levels)
@@ -137,6 +145,7 @@ def sample_label_maps(
     guidance: float = 1.0,
     sampler: Literal["fast", "ancestral"] = "fast",
     steps: int | None = None,
+    class_weights: tuple[float, ...] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, int]:
     """Generate label maps for prompts (or with the text removed).
@@ -148,6 +157,10 @@ def sample_label_maps(
         guidance: classifier-free guidance scale (ignored for the null prompt).
         sampler: ``"fast"`` (skip sampler, ``steps`` calls) or ``"ancestral"`` (``T`` calls).
         steps: fast-sampler steps (default: the config's ``fast_steps``).
+        class_weights: the loss's class weights; ``-log w`` is added to the x0 logits, which undoes
+            the bias a class-weighted cross-entropy puts into the predicted probabilities (its
+            optimum is ``p_w(c) ~ w_c p(c)``), so a tumour weight makes the cue strong in training
+            without making tumours larger at sampling.
         generator: randomness (its device is where noise is drawn).
 
     Returns:
@@ -174,7 +187,8 @@ def sample_label_maps(
     if not inj:  # plain cross-attention: one shared context for every level
         levels = [levels] * synth.unet.num_levels
         null_levels = None if null_levels is None else [null_levels] * synth.unet.num_levels
-    model = GuidedTCSS(synth, levels, null_levels, guidance)
+    bias = None if class_weights is None else -torch.log(torch.tensor(class_weights, dtype=torch.float32))
+    model = GuidedTCSS(synth, levels, null_levels, guidance, bias)
     shape = (b, 1, *cfg.spatial_size)
     s = CategoricalSampler(scheduler=synth.make_scheduler())
     if sampler == "fast":
