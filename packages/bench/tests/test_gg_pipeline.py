@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("ggrun")
     preset = get_preset("demo", gen_steps=3)
-    tcss = SemanticSynthesizer(preset.tcss)
+    tcss = SemanticSynthesizer(config=preset.tcss)
     _wake(tcss, 1)
     save_checkpoint(tcss, root / "tcss_full")
     ship_checkpoint(root / "tcss_full", root / "tcss", max_bytes=1_000_000)  # sharded, as shipped
@@ -61,7 +61,7 @@ def test_shards_load_and_are_small(run_dir: Path) -> None:
     s = load_system(run_dir)
     from cat_diffusion import load_checkpoint
 
-    full, _ = load_checkpoint(run_dir / "tcss_full")
+    full = load_checkpoint(run_dir / "tcss_full")
     for (k, a), (_, b) in zip(
         sorted(s.tcss.state_dict().items()), sorted(full.state_dict().items()), strict=True
     ):
