@@ -282,12 +282,10 @@ def run_guidegen(
             ok.setdefault(organ, []).append(inside)
     titles = [f"{f.site} x{f.count} {f.size}" for f in gal]
     _gallery_png(out / "gallery.png", maps, cts, titles)
-    null_tok = encode(system, None, len(gal), enc)
     nmaps, _, ncts = _batched(
         system, None, min(6, len(gal)), encoder=enc, seed=seed + 4, with_ct=True
     )
     _gallery_png(out / "gallery_text_removed.png", nmaps, ncts, ["text removed"] * len(nmaps))
-    del null_tok
     align["ct"] = {
         "has_ct": system.has_ct,
         "organ_hu_median": {k: float(np.median(v)) for k, v in hu.items()},
