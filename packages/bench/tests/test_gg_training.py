@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ctsynth_bench.guidegen import training
 from ctsynth_bench.guidegen.system import load_system
 

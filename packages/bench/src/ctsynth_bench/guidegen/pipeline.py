@@ -30,9 +30,9 @@ import torch
 from ..exceptions import BenchError
 from ._labels import GUIDEGEN_CLASSES
 from .data import grid_affine
+from .presets import tumour_class_weights
 from .prompts import PromptFields, parse_prompt
 from .stages import labels_to_ct_grid, null_prompt, sample_label_maps
-from .presets import tumour_class_weights
 from .system import GuideGenSystem
 
 __all__ = ["CHUNK", "Generated", "encode", "generate", "labels_to_ct", "synthesize_to_folder"]

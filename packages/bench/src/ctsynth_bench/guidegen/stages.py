@@ -187,7 +187,11 @@ def sample_label_maps(
     if not inj:  # plain cross-attention: one shared context for every level
         levels = [levels] * synth.unet.num_levels
         null_levels = None if null_levels is None else [null_levels] * synth.unet.num_levels
-    bias = None if class_weights is None else -torch.log(torch.tensor(class_weights, dtype=torch.float32))
+    bias = (
+        None
+        if class_weights is None
+        else -torch.log(torch.tensor(class_weights, dtype=torch.float32))
+    )
     model = GuidedTCSS(synth, levels, null_levels, guidance, bias)
     shape = (b, 1, *cfg.spatial_size)
     s = CategoricalSampler(scheduler=synth.make_scheduler())
