@@ -254,12 +254,26 @@ def run_guidegen(
     seed: int = 0,
     gallery_n: int = 2,
 ) -> dict[str, Any]:
-    """Gallery + alignment + report of a system (default: the shipped demo); returns the numbers."""
+    """Gallery + alignment + report of a system (default: the shipped demo); returns the numbers.
+
+    ``out`` also becomes a run folder: the system's manifest and checkpoints are copied into it
+    when it has none, so ``bench synth guidegen --run out`` works on it.
+    """
     from ..text import load_text_encoder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     system = load_system(run)
+    if not (out / "guidegen.json").exists():
+        # make DIR a run folder too (bench synth guidegen --run DIR, bench perf, bench eval)
+        import shutil
+
+        for item in system.path.iterdir():
+            if item.name in ("guidegen.json", "tcss", "autoencoder", "generator"):
+                dst = out / item.name
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, dst)
+        if (system.path / "README.md").exists():
+            shutil.copy2(system.path / "README.md", out / "MODEL_CARD.md")
     enc = load_text_encoder(system.text_encoder)
     t0 = time.time()
     align = alignment_check(
