@@ -32,7 +32,7 @@ import report_bbox
 import torch
 from scipy import ndimage, stats
 
-from .data import crop_around
+from .data import crop_around, organ_depth
 from .stages import linet_sample, lmnet_sample
 
 __all__ = ["ControlResult", "HeldOutBox", "held_out_boxes", "measure_control"]
@@ -82,8 +82,7 @@ def held_out_boxes(
         i += 1
         t, organ = pools[int(rng.integers(len(pools)))]
         diam = rng.uniform(12.0, 35.0, size=3)
-        organ_mask = np.isin(t.organs, ORGAN_IDS[organ])
-        depth = ndimage.distance_transform_edt(organ_mask, sampling=t.spacing)
+        depth = organ_depth(t, organ)
         cand = np.argwhere(depth >= 0.5 * diam.max())
         if len(cand) == 0:
             continue

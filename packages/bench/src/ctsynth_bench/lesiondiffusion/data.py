@@ -394,6 +394,20 @@ def template_lesion_crops(
     return items
 
 
+def organ_depth(template: Any, organ: str) -> np.ndarray:
+    """Distance (mm) of each voxel of an organ group to its surface (0 outside), cached per template."""
+    from ..synth._rules import ORGAN_IDS
+
+    cache = _DEPTH_CACHE.setdefault(id(template), {})
+    if organ not in cache:
+        cache[organ] = ndimage.distance_transform_edt(np.isin(template.organs, ORGAN_IDS[organ]),
+                                                      sampling=template.spacing).astype(np.float32)
+    return cache[organ]
+
+
+_DEPTH_CACHE: dict[int, dict[str, np.ndarray]] = {}
+
+
 def independent_crops(
     templates: Sequence[Any],
     preset: LesionDiffusionPreset,
@@ -429,21 +443,22 @@ def independent_crops(
     pools = [(t, o) for t in templates for o in organs if t.has_organ(o, min_voxels=400)]
     if not pools:
         raise DataError(f"no template has any of the organs {list(organs)}")
+    depths = [organ_depth(t, o) for t, o in pools]
     s = preset.crop_size
     items: list[dict[str, Any]] = []
     i = 0
     while len(items) < n:
         rng = np.random.default_rng([seed, i])
         i += 1
-        t, organ = pools[int(rng.integers(len(pools)))]
+        k = int(rng.integers(len(pools)))
+        t, organ = pools[k]
         shape = ("round", "irregular")[int(rng.integers(2))]
         density = ("hypo", "iso", "hyper")[int(rng.integers(3))]
         variation = ("homogeneous", "heterogeneous")[int(rng.integers(2))]
         margin = ("well_defined", "ill_defined")[int(rng.integers(2))]
         enhancement = ("enhanced", "non_contrast")[int(rng.integers(2))]
         diam = rng.uniform(*size_mm, size=3) * rng.uniform(0.8, 1.0)
-        organ_mask = np.isin(t.organs, ORGAN_IDS[organ])
-        depth = ndimage.distance_transform_edt(organ_mask, sampling=t.spacing)
+        depth = depths[k]
         cand = np.argwhere(depth >= 0.35 * diam.min())
         if len(cand) == 0:
             continue
