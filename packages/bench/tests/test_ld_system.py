@@ -267,7 +267,7 @@ def test_stage_losses_train_both_networks(system):
 
 def test_independent_crops_render_density_independently_of_shape():
     from ctsynth_bench.lesiondiffusion.data import independent_crops
-    from ctsynth_bench.synth import load_templates
+    from ctsynth_bench.rulesynth import load_templates
 
     p = get_preset("demo")
     crops = independent_crops(load_templates(["abdomen"]), p, 12, seed=5)

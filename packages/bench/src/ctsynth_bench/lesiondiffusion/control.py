@@ -69,7 +69,7 @@ def held_out_boxes(
     templates: Sequence[Any], preset: Any, n: int, *, seed: int = 0
 ) -> list[HeldOutBox]:
     """``n`` boxes in liver / kidney / pancreas of the templates (seeded, disjoint from training seeds)."""
-    from ..synth._rules import ORGAN_IDS
+    from ..rulesynth._rules import ORGAN_IDS
 
     pools = [(t, o) for t in templates for o in _ORGANS if t.has_organ(o, min_voxels=400)]
     if not pools:
@@ -284,7 +284,7 @@ def measure_control(
         system: a ``LesionDiffusionSystem``.
         n: boxes per check (pairs for shape, triples for density).
         seed: seed of the boxes and of the noise.
-        templates: ``ctsynth_bench.synth.Template`` objects (default: the bundled ones).
+        templates: ``ctsynth_bench.rulesynth.Template`` objects (default: the bundled ones).
         steps: DDIM steps (default: the preset's).
         guidance_lmnet: LMNet CFG scale (default: the preset's).
         guidance_linet: LINet CFG scale (default: the preset's).
@@ -294,7 +294,7 @@ def measure_control(
     Returns:
         :class:`ControlResult` (a skipped part holds NaN).
     """
-    from ..synth import load_templates
+    from ..rulesynth import load_templates
 
     p = system.preset
     tmpl = list(templates) if templates is not None else load_templates(["abdomen", "chest"])

@@ -396,7 +396,7 @@ def template_lesion_crops(
 
 def organ_depth(template: Any, organ: str) -> np.ndarray:
     """Distance (mm) of each voxel of an organ group to its surface (0 outside), cached per template."""
-    from ..synth._rules import ORGAN_IDS
+    from ..rulesynth._rules import ORGAN_IDS
 
     cache = _DEPTH_CACHE.setdefault(id(template), {})
     if organ not in cache:
@@ -426,7 +426,7 @@ def independent_crops(
     ``(seed, i)``.
 
     Args:
-        templates: ``ctsynth_bench.synth.Template`` objects.
+        templates: ``ctsynth_bench.rulesynth.Template`` objects.
         preset: the model grid.
         n: number of crops.
         seed: base seed.
@@ -436,9 +436,9 @@ def independent_crops(
     Returns:
         A :class:`CropSet` of ``n`` crops (source ``"independent"``).
     """
-    from ..synth._render import estimate_noise, reference_hu, render_lesion
-    from ..synth._rules import ORGAN_IDS, LesionSpec, SynthError
-    from ..synth._shapes import lesion_mask
+    from ..rulesynth._render import estimate_noise, reference_hu, render_lesion
+    from ..rulesynth._rules import ORGAN_IDS, LesionSpec, SynthError
+    from ..rulesynth._shapes import lesion_mask
 
     pools = [(t, o) for t in templates for o in organs if t.has_organ(o, min_voxels=400)]
     if not pools:

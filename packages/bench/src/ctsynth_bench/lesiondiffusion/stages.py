@@ -38,7 +38,7 @@ from lesion_inpaint import (
     lmnet_loss,
     resize_mask,
 )
-from lesion_inpaint.sampling import drop_context
+from lesion_inpaint import drop_context
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
