@@ -44,7 +44,11 @@ def baseline_roundtrip(hu: torch.Tensor) -> torch.Tensor:
 
 
 def _contrast(hu: np.ndarray, mask: np.ndarray, organ: np.ndarray) -> float | None:
-    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1) & organ
+    ring = (
+        ndimage.binary_dilation(mask, iterations=3)
+        & ~ndimage.binary_dilation(mask, iterations=1)
+        & organ
+    )
     if mask.sum() < 4 or ring.sum() < 10:
         return None
     return float(np.median(hu[mask]) - np.median(hu[ring]))
@@ -72,7 +76,7 @@ def evaluate_codec(
     ssim = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=7)
     psnrs, ssims, errs = [], [], []
     for j in range(0, len(crops), batch):
-        hu = torch.from_numpy(crops.ct[j:j + batch])[:, None].float()
+        hu = torch.from_numpy(crops.ct[j : j + batch])[:, None].float()
         rec = roundtrip(hu).float()
         a = (hu.clamp(lo, hi) - lo) / (hi - lo)
         b = (rec.clamp(lo, hi) - lo) / (hi - lo)
@@ -87,9 +91,11 @@ def evaluate_codec(
             if c0 is not None and c1 is not None:
                 errs.append(abs(c1 - c0))
     return {
-        "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
+        "psnr": float(np.mean(psnrs)),
+        "ssim": float(np.mean(ssims)),
         "contrast_error_hu": float(np.mean(errs)) if errs else float("nan"),
-        "contrast_error_max_hu": float(np.max(errs)) if errs else float("nan"), "lesions": len(errs),
+        "contrast_error_max_hu": float(np.max(errs)) if errs else float("nan"),
+        "lesions": len(errs),
     }
 
 
@@ -120,7 +126,11 @@ def train_vqgan(
     cfg = vqgan_config(preset)
     if resume and (folder / "model.safetensors").is_file():
         model = load_autoencoder(folder)
-        prev = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+        prev = (
+            json.loads((folder / "metrics.json").read_text())
+            if (folder / "metrics.json").is_file()
+            else {}
+        )
         step = int(prev.get("steps", 0))
     else:
         model, step = VQGAN(config=cfg), 0
@@ -145,23 +155,34 @@ def train_vqgan(
         model.maintain_codebook(outp, step=step, generator=g)
         step += 1
         if step % 50 == 0:
-            log.info("vqgan step %d rec %.5f perplexity %.1f", step, logs["rec"], logs["perplexity"])
+            log.info(
+                "vqgan step %d rec %.5f perplexity %.1f", step, logs["rec"], logs["perplexity"]
+            )
         elapsed = time.monotonic() - t0
-        if (max_steps is not None and step >= max_steps) or (minutes is not None and elapsed >= 60 * minutes):
+        if (max_steps is not None and step >= max_steps) or (
+            minutes is not None and elapsed >= 60 * minutes
+        ):
             break
     model.eval()
     save_autoencoder(model, folder)
 
     def vq_roundtrip(hu: torch.Tensor) -> torch.Tensor:
-        return model.denormalize(model.decode_stage_2_outputs(model.encode_stage_2_inputs(model.normalize(hu))))
+        return model.denormalize(
+            model.decode_stage_2_outputs(model.encode_stage_2_inputs(model.normalize(hu)))
+        )
 
     res = {
         "vqgan": evaluate_codec(vq_roundtrip, held_out, window=preset.hu_window),
         "baseline_2x": evaluate_codec(baseline_roundtrip, held_out, window=preset.hu_window),
-        "steps": step, "seconds": time.monotonic() - t0, "held_out_crops": len(held_out),
-        "window_hu": list(preset.hu_window), "codebook": cfg.num_embeddings,
+        "steps": step,
+        "seconds": time.monotonic() - t0,
+        "held_out_crops": len(held_out),
+        "window_hu": list(preset.hu_window),
+        "codebook": cfg.num_embeddings,
     }
     v, b = res["vqgan"], res["baseline_2x"]
-    res["passes"] = bool(v["psnr"] > b["psnr"] and v["ssim"] > b["ssim"] and v["contrast_error_hu"] <= 5.0)
+    res["passes"] = bool(
+        v["psnr"] > b["psnr"] and v["ssim"] > b["ssim"] and v["contrast_error_hu"] <= 5.0
+    )
     (folder / "metrics.json").write_text(json.dumps(res, indent=1))
     return res

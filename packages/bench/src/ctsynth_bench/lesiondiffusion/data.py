@@ -400,8 +400,9 @@ def organ_depth(template: Any, organ: str) -> np.ndarray:
 
     cache = _DEPTH_CACHE.setdefault(id(template), {})
     if organ not in cache:
-        cache[organ] = ndimage.distance_transform_edt(np.isin(template.organs, ORGAN_IDS[organ]),
-                                                      sampling=template.spacing).astype(np.float32)
+        cache[organ] = ndimage.distance_transform_edt(
+            np.isin(template.organs, ORGAN_IDS[organ]), sampling=template.spacing
+        ).astype(np.float32)
     return cache[organ]
 
 

@@ -34,11 +34,11 @@ from lesion_inpaint import (
     LevelContextUNet,
     UNetConfig,
     binarize_mask,
+    drop_context,
     linet_loss,
     lmnet_loss,
     resize_mask,
 )
-from lesion_inpaint import drop_context
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 

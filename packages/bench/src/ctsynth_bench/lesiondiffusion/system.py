@@ -69,10 +69,16 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _save_net(net: TextUNet, folder: Path, *, role: str) -> None:
+def _save_net(net: TextUNet, folder: Path, *, role: str, half: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
+    tensors = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().contiguous().cpu()
+        tensors[k] = v.half() if half and v.dtype == torch.float32 else v
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / "model.safetensors")
     _atomic_json(
         folder / "config.json",
@@ -157,6 +163,8 @@ class LesionDiffusionSystem:
         self._text_name = text_encoder_id
         self.run_dir = run_dir
         self._token_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        #: False for a system trained with ``--no-text``: it always uses the null context.
+        self.trained_with_text = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -213,7 +221,7 @@ class LesionDiffusionSystem:
         lmnet = _load_net(build_lmnet(p), folder / "lmnet", role="lmnet", device=device)
         linet = _load_net(build_linet(p), folder / "linet", role="linet", device=device)
         codec = _make_codec(p, man["codec"], folder=folder, device=device)
-        return cls(
+        system = cls(
             preset=p,
             lmnet=lmnet,
             linet=linet,
@@ -223,13 +231,21 @@ class LesionDiffusionSystem:
             run_dir=None if run_dir is None else folder,
             device=device,
         )
+        system.trained_with_text = bool(man.get("text", True))
+        return system
 
-    def save(self, run_dir: str | os.PathLike[str]) -> Path:
-        """Write the system into ``run_dir`` (networks first, the manifest last)."""
+    def save(self, run_dir: str | os.PathLike[str], *, half: bool = False) -> Path:
+        """Write the system into ``run_dir`` (networks first, the manifest last).
+
+        Args:
+            run_dir: the folder.
+            half: store the network weights as float16 (the shipped demo weights, to stay small);
+                they are loaded back into float32 networks.
+        """
         folder = Path(run_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        _save_net(self.lmnet, folder / "lmnet", role="lmnet")
-        _save_net(self.linet, folder / "linet", role="linet")
+        _save_net(self.lmnet, folder / "lmnet", role="lmnet", half=half)
+        _save_net(self.linet, folder / "linet", role="linet", half=half)
         codec_cfg = _codec_config(self.codec)
         if codec_cfg["kind"] == "vqgan":
             from ct_autoencoder import save_autoencoder
@@ -242,6 +258,7 @@ class LesionDiffusionSystem:
                 "format_version": FORMAT_VERSION,
                 "preset": self.preset.to_dict(),
                 "text_encoder": self._text_name,
+                "text": self.trained_with_text,
                 "codec": codec_cfg,
             },
         )
@@ -260,7 +277,7 @@ class LesionDiffusionSystem:
     def tokens(self, report: report_bbox.Report, kind: str, *, text: bool = True) -> torch.Tensor:
         """Attribute tokens (1, 8, D) of a report (``kind`` ``"mask"`` or ``"image"``); zeros if not ``text``."""
         d = self.preset.context_dim
-        if not text:
+        if not text or not self.trained_with_text:
             return torch.zeros(1, 8, d, device=self.device)
         if not isinstance(report, report_bbox.Report):
             raise LesionDiffusionError(

@@ -177,7 +177,7 @@ def train_diffusion_stage(
             opt.step()
             ema.update(net)
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress and step % 50 == 0:
                 log.info(
                     "%s step %d loss %.4f (%.0f s)",
@@ -197,3 +197,155 @@ def train_diffusion_stage(
                 net.eval()
                 return {"steps": step, "seconds": elapsed, "loss": float(np.mean(losses[-100:]))}
         epoch += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole system
+# ---------------------------------------------------------------------------------------------
+
+STAGES: tuple[str, ...] = ("vqgan", "lmnet", "linet")
+
+
+def build_training_crops(
+    data_dir: str | os.PathLike[str] | None,
+    preset: LesionDiffusionPreset,
+    *,
+    independent: int,
+    seed: int,
+    templates: list[Any] | None = None,
+) -> CropSet:
+    """The training crops: a lesion set in our layout, independent-attribute crops, template lesions.
+
+    Args:
+        data_dir: a lesion set (``bench data lesions``) or None.
+        preset: the model grid.
+        independent: number of independent-attribute crops (:func:`~.data.independent_crops`).
+        seed: their seed.
+        templates: templates for the independent crops and the real lesions (default: every
+            available case with an organ map, bundled and fetched).
+    """
+    from ..rulesynth import load_templates
+    from .data import crops_from_dataset, independent_crops, template_lesion_crops
+
+    tmpl = templates if templates is not None else load_templates()
+    parts: list[CropSet] = []
+    if independent > 0:
+        parts.append(independent_crops(tmpl, preset, independent, seed=seed))
+    if data_dir is not None:
+        parts.append(crops_from_dataset(data_dir, preset))
+    real = template_lesion_crops(tmpl, preset)
+    if real:  # few real lesions: repeat them so flips show each one several times per epoch
+        parts.append(CropSet.stack(real * max(1, len(parts[0]) // 200 if parts else 1)))
+    if not parts:
+        raise ValueError("no training crops: give --data or a positive number of independent crops")
+    crops = parts[0]
+    for extra in parts[1:]:
+        crops = crops.concat(extra)
+    return crops
+
+
+def train_system(
+    *,
+    preset: LesionDiffusionPreset,
+    out: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None,
+    stages: tuple[str, ...] = STAGES,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    text_encoder: str | None = None,
+    no_text: bool = False,
+    independent: int = 1200,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the stages of a LesionDiffusion system into the run folder ``out``.
+
+    The crops are built once and kept in ``out/crops.npz`` (reused on resume). Each stage gets the
+    budget (``minutes`` or ``max_steps``) on its own. After each diffusion stage the run folder holds
+    a loadable system (``LesionDiffusionSystem.load(out)``) once both networks exist.
+
+    Returns:
+        ``{"stages": {name: {...}}, "crops": n, "seconds": total}``.
+    """
+    from ..text import load_text_encoder
+    from .codec_stage import train_vqgan
+    from .data import independent_crops, load_crops, save_crops
+    from .stages import build_linet, build_lmnet, measured_scale
+    from .system import MANIFEST, _atomic_json, _codec_config, _make_codec
+
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    crop_path = out / "crops.npz"
+    if resume and crop_path.is_file():
+        crops = load_crops(crop_path)
+    else:
+        crops = build_training_crops(data_dir, preset, independent=independent, seed=seed)
+        save_crops(crops, crop_path)
+    log.info("%d training crops", len(crops))
+    report: dict[str, Any] = {"stages": {}, "crops": len(crops)}
+    enc_name = text_encoder or preset.text_encoder
+    codec = _make_codec(preset, {"kind": preset.codec, "scale_factor": 1.0}, folder=out)
+    if "vqgan" in stages:
+        from ..rulesynth import load_templates
+
+        held = independent_crops(load_templates(), preset, 48, seed=seed + 1_000_003)
+        report["stages"]["vqgan"] = train_vqgan(
+            crops,
+            held,
+            preset=preset,
+            out=out,
+            minutes=minutes,
+            max_steps=max_steps,
+            seed=seed,
+            resume=resume,
+        )
+        if preset.codec == "vqgan":
+            codec = _make_codec(preset, {"kind": "vqgan", "scale_factor": 1.0}, folder=out)
+    codec.scale_factor = measured_scale(codec, torch.from_numpy(crops.ct[:64])[:, None].float())
+    encoder = None if no_text else load_text_encoder(enc_name)
+    for stage in ("lmnet", "linet"):
+        if stage not in stages:
+            continue
+        kind = "mask" if stage == "lmnet" else "image"
+        tokens = (
+            torch.zeros(len(crops), 8, preset.context_dim)
+            if encoder is None
+            else crop_tokens(encoder, crops, kind)
+        )
+        net = build_lmnet(preset) if stage == "lmnet" else build_linet(preset)
+        torch.manual_seed(seed)
+        report["stages"][stage] = train_diffusion_stage(
+            stage,
+            net,
+            crops,
+            tokens,
+            preset=preset,
+            out=out,
+            codec=codec,
+            minutes=minutes,
+            max_steps=max_steps,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+        )
+        report["stages"][stage]["text"] = not no_text
+    manifest = {
+        "format": "ctsynth-lesiondiffusion",
+        "format_version": 1,
+        "preset": preset.to_dict(),
+        "text_encoder": enc_name,
+        "text": not no_text,
+        "codec": _codec_config(codec),
+    }
+    _atomic_json(out / MANIFEST, manifest)
+    report["seconds"] = time.monotonic() - t0
+    log_path = out / "train_log.json"
+    prev = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    prev.setdefault("runs", []).append(report)
+    _atomic_json(log_path, prev)
+    return report
