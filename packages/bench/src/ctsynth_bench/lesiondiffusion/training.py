@@ -203,8 +203,8 @@ def build_training_crops(
     if data_dir is not None:
         parts.append(crops_from_dataset(data_dir, preset))
     real = template_lesion_crops(tmpl, preset)
-    if real:  # few real lesions: repeat them so flips show each one several times per epoch
-        parts.append(CropSet.stack(real * max(1, len(parts[0]) // 200 if parts else 1)))
+    if real:  # few real lesions: each is repeated 8 times (random flips make the copies differ)
+        parts.append(CropSet.stack(real * 8))
     if not parts:
         raise ValueError("no training crops: give --data or a positive number of independent crops")
     crops = parts[0]
