@@ -248,6 +248,8 @@ def _delta_hu(hu: np.ndarray, mask: np.ndarray, foot: np.ndarray, organ: np.ndar
 
 
 def _one_sided_p(diff: np.ndarray) -> float:
+    if not np.isfinite(diff).all():
+        return float("nan")
     if np.allclose(diff, 0):
         return 1.0
     return float(stats.wilcoxon(diff, alternative="greater").pvalue)
@@ -278,6 +280,7 @@ def measure_control(
     batch: int = 16,
     parts: Sequence[str] = ("shape", "density"),
     threshold_variants: Sequence[float | str] = (),
+    null: bool = True,
 ) -> ControlResult:
     """Measure text control of ``system`` on ``n`` held-out boxes (see the module docstring).
 
@@ -291,6 +294,7 @@ def measure_control(
         guidance_linet: LINet CFG scale (default: the preset's).
         batch: boxes per network call.
         parts: which checks to run (``"shape"``, ``"density"``).
+        null: also run the null-context ablation (NaN when skipped).
         threshold_variants: other LMNet thresholds to score on the same outputs (recorded in
             ``per_case["threshold_variants"]``; the headline numbers use the preset's).
 
@@ -366,7 +370,8 @@ def measure_control(
         rr = [_with(b.report, shape="round-like") for b in boxes]
         ri = [_with(b.report, shape="irregular") for b in boxes]
         p_r, p_i = run_lmnet(rr, True, 1), run_lmnet(ri, True, 1)  # same tag: same noise
-        n_r, n_i = run_lmnet(rr, False, 2), run_lmnet(ri, False, 3)  # null: independent noise
+        # null context, independent noise (see the module docstring)
+        n_r, n_i = (run_lmnet(rr, False, 2), run_lmnet(ri, False, 3)) if null else (p_r, p_i)
         variants = {}
         for th in dict.fromkeys([p.lmnet_threshold, *threshold_variants]):
             m_r = [system_binarize(system, q, b, th) for q, b in zip(p_r, boxes, strict=True)]
@@ -380,6 +385,8 @@ def measure_control(
                     - _sphericity(system_binarize(system, c, b, th))
                     for a, c, b in zip(n_r, n_i, boxes, strict=True)
                 ]
+                if null
+                else [np.nan]
             )
             errs = [
                 _size_error(m, b.bbox[0, 0].numpy())
@@ -421,7 +428,10 @@ def measure_control(
         for k, dens in enumerate(DENSITIES):
             reps = [_with(b.report, density=dens) for b in boxes]
             vals[dens] = np.array(run_linet(reps, True, 10))  # same noise for all three prompts
-            nvals[dens] = np.array(run_linet(reps, False, 20 + k))  # null: independent noise
+            if null:  # null context: independent noise per prompt
+                nvals[dens] = np.array(run_linet(reps, False, 20 + k))
+            else:
+                nvals[dens] = np.full(len(boxes), np.nan)
         dh = {k: float(v.mean()) for k, v in vals.items()}
         ndh = {k: float(v.mean()) for k, v in nvals.items()}
 
