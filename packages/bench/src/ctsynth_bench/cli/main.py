@@ -25,6 +25,7 @@ from .. import __version__
 COMMANDS: dict[str, str] = {
     "data": "ctsynth_bench.cli.data",
     "systems": "ctsynth_bench.cli.systems",
+    "train": "ctsynth_bench.cli.train",
     "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
 }
 
