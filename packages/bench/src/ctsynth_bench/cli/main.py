@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "data": "ctsynth_bench.cli.data",
     "systems": "ctsynth_bench.cli.systems",
     "train": "ctsynth_bench.cli.train",
+    "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
 }
 
 log = logging.getLogger("ctsynth_bench")

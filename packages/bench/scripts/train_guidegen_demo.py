@@ -1,0 +1,257 @@
+"""Train the GuideGen demo system (the shipped weights are made with this script).
+
+Stages (run one per process, so the TCSS variants and the CT stages can share one GPU):
+
+    python train_guidegen_demo.py bank  --out RUN            # prompt bank tokens (MiniLM), CPU
+    python train_guidegen_demo.py labels --out RUN --n 2000  # the TCSS training label maps
+    python train_guidegen_demo.py tcss  --out RUN --variant shipped --minutes 6 --device cuda
+    python train_guidegen_demo.py ct    --out RUN --n 600 --minutes-ae 2.5 --minutes-gen 3 --device cuda
+
+``--variant`` picks the TCSS design being compared (see VARIANTS). Everything is written under
+``RUN`` (``RUN/<variant>/tcss`` checkpoints and logs, ``RUN/ct/`` autoencoder and generator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ctsynth_bench.guidegen.data import build_demo_set
+from ctsynth_bench.guidegen.presets import get_preset
+from ctsynth_bench.guidegen.prompts import PromptFields, cells, prompt_bank
+
+PER_CELL = 16
+BANK_SEED = 0
+
+#: TCSS designs compared by measurement (prompt alignment with and without text).
+VARIANTS = {
+    # knowledge injection, tumour weight 20, condition dropout (the candidate that ships)
+    "shipped": {},
+    # the same without tumour weighting
+    "noweight": {"tumour_weight": 1.0},
+    # plain cross-attention to the tokens instead of knowledge injection (the paper's ablation)
+    "crossattn": {"tcss": {"conditioning": "crossattn"}},
+}
+
+
+def _bank(out: Path) -> None:
+    from ctsynth_bench.text import encode_prompts, load_text_encoder
+    from safetensors.torch import save_file
+
+    bank = prompt_bank(BANK_SEED, PER_CELL)
+    enc = load_text_encoder("minilm")
+    tokens, mask = encode_prompts(enc, [f.text for f in bank])
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"tokens": tokens.half().contiguous(), "mask": mask.contiguous()},
+        str(out / "bank.safetensors"),
+        metadata={
+            "per_cell": str(PER_CELL),
+            "seed": str(BANK_SEED),
+            "encoder": "minilm",
+            "prompts": json.dumps([f.to_dict() for f in bank]),
+        },
+    )
+    print(f"bank: {tokens.shape[0]} prompts, {tokens.shape[1]} tokens", flush=True)
+
+
+def load_bank(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    d = load_file(str(path))
+    return d["tokens"], d["mask"].bool()
+
+
+def cell_of(fields_json: str) -> int:
+    f = PromptFields.from_dict(json.loads(fields_json))
+    return cells().index((f.site, f.count, f.size))
+
+
+def _tcss(args: argparse.Namespace) -> None:
+    from cat_diffusion import SemanticSynthesizer
+    from ctsynth_bench.guidegen.stages import TCSSData, train_tcss
+
+    torch.manual_seed(args.seed)
+    over = dict(VARIANTS[args.variant])
+    tw = over.pop("tumour_weight", None)
+    preset = get_preset("demo", **over)
+    if args.batch:
+        preset = dataclasses.replace(preset, batch_size=args.batch)
+    src = args.data or args.out
+    d = np.load(src / "labels.npz")
+    tokens, mask = load_bank(src / "bank.safetensors")
+    cell = torch.tensor([cell_of(s) for s in d["fields"]])
+    choices = cell[:, None] * PER_CELL + torch.arange(PER_CELL)[None]
+    data = TCSSData(
+        labels=torch.from_numpy(d["labels"][:, None]),
+        choices=choices,
+        bank_tokens=tokens,
+        bank_mask=mask,
+    )
+    synth = SemanticSynthesizer(config=preset.tcss)
+    if args.init is not None:  # warm start from an earlier checkpoint of the same design
+        from cat_diffusion import load_checkpoint
+
+        synth = load_checkpoint(args.init)
+        if synth.config != preset.tcss:
+            raise SystemExit(f"--init {args.init}: its TCSS config differs from the variant's")
+        synth.train()
+    out = args.out / args.variant
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preset.json").write_text(
+        json.dumps({**preset.to_dict(), "tumour_weight": tw or preset.tumour_weight})
+    )
+    _, res = train_tcss(
+        synth,
+        data,
+        preset,
+        out=out,
+        minutes=args.minutes,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+        tumour_weight=tw,
+        save_every=args.save_every,
+        on_log=lambda r: print(args.variant, json.dumps(r), flush=True),
+    )
+    (out / "result.json").write_text(json.dumps({"steps": res["steps"], "seconds": res["seconds"]}))
+
+
+def _ct(args: argparse.Namespace) -> None:
+    import ct_autoencoder as ca
+    from ctsynth_bench.guidegen.stages import (
+        autoencode_error,
+        make_autoencoder,
+        make_generator,
+        measure_scale,
+        train_autoencoder,
+        train_generator,
+    )
+
+    torch.manual_seed(args.seed)
+    preset = get_preset("demo")
+    path = args.out / "ct.npz"
+    if not path.exists():
+        t = time.time()
+        build_demo_set(path, n=args.n, seed=args.seed + 100, with_ct=True, workers=args.workers)
+        print(f"ct set {args.n} in {time.time() - t:.0f}s", flush=True)
+    d = np.load(path)
+    ct = torch.from_numpy(d["ct"][:, None].astype(np.float32))
+    labels = torch.from_numpy(d["labels"][:, None])
+    n_hold = max(2, len(ct) // 10)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ae = make_autoencoder(preset)
+    r_ae = train_autoencoder(
+        ae,
+        ct[n_hold:],
+        labels[n_hold:],
+        minutes=args.minutes_ae,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+    )
+    err = autoencode_error(ae, ct[:n_hold], labels[:n_hold])
+    scale = measure_scale(ae, ct[n_hold:], labels[n_hold:])
+    print("autoencoder", r_ae["steps"], err, "scale", scale, flush=True)
+    ca.save_autoencoder(ae.cpu(), out / "autoencoder")
+    ae.to(args.device)
+    dev = torch.device(args.device)
+    with torch.no_grad():
+        zs = []
+        for i in range(0, len(ct), 16):
+            x = ae.normalize(ct[i : i + 16].to(dev))
+            from ctsynth_bench.guidegen.stages import labels_to_ct_grid
+
+            zs.append(
+                ae.encode_stage_2_inputs(
+                    x, labels_to_ct_grid(labels[i : i + 16].long().to(dev), x.shape[-1])
+                )
+                * scale
+            )
+        z = torch.cat(zs).cpu()
+    tokens, _ = load_bank(args.out / "bank.safetensors")
+    rng = np.random.default_rng(args.seed)
+    pick = [cell_of(s) * PER_CELL + int(rng.integers(PER_CELL)) for s in d["fields"]]
+    tok = tokens[pick].float()
+    gen = make_generator(preset)
+    r_gen = train_generator(
+        gen,
+        z,
+        labels,
+        tok,
+        minutes=args.minutes_gen,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+    )
+    gen.cpu().save(out / "generator")
+    (out / "ct_result.json").write_text(
+        json.dumps(
+            {
+                "autoencoder": {
+                    "steps": r_ae["steps"],
+                    "seconds": r_ae["seconds"],
+                    **err,
+                    "scale_factor": scale,
+                    "held_out": n_hold,
+                    "log": r_ae["log"][-3:],
+                },
+                "generator": {
+                    "steps": r_gen["steps"],
+                    "seconds": r_gen["seconds"],
+                    "log": r_gen["log"][-3:],
+                },
+            },
+            indent=1,
+        )
+    )
+    print("generator", r_gen["steps"], r_gen["log"][-1], flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=["bank", "labels", "tcss", "ct"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with labels.npz + bank.safetensors (default --out)",
+    )
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--init", type=Path, default=None, help="TCSS checkpoint folder to start from")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="shipped")
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--minutes-ae", type=float, default=None)
+    p.add_argument("--minutes-gen", type=float, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if a.device == "cpu":
+        torch.set_num_threads(1)
+    if a.stage == "bank":
+        _bank(a.out)
+    elif a.stage == "labels":
+        t = time.time()
+        build_demo_set(a.out / "labels.npz", n=a.n, seed=a.seed, with_ct=False, workers=a.workers)
+        print(f"labels {a.n} in {time.time() - t:.0f}s", flush=True)
+    elif a.stage == "tcss":
+        _tcss(a)
+    else:
+        _ct(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

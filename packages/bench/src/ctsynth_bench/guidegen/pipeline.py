@@ -1,0 +1,273 @@
+"""GuideGen synthesis: prompt -> tokens -> knowledge injection -> categorical sampler -> label map
+-> latent generator (label map concatenated, text cross-attention) -> HDR decode -> CT.
+
+:func:`generate` works in memory; :func:`synthesize_to_folder` writes an nnU-Net raw layout::
+
+    imagesTr/<case>_0000.nii.gz   CT, int16 HU, the demo grid's RAS affine (real spacing in mm)
+    labelsTr/<case>.nii.gz        organ + tumour map, GuideGen ids 0-20, on the CT's grid
+    meta/<case>.json              prompt, its fields, seeds, sampler, steps, network calls
+    dataset.json                  nnU-Net description (channel, label names and ids)
+
+Cases are made in chunks of ``CHUNK``; chunk ``c`` draws from ``torch.Generator().manual_seed(
+seed * 100003 + c)`` alone, so a run that is started again skips the finished chunks (all their
+sidecars exist; a sidecar is written last, each file atomically) and produces the same cases.
+Under ``torchrun`` chunk ``c`` belongs to rank ``c % WORLD_SIZE``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..exceptions import BenchError
+from ._labels import GUIDEGEN_CLASSES
+from .data import grid_affine
+from .presets import tumour_class_weights
+from .prompts import PromptFields, parse_prompt
+from .stages import labels_to_ct_grid, null_prompt, sample_label_maps
+from .system import GuideGenSystem
+
+__all__ = ["CHUNK", "Generated", "encode", "generate", "labels_to_ct", "synthesize_to_folder"]
+
+log = logging.getLogger(__name__)
+CHUNK = 8
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Outputs of :func:`generate`.
+
+    Attributes:
+        labels: int64 ``(B, S, S, S)`` label maps on the label grid.
+        ct: float32 ``(B, C, C, C)`` HU on the CT grid, or None (no CT stages).
+        label_affine: RAS affine of the label grid.
+        ct_affine: RAS affine of the CT grid.
+        calls: TCSS network calls (guidance batches prompt and null in one call).
+    """
+
+    labels: torch.Tensor
+    ct: torch.Tensor | None
+    label_affine: np.ndarray
+    ct_affine: np.ndarray
+    calls: int
+
+
+def encode(
+    system: GuideGenSystem, prompts: Sequence[str] | None, batch: int, encoder: object | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt tokens ``(B, L, D)`` + mask, or the null prompt when ``prompts`` is None."""
+    dim = system.preset.tcss.context_dim
+    if prompts is None:
+        return null_prompt(batch, dim)
+    from ..text import encode_prompts, load_text_encoder
+
+    enc = encoder if encoder is not None else load_text_encoder(system.text_encoder)
+    tokens, mask = encode_prompts(enc, list(prompts))
+    if tokens.shape[-1] != dim:
+        raise BenchError(
+            f"the text encoder gives {tokens.shape[-1]}-d tokens; this system was trained on {dim}-d"
+        )
+    return tokens.cpu(), mask.cpu()
+
+
+@torch.no_grad()
+def generate(
+    system: GuideGenSystem,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    sampler: Literal["fast", "ancestral"] = "fast",
+    steps: int | None = None,
+    guidance: float | None = None,
+    with_ct: bool = True,
+    ct_steps: int | None = None,
+    calibrate: bool | None = None,
+    generator: torch.Generator | None = None,
+) -> Generated:
+    """Label maps (and CTs) for encoded prompts.
+
+    Args:
+        system: a loaded system.
+        tokens, mask: ``(B, L, D)`` and ``(B, L)`` from :func:`encode` (null prompt = text removed).
+        sampler: TCSS sampler; ``steps`` its steps (fast only).
+        guidance: TCSS guidance (default: the preset's).
+        with_ct: run the CT stages when the system has them.
+        ct_steps: DDIM steps of the latent generator (default: the preset's).
+        calibrate: undo the tumour weight of the loss in the x0 logits (default: the preset's).
+        generator: CPU generator for every draw.
+    """
+    p = system.preset
+    w = p.guidance if guidance is None else guidance
+    cal = p.calibrate if calibrate is None else calibrate
+    labels, calls = sample_label_maps(
+        system.tcss,
+        tokens,
+        mask,
+        guidance=w,
+        sampler=sampler,
+        steps=steps,
+        class_weights=tumour_class_weights(p.tumour_weight) if cal else None,
+        generator=generator,
+    )
+    ct = (
+        labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
+        if with_ct and system.has_ct
+        else None
+    )
+    s = labels.shape[-1]
+    return Generated(
+        labels=labels[:, 0].cpu(),
+        ct=ct,
+        label_affine=grid_affine(s, p.label_spacing),
+        ct_affine=grid_affine(p.ct_size, p.label_spacing * s / p.ct_size),
+        calls=calls,
+    )
+
+
+@torch.no_grad()
+def labels_to_ct(
+    system: GuideGenSystem,
+    labels: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """CT in HU ``(B, C, C, C)`` for label maps ``(B, 1, S, S, S)`` and prompt tokens ``(B, L, D)``.
+
+    Latent generator (label map concatenated on the latent grid, text by cross-attention, DDIM +
+    guidance) on scaled latents, then the HDR decoder conditioned on the same label map.
+    """
+    if not system.has_ct:
+        raise BenchError(
+            f"{system.path}: no CT stages (autoencoder/ and generator/); train them first"
+        )
+    p = system.preset
+    dev = next(system.generator.parameters()).device
+    z = system.generator.sample(
+        labels.to(dev).long(),
+        latent_size=(p.latent_size,) * 3,
+        context=tokens.to(dev).float(),
+        num_inference_steps=steps or p.gen_steps,
+        guidance_scale=p.gen_guidance,
+        generator=generator,
+    )
+    lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
+    x = system.autoencoder.decode_stage_2_outputs(z / system.autoencoder.scale_factor, lab_ct)
+    return system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def synthesize_to_folder(
+    system: GuideGenSystem,
+    prompts: Sequence[str],
+    out: str | Path,
+    *,
+    n: int = 1,
+    seed: int = 0,
+    sampler: Literal["fast", "ancestral"] = "fast",
+    steps: int | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Write ``n`` cases per prompt (nnU-Net layout, module docstring); returns the case names.
+
+    Raises:
+        PromptError: a prompt outside the template or vocabulary (before anything is written).
+    """
+    from ..data import save_nifti
+
+    fields = [parse_prompt(p) for p in prompts]  # validate every prompt first
+    if n < 1:
+        raise BenchError(f"--n must be >= 1, got {n}")
+    out = Path(out)
+    jobs = [(j, k) for j in range(len(prompts)) for k in range(n)]
+    chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    for sub in ("imagesTr", "labelsTr", "meta"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    names = [f"gg_{j:03d}_{k:03d}" for j, k in jobs]
+    encoder = None
+    for c, chunk in enumerate(chunks):
+        if c % world != rank:
+            continue
+        if all((out / "meta" / f"gg_{j:03d}_{k:03d}.json").exists() for j, k in chunk):
+            continue
+        if encoder is None:
+            from ..text import load_text_encoder
+
+            encoder = load_text_encoder(system.text_encoder)
+        chunk_seed = seed * 100003 + c
+        g = torch.Generator().manual_seed(chunk_seed)
+        tokens, mask = encode(system, [prompts[j] for j, _ in chunk], len(chunk), encoder)
+        res = generate(system, tokens, mask, sampler=sampler, steps=steps, generator=g)
+        for b, (j, k) in enumerate(chunk):
+            name = f"gg_{j:03d}_{k:03d}"
+            lab = res.labels[b].numpy().astype(np.uint8)
+            if res.ct is not None:
+                f = res.ct.shape[-1] // lab.shape[-1]
+                lab_out = lab.repeat(f, 0).repeat(f, 1).repeat(f, 2)
+                save_nifti(
+                    out / "imagesTr" / f"{name}_0000.nii.gz",
+                    res.ct[b].numpy(),
+                    res.ct_affine,
+                    dtype="int16",
+                )
+                save_nifti(
+                    out / "labelsTr" / f"{name}.nii.gz", lab_out, res.ct_affine, dtype="uint8"
+                )
+            else:
+                save_nifti(
+                    out / "labelsTr" / f"{name}.nii.gz", lab, res.label_affine, dtype="uint8"
+                )
+            _write_json(
+                out / "meta" / f"{name}.json",
+                {
+                    "case": name,
+                    "prompt": prompts[j],
+                    "fields": fields[j].to_dict(),
+                    "seed": seed,
+                    "chunk": c,
+                    "chunk_seed": chunk_seed,
+                    "index_in_chunk": b,
+                    "sampler": sampler,
+                    "steps": steps or system.preset.tcss.fast_steps
+                    if sampler == "fast"
+                    else system.preset.tcss.num_train_timesteps,
+                    "tcss_calls": res.calls,
+                    "guidance": system.preset.guidance,
+                    "run": str(system.path),
+                    "has_ct": res.ct is not None,
+                },
+            )
+        if progress:
+            log.info("chunk %d/%d written", c + 1, len(chunks))
+    if rank == 0:
+        _write_json(
+            out / "dataset.json",
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {name: i for i, name in enumerate(GUIDEGEN_CLASSES)},
+                "numTraining": len(list((out / "labelsTr").glob("*.nii.gz"))),
+                "file_ending": ".nii.gz",
+                "description": "GuideGen synthetic torso CT + organ/tumour maps (ctsynth)",
+            },
+        )
+    return names
+
+
+def fields_of(prompts: Sequence[str]) -> list[PromptFields]:
+    """Parsed fields of several prompts (raises PromptError on the first bad one)."""
+    return [parse_prompt(p) for p in prompts]

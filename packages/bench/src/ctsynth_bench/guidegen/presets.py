@@ -1,0 +1,177 @@
+"""GuideGen system presets: the three stages' configurations, checked against each other.
+
+``demo`` is sized for a 2-core CPU (label map 16^3 x 24 mm, CT 32^3 x 12 mm, latent 4 x 16^3); ``paper`` uses the published sizes (mask 128^3, image 256^3, cosine T = 1000, lr 2e-5)
+and needs a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cat_diffusion import SynthesizerConfig
+
+from ..exceptions import BenchError
+from ._labels import NUM_CLASSES, TUMOUR
+
+__all__ = ["GuideGenPreset", "get_preset", "tumour_class_weights"]
+
+
+def tumour_class_weights(tumour_weight: float) -> tuple[float, ...]:
+    """Loss weight per class: ``tumour_weight`` for the tumour, 1 for every other class."""
+    w = [1.0] * NUM_CLASSES
+    w[TUMOUR] = float(tumour_weight)
+    return tuple(w)
+
+
+@dataclass(frozen=True)
+class GuideGenPreset:
+    """Whole-system configuration.
+
+    Attributes:
+        name: preset name.
+        tcss: the TCSS (cat_diffusion) configuration.
+        label_spacing: label-map voxel size in mm.
+        ct_size: CT edge in voxels (the CT covers the same field of view).
+        tumour_weight: loss weight of the tumour class (others 1).
+        ce_weight: weight of the x0 cross-entropy beside the KL of Eq. 6.
+        cond_drop: probability of training a sample with the null prompt (enables guidance and
+            the no-text measurement).
+        guidance: classifier-free guidance scale of the TCSS at sampling (1 = off).
+        calibrate: add ``-log(class weight)`` to the TCSS's x0 logits at sampling (undoes the
+            weighted loss's bias towards the tumour class).
+        lr: learning rate of the TCSS.
+        batch_size: TCSS batch size.
+        ae_channels: HDR autoencoder widths (one stride-2 step per extra level).
+        latent_channels: autoencoder latent channels.
+        gen_channels: latent generator UNet channels.
+        gen_attention: latent generator attention levels.
+        gen_steps: DDIM steps of the latent generator.
+        gen_guidance: classifier-free guidance of the latent generator.
+    """
+
+    name: str
+    tcss: SynthesizerConfig
+    label_spacing: float = 24.0
+    ct_size: int = 32
+    tumour_weight: float = 20.0
+    ce_weight: float = 1.0
+    cond_drop: float = 0.15
+    guidance: float = 2.0
+    calibrate: bool = True
+    lr: float = 1e-3
+    batch_size: int = 8
+    ae_channels: tuple[int, ...] = (16, 32)
+    latent_channels: int = 4
+    gen_channels: tuple[int, ...] = (32, 64, 64)
+    gen_attention: tuple[bool, ...] = (False, False, True)
+    gen_steps: int = 50
+    gen_guidance: float = 1.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tcss.num_classes != NUM_CLASSES:
+            raise BenchError(
+                f"tcss.num_classes must be {NUM_CLASSES} (GuideGen classes), got {self.tcss.num_classes}"
+            )
+        factor = 2 ** (len(self.ae_channels) - 1)
+        if self.ct_size % factor:
+            raise BenchError(
+                f"ct_size {self.ct_size} must be divisible by the autoencoder's downsampling {factor}"
+            )
+
+    @property
+    def latent_size(self) -> int:
+        return self.ct_size // 2 ** (len(self.ae_channels) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tcss"] = self.tcss.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GuideGenPreset:
+        d = dict(d)
+        d["tcss"] = SynthesizerConfig.from_dict(d["tcss"])
+        for k in ("ae_channels", "gen_channels", "gen_attention"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _demo_tcss(**kw: Any) -> SynthesizerConfig:
+    base = dict(
+        num_classes=NUM_CLASSES,
+        spatial_size=(16, 16, 16),
+        num_train_timesteps=200,
+        schedule="cosine",
+        channels=(16, 32, 64),
+        attention_levels=(False, True, True),
+        num_res_blocks=1,
+        num_head_channels=16,
+        norm_num_groups=8,
+        conditioning="injection",
+        context_dim=384,
+        cross_attention_dim=64,
+        num_queries=8,
+        injection_layers=2,
+        injection_heads=4,
+        fast_steps=20,
+    )
+    base.update(kw)
+    return SynthesizerConfig(**base)
+
+
+PRESETS: dict[str, GuideGenPreset] = {
+    "demo": GuideGenPreset(name="demo", tcss=_demo_tcss()),
+    "paper": GuideGenPreset(
+        name="paper",
+        tcss=SynthesizerConfig(
+            num_classes=NUM_CLASSES,
+            spatial_size=(128, 128, 128),
+            num_train_timesteps=1000,
+            schedule="cosine",
+            channels=(64, 64, 128, 128, 256),
+            attention_levels=(False, False, False, True, True),
+            num_head_channels=32,
+            norm_num_groups=32,
+            context_dim=384,
+            cross_attention_dim=512,
+            num_queries=16,
+            injection_layers=3,
+            injection_heads=8,
+            fast_steps=100,
+        ),
+        label_spacing=3.0,
+        ct_size=256,
+        lr=2e-5,
+        batch_size=2,
+        ae_channels=(64, 128, 128),
+        latent_channels=8,
+        gen_channels=(128, 256, 256, 512),
+        gen_attention=(False, False, True, True),
+        gen_steps=200,
+        gen_guidance=2.5,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> GuideGenPreset:
+    """A system preset by name (``demo`` | ``paper``), with field overrides.
+
+    ``tcss`` overrides may be given as ``tcss={"channels": (...)}`` (merged into the preset's).
+    """
+    import difflib
+
+    if name not in PRESETS:
+        near = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise BenchError(f"unknown GuideGen preset {name!r}; allowed: {sorted(PRESETS)}{hint}")
+    p = PRESETS[name]
+    allowed = {f.name for f in dataclasses.fields(GuideGenPreset)} - {"name"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise BenchError(f"unknown GuideGen preset fields {bad}; allowed: {sorted(allowed)}")
+    if "tcss" in overrides and isinstance(overrides["tcss"], dict):
+        overrides["tcss"] = dataclasses.replace(p.tcss, **overrides["tcss"])
+    return dataclasses.replace(p, **overrides)

@@ -1,0 +1,595 @@
+"""GuideGen's three stages: TCSS, HDR autoencoder, latent generator; training loops and sampling.
+
+* **TCSS** (cat_diffusion, GuideGen Sec. 3.1): ``SemanticSynthesizer`` with knowledge injection.
+  Bench adds what makes the rare site cue learnable (chosen by measurement, see the model card):
+  a tumour-class weight in the loss (KL of Eq. 6 + x0 cross-entropy), condition dropout (the
+  prompt replaced by the null prompt, one zero token) and classifier-free guidance on the x0
+  logits at sampling, ``l = l_null + w (l_prompt - l_null)``.
+* **HDR autoencoder** (ct_autoencoder, Sec. 3.2, Eq. 7-9) with the label map as its pyramidal
+  condition, KL bottleneck; its latent scale is measured on data after training.
+* **Latent generator** (lesion_inpaint, Sec. 3.3, Eq. 11): noise prediction on scaled latents with
+  the one-hot label map concatenated and the prompt tokens by cross-attention, DDIM + CFG.
+
+Training loops here are plain and bounded (``minutes`` / ``max_steps``); each returns a log.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from cat_diffusion import CategoricalDiffusionLoss, CategoricalSampler, SemanticSynthesizer
+from torch import Tensor, nn
+
+from ._labels import NUM_CLASSES
+from .presets import GuideGenPreset, tumour_class_weights
+
+__all__ = [
+    "GuidedTCSS",
+    "TCSSNet",
+    "null_prompt",
+    "sample_label_maps",
+    "train_tcss",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TCSSNet(nn.Module):
+    """Calls a ``SemanticSynthesizer`` with ``context=(tokens, mask)`` so the loss passes masks.
+
+    Args:
+        synth: the TCSS network.
+    """
+
+    def __init__(self, synth: SemanticSynthesizer) -> None:
+        super().__init__()
+        self.synth = synth
+
+    def forward(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Logits ``(B, N, *S)`` for one-hot ``x`` ``(B, N, *S)``, ``t`` ``(B,)``, ``(tokens, mask)``."""
+        if context is None:
+            raise ValueError("TCSSNet needs context=(tokens (B, L, D), mask (B, L) bool)")
+        tokens, mask = context
+        if self.synth.config.conditioning != "injection":
+            mask = None  # plain cross-attention takes no mask; padding tokens are zero
+        return self.synth(x, t, context=tokens, context_mask=mask)
+
+
+def null_prompt(
+    batch: int, dim: int, *, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """The null prompt (text removed): one zero token per sample, ``((B, 1, D), (B, 1))``."""
+    return torch.zeros(batch, 1, dim, device=device), torch.ones(
+        batch, 1, dtype=torch.bool, device=device
+    )
+
+
+def drop_prompts(
+    tokens: Tensor, mask: Tensor, p: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Replace each sample's prompt by the null prompt with probability ``p`` (condition dropout)."""
+    if p <= 0:
+        return tokens, mask
+    gdev = generator.device if generator is not None else tokens.device
+    drop = (torch.rand(tokens.shape[0], generator=generator, device=gdev) < p).to(tokens.device)
+    tokens = torch.where(drop[:, None, None], torch.zeros_like(tokens), tokens)
+    null_mask = torch.zeros_like(mask)
+    null_mask[:, 0] = True
+    mask = torch.where(drop[:, None], null_mask, mask)
+    return tokens, mask
+
+
+class GuidedTCSS(nn.Module):
+    """The TCSS with fixed per-level contexts and classifier-free guidance, for the samplers.
+
+    ``forward(x, t)`` returns ``l_null + w (l_prompt - l_null)``; with ``guidance == 1`` or no
+    null context it returns the prompted logits alone (one network call per step).
+
+    Args:
+        synth: the TCSS network.
+        levels: per-level contexts of the prompts (``synth.encode_context``).
+        null_levels: per-level contexts of the null prompt, or None.
+        guidance: guidance scale ``w``.
+    """
+
+    def __init__(
+        self,
+        synth: SemanticSynthesizer,
+        levels: list[Tensor | None],
+        null_levels: list[Tensor | None] | None,
+        guidance: float,
+        logit_bias: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.synth = synth
+        self.levels = levels
+        self.null_levels = null_levels
+        self.guidance = float(guidance)
+        self.logit_bias = logit_bias
+        self.calls = 0
+
+    def forward(self, x: Tensor, t: Tensor, context: Any = None) -> Tensor:
+        out = self._guided(x, t)
+        if self.logit_bias is not None:
+            out = out + self.logit_bias.to(out).reshape(1, -1, *([1] * (out.ndim - 2)))
+        return out
+
+    def _guided(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        if self.null_levels is None or self.guidance == 1.0:
+            return self.synth.unet(x, t, context=self.levels)
+        both = [
+            None if a is None else torch.cat([a, b])
+            for a, b in zip(self.levels, self.null_levels, strict=True)
+        ]
+        out = self.synth.unet(torch.cat([x, x]), torch.cat([t, t]), context=both)
+        cond, uncond = out.chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+
+@torch.no_grad()
+def sample_label_maps(
+    synth: SemanticSynthesizer,
+    tokens: Tensor | None,
+    mask: Tensor | None,
+    *,
+    guidance: float = 1.0,
+    sampler: Literal["fast", "ancestral"] = "fast",
+    steps: int | None = None,
+    class_weights: tuple[float, ...] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, int]:
+    """Generate label maps for prompts (or with the text removed).
+
+    Args:
+        synth: trained TCSS (eval mode).
+        tokens: prompt tokens ``(B, L, D)`` or None for the null prompt (text removed).
+        mask: ``(B, L)`` bool or None.
+        guidance: classifier-free guidance scale (ignored for the null prompt).
+        sampler: ``"fast"`` (skip sampler, ``steps`` calls) or ``"ancestral"`` (``T`` calls).
+        steps: fast-sampler steps (default: the config's ``fast_steps``).
+        class_weights: the loss's class weights; ``-log w`` is added to the x0 logits, which undoes
+            the bias a class-weighted cross-entropy puts into the predicted probabilities (its
+            optimum is ``p_w(c) ~ w_c p(c)``), so a tumour weight makes the cue strong in training
+            without making tumours larger at sampling.
+        generator: randomness (its device is where noise is drawn).
+
+    Returns:
+        ``(labels (B, 1, *S) int64, network calls)``.
+    """
+    cfg = synth.config
+    device = next(synth.parameters()).device
+    if tokens is None:
+        raise ValueError(
+            "tokens: give prompt tokens; for the text removed pass null_prompt(...) tokens"
+        )
+    b = tokens.shape[0]
+    inj = cfg.conditioning == "injection"
+    levels = synth.encode_context(
+        tokens.to(device), mask.to(device) if inj and mask is not None else None
+    )
+    null_t, null_m = null_prompt(b, cfg.context_dim, device=device)
+    is_null = bool((tokens == 0).all())
+    null_levels = (
+        None
+        if is_null or guidance == 1.0
+        else synth.encode_context(null_t, null_m if inj else None)
+    )
+    if not inj:  # plain cross-attention: one shared context for every level
+        levels = [levels] * synth.unet.num_levels
+        null_levels = None if null_levels is None else [null_levels] * synth.unet.num_levels
+    bias = (
+        None
+        if class_weights is None
+        else -torch.log(torch.tensor(class_weights, dtype=torch.float32))
+    )
+    model = GuidedTCSS(synth, levels, null_levels, guidance, bias)
+    shape = (b, 1, *cfg.spatial_size)
+    s = CategoricalSampler(scheduler=synth.make_scheduler())
+    if sampler == "fast":
+        out = s.fast(
+            model,
+            num_steps=steps or cfg.fast_steps,
+            shape=shape,
+            generator=generator,
+            device=device,
+        )
+    elif sampler == "ancestral":
+        out = s.ancestral(model, shape=shape, generator=generator, device=device, progress=False)
+    else:
+        raise ValueError(f"sampler must be 'fast' or 'ancestral', got {sampler!r}")
+    return out, model.calls
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (the weights that are sampled)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.shadow.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+@dataclass
+class TCSSData:
+    """Training data of the TCSS.
+
+    Attributes:
+        labels: uint8 ``(N, 1, S, S, S)`` label maps.
+        choices: int64 ``(N, K)``: prompt indices each map may be paired with (the demo bank's
+            prompts of the map's realised site/count/size, or a user case's own prompt).
+        bank_tokens: ``(P, L, D)`` prompt tokens.
+        bank_mask: ``(P, L)`` bool.
+    """
+
+    labels: Tensor
+    choices: Tensor
+    bank_tokens: Tensor
+    bank_mask: Tensor
+
+    def to(self, device: torch.device | str) -> TCSSData:
+        return TCSSData(
+            self.labels.to(device),
+            self.choices.to(device),
+            self.bank_tokens.to(device),
+            self.bank_mask.to(device),
+        )
+
+    def prompts(self, choices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One random prompt per row of ``choices`` ``(B, K)``: tokens ``(B, L, D)``, mask ``(B, L)``."""
+        col = torch.randint(
+            choices.shape[1], (choices.shape[0],), generator=generator, device=generator.device
+        )
+        p = choices.gather(1, col.to(choices.device)[:, None])[:, 0].to(self.bank_tokens.device)
+        return self.bank_tokens[p].float(), self.bank_mask[p]
+
+    def batch(self, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Label maps ``(B, 1, S, S, S)`` int64 with one of their prompts each."""
+        tok, msk = self.prompts(self.choices[idx], generator)
+        return self.labels[idx].long(), tok, msk
+
+
+def train_tcss(
+    synth: SemanticSynthesizer,
+    data: TCSSData,
+    preset: GuideGenPreset,
+    *,
+    out: str | Path | None = None,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    tumour_weight: float | None = None,
+    save_every: int = 250,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    start: dict[str, Any] | None = None,
+) -> tuple[SemanticSynthesizer, dict[str, Any]]:
+    """Train the TCSS with the loss of Eq. 6 (+ x0 CE), tumour weighting and condition dropout.
+
+    Args:
+        synth: the network (trained in place).
+        data: :class:`TCSSData`.
+        preset: system preset (lr, batch size, weights, dropout).
+        out: folder; the EMA weights are written to ``out/tcss`` every ``save_every`` steps and at
+            the end (cat_diffusion checkpoint), the log to ``out/tcss_log.jsonl``.
+        minutes, max_steps: budget (at least one must be given).
+        device: where to train.
+        seed: randomness of batches, timesteps, noise and dropout.
+        tumour_weight: override of the preset's tumour weight (1 = unweighted).
+        save_every: checkpoint interval.
+        on_log: called with each logged row.
+        start: optimizer/EMA state from a previous call (``result["state"]``) to resume.
+
+    Returns:
+        ``(EMA network in eval mode, {"steps", "seconds", "log", "state"})``.
+    """
+    if minutes is None and max_steps is None:
+        raise ValueError("give minutes or max_steps")
+    from cat_diffusion import save_checkpoint
+
+    device = torch.device(device)
+    synth = synth.to(device).train()
+    net = TCSSNet(synth)
+    tw = preset.tumour_weight if tumour_weight is None else tumour_weight
+    loss_fn = CategoricalDiffusionLoss(
+        ce_weight=preset.ce_weight, class_weights=tumour_class_weights(tw)
+    )
+    sched = synth.make_scheduler()
+    opt = torch.optim.AdamW(synth.parameters(), lr=preset.lr, weight_decay=1e-4)
+    ema = EMA(synth, 0.995)
+    step = 0
+    if start is not None:
+        opt.load_state_dict(start["opt"])
+        ema.shadow.load_state_dict(start["ema"])
+        step = int(start["step"])
+    data = data.to(device)
+    g = torch.Generator(device=device).manual_seed(seed + step)
+    n = data.labels.shape[0]
+    t0 = time.time()
+    rows: list[dict[str, float]] = []
+    out_dir = Path(out) if out is not None else None
+    run_avg = None
+    warm = 200
+    while True:
+        if max_steps is not None and step >= max_steps:
+            break
+        if minutes is not None and time.time() - t0 > minutes * 60:
+            break
+        idx = torch.randint(n, (preset.batch_size,), generator=g, device=g.device).to(device)
+        x0, tok, msk = data.batch(idx, g)
+        tok, msk = drop_prompts(tok, msk, preset.cond_drop, g)
+        for pg in opt.param_groups:
+            pg["lr"] = preset.lr * min(1.0, (step + 1) / warm)
+        res = loss_fn(net, sched, x0, context=(tok, msk), generator=g)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        torch.nn.utils.clip_grad_norm_(synth.parameters(), 1.0)
+        opt.step()
+        ema.update(synth, step)
+        step += 1
+        lv = float(res.loss.detach())
+        run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
+        if step % 100 == 0 or step == 1:
+            row = {
+                "step": step,
+                "loss": lv,
+                "loss_avg": run_avg,
+                "kl": float(res.kl),
+                "ce": float(res.ce),
+                "seconds": time.time() - t0,
+            }
+            rows.append(row)
+            if on_log:
+                on_log(row)
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                with open(out_dir / "tcss_log.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+        if out_dir is not None and step % save_every == 0:
+            save_checkpoint(ema.shadow, out_dir / "tcss")
+    if out_dir is not None:
+        save_checkpoint(ema.shadow, out_dir / "tcss")
+    state = {"opt": opt.state_dict(), "ema": ema.shadow.state_dict(), "step": step}
+    return ema.shadow.eval(), {
+        "steps": step,
+        "seconds": time.time() - t0,
+        "log": rows,
+        "state": state,
+    }
+
+
+# ---------------------------------------------------------------- CT stages
+
+
+def labels_to_ct_grid(labels: Tensor, size: int) -> Tensor:
+    """Nearest upsampling of ``(B, 1, s, s, s)`` label maps to the CT grid ``(B, 1, size, ...)``."""
+    f = size // labels.shape[-1]
+    out = labels
+    for d in (2, 3, 4):
+        out = out.repeat_interleave(f, dim=d)
+    return out
+
+
+def make_autoencoder(preset: GuideGenPreset) -> nn.Module:
+    """The demo HDR autoencoder: KL bottleneck, GuideGen classes as its pyramidal condition."""
+    import dataclasses
+
+    import ct_autoencoder as ca
+
+    cfg = dataclasses.replace(
+        ca.hdr_preset("demo_kl"),
+        channels=preset.ae_channels,
+        latent_channels=preset.latent_channels,
+        num_label_classes=NUM_CLASSES,
+        crop_size=preset.ct_size,
+        label_embed_dim=4,
+        norm_groups=4,
+        adversarial_start=1500,
+        learning_rate=1e-3,
+    )
+    return ca.HDRAutoencoder(config=cfg)
+
+
+def train_autoencoder(
+    ae: nn.Module,
+    ct: Tensor,
+    labels: Tensor,
+    *,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the HDR autoencoder (generator + both discriminators, Eq. 7-9) on HU volumes.
+
+    Args:
+        ae: ``HDRAutoencoder``.
+        ct: float ``(N, 1, X, Y, Z)`` HU.
+        labels: int ``(N, 1, s, s, s)`` GuideGen label maps on the label grid.
+    """
+    import ct_autoencoder as ca
+
+    device = torch.device(device)
+    ae.to(device).train()
+    disc = ca.Discriminators(config=ae.config).to(device).train()
+    opts = ca.make_optimizers(ae, disc)
+    g = torch.Generator().manual_seed(seed)  # ct_autoencoder draws on the CPU and moves the draws
+    ct, labels = ct.to(device), labels.to(device)
+    t0, step, rows = time.time(), 0, []
+    while (max_steps is None or step < max_steps) and (
+        minutes is None or time.time() - t0 < minutes * 60
+    ):
+        idx = torch.randint(ct.shape[0], (batch_size,), generator=g).to(device)
+        x = ae.normalize(ct[idx].float())
+        lab = labels_to_ct_grid(labels[idx].long(), x.shape[-1])
+        logs = ca.training_step(ae, disc, x, opts, step=step, labels=lab, generator=g)
+        step += 1
+        if step % 100 == 0 or step == 1:
+            rows.append(
+                {
+                    "step": step,
+                    **{k: float(v) for k, v in logs.items()},
+                    "seconds": time.time() - t0,
+                }
+            )
+    ae.eval()
+    return {"steps": step, "seconds": time.time() - t0, "log": rows}
+
+
+@torch.no_grad()
+def autoencode_error(
+    ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8
+) -> dict[str, float]:
+    """Held-out reconstruction: mean |HU error| of the autoencoder and of a non-learned baseline.
+
+    The baseline keeps as many numbers as the latent (area-downsample the CT to the grid with
+    ``latent_channels x latent voxels`` values, trilinear upsample back).
+    """
+    dev = next(ae.parameters()).device
+    errs, base_errs = [], []
+    size = ct.shape[-1]
+    n_latent = ae.latent_channels * (size // ae.downsample_factor) ** 3
+    s = round(n_latent ** (1 / 3))
+    body = []
+    for i in range(0, ct.shape[0], batch):
+        x = ct[i : i + batch].float().to(dev)
+        lab = labels_to_ct_grid(labels[i : i + batch].long().to(dev), size)
+        z = ae.encode_stage_2_inputs(ae.normalize(x), lab)
+        rec = ae.denormalize(ae.decode_stage_2_outputs(z, lab)).clamp(-1024, 3071)
+        low = F.interpolate(x, size=(s, s, s), mode="area")
+        base = F.interpolate(low, size=x.shape[2:], mode="trilinear", align_corners=False)
+        m = (x > -900).float()  # inside the body
+        body.append(m.sum())
+        errs.append(((rec - x).abs() * m).sum())
+        base_errs.append(((base - x).abs() * m).sum())
+    tot = float(sum(body))
+    return {
+        "autoencoder_mae_hu": float(sum(errs)) / tot,
+        "baseline_mae_hu": float(sum(base_errs)) / tot,
+        "baseline_grid": s,
+    }
+
+
+@torch.no_grad()
+def measure_scale(ae: nn.Module, ct: Tensor, labels: Tensor, *, batch: int = 8) -> float:
+    """Measure and record ``ae.scale_factor`` (``1 / std`` of its latents on data); returns it."""
+    import ct_autoencoder as ca
+
+    dev = next(ae.parameters()).device
+
+    def batches():
+        for i in range(0, ct.shape[0], batch):
+            x = ae.normalize(ct[i : i + batch].float().to(dev))
+            yield x, labels_to_ct_grid(labels[i : i + batch].long().to(dev), x.shape[-1])
+
+    ae.scale_factor = ca.measure_scale_factor(ae, batches())
+    return float(ae.scale_factor)
+
+
+def make_generator(preset: GuideGenPreset) -> nn.Module:
+    """The latent generator: latent + one-hot label map in, noise out, prompt tokens by cross-attention."""
+    from lesion_inpaint import DiffusionConfig, LatentGenerator, LatentGeneratorConfig, UNetConfig
+
+    unet = UNetConfig(
+        in_channels=preset.latent_channels + NUM_CLASSES,
+        out_channels=preset.latent_channels,
+        channels=preset.gen_channels,
+        attention_levels=preset.gen_attention,
+        num_head_channels=16,
+        norm_num_groups=8,
+        context_dim=preset.tcss.context_dim,
+    )
+    diff = DiffusionConfig(
+        num_train_timesteps=1000,
+        schedule="scaled_linear_beta",
+        num_inference_steps=preset.gen_steps,
+        guidance_scale=preset.gen_guidance,
+        cond_drop_prob=preset.cond_drop,
+    )
+    return LatentGenerator(
+        config=LatentGeneratorConfig(
+            latent_channels=preset.latent_channels,
+            num_label_classes=NUM_CLASSES,
+            unet=unet,
+            diffusion=diff,
+        )
+    )
+
+
+def label_condition(labels: Tensor, size: int | None = None) -> Tensor:
+    """Class fractions ``(B, 21, size, size, size)`` of ``(B, 1, s, s, s)`` label maps on the latent grid.
+
+    One-hot when ``size`` is the label grid (the demo), area-averaged otherwise.
+    """
+    oh = F.one_hot(labels[:, 0].long(), NUM_CLASSES).movedim(-1, 1).float()
+    if size is not None and size != oh.shape[-1]:
+        oh = F.adaptive_avg_pool3d(oh, (size, size, size))
+    return oh
+
+
+def train_generator(
+    gen: nn.Module,
+    z: Tensor,
+    labels: Tensor,
+    tokens: Tensor,
+    *,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 16,
+    lr: float = 2e-4,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the latent generator (Eq. 11) on scaled latents with condition dropout.
+
+    Args:
+        gen: ``LatentGenerator``.
+        z: ``(N, C, s, s, s)`` scaled latents.
+        labels: ``(N, 1, s, s, s)`` label maps.
+        tokens: ``(N, L, D)`` prompt tokens of each case (padding zero).
+    """
+    device = torch.device(device)
+    gen.to(device).train()
+    opt = torch.optim.AdamW(gen.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator(device=device).manual_seed(seed)
+    z, labels, tokens = z.to(device), labels.to(device), tokens.to(device)
+    t0, step, rows, avg = time.time(), 0, [], None
+    while (max_steps is None or step < max_steps) and (
+        minutes is None or time.time() - t0 < minutes * 60
+    ):
+        idx = torch.randint(
+            z.shape[0], (batch_size,), generator=g, device=device
+        )  # g is on `device`
+        for pg in opt.param_groups:
+            pg["lr"] = lr * min(1.0, (step + 1) / 200)
+        loss = gen.training_loss(
+            z[idx].float(), labels[idx].long(), context=tokens[idx].float(), generator=g
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
+        opt.step()
+        step += 1
+        lv = float(loss.detach())
+        avg = lv if avg is None else 0.98 * avg + 0.02 * lv
+        if step % 100 == 0 or step == 1:
+            rows.append({"step": step, "loss": lv, "loss_avg": avg, "seconds": time.time() - t0})
+    gen.eval()
+    return {"steps": step, "seconds": time.time() - t0, "log": rows}

@@ -1,0 +1,368 @@
+"""``bench train guidegen``: the demo set (or a user's set), then TCSS, autoencoder, generator.
+
+The TCSS and the latent generator train on the shared engine (:func:`ctsynth_bench.train.train`:
+budgets, EMA, resume, DDP under torchrun, run folder). The HDR autoencoder alternates a generator
+and a discriminator update with two optimisers, which the engine's one-optimiser loop does not
+do; it trains in :func:`.stages.train_autoencoder` (bounded, not resumable) and its held-out error
+against the non-learned baseline is recorded in ``guidegen.json``.
+
+A user's set (``--data DIR``) holds ``imagesTr/<case>_0000.nii.gz`` (CT), ``organs/<case>.nii.gz``
+(TotalSegmentator v1/v2 ids), optional ``labelsTr/<case>.nii.gz`` (tumour mask) and
+``prompts/<case>.json`` with either ``{"prompt": "..."}`` in the template or the fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..exceptions import BenchError
+from .data import build_demo_set
+from .presets import get_preset, tumour_class_weights
+from .prompts import PromptFields, cells, parse_prompt, prompt_bank
+from .system import write_manifest
+
+__all__ = ["STAGES", "prepare_data", "train_guidegen"]
+
+log = logging.getLogger(__name__)
+STAGES = ("tcss", "autoencoder", "generator")
+PER_CELL = 16
+
+
+def _encode_bank(fields: Sequence[PromptFields], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ..text import encode_prompts, load_text_encoder
+
+    tokens, mask = encode_prompts(load_text_encoder("minilm"), [f.text for f in fields])
+    save_file(
+        {"tokens": tokens.half().contiguous(), "mask": mask.contiguous()},
+        str(path),
+        metadata={"prompts": json.dumps([f.to_dict() for f in fields])},
+    )
+
+
+def _user_set(src: Path, out: Path, *, n: int, seed: int, with_ct: bool) -> None:
+    """Deformed copies of a user's cases, with their own tumours and prompts."""
+    from .. import data as bdata
+    from ._labels import map_organs
+    from .data import GGTemplate, _resample
+
+    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (src / "imagesTr").glob("*_0000.nii.gz"))
+    if not cases:
+        raise BenchError(f"--data {src}: no imagesTr/<case>_0000.nii.gz found")
+    temps, fields = [], []
+    for c in cases:
+        organs_p, prompt_p = src / "organs" / f"{c}.nii.gz", src / "prompts" / f"{c}.json"
+        for need in (organs_p, prompt_p):
+            if not need.exists():
+                raise BenchError(f"--data {src}: case {c} has no {need.relative_to(src)}")
+        ct, aff = bdata.read_nifti(src / "imagesTr" / f"{c}_0000.nii.gz")[:2]
+        org = bdata.read_nifti(organs_p)[0]
+        les_p = src / "labelsTr" / f"{c}.nii.gz"
+        les = bdata.read_nifti(les_p)[0] > 0 if les_p.exists() else None
+        lab = map_organs(np.asarray(org).astype(np.int64), les)
+        p = json.loads(prompt_p.read_text())
+        f = parse_prompt(p["prompt"]) if "prompt" in p else PromptFields.from_dict(p)
+        body = np.argwhere(np.asarray(ct) > -500)
+        centre = (np.asarray(aff) @ np.r_[body.mean(axis=0), 1.0])[:3]
+        temps.append(
+            GGTemplate(
+                name=c,
+                ct=np.asarray(ct, np.float32),
+                labels=lab,
+                affine=np.asarray(aff),
+                centre=centre,
+                sites=(f.site,),
+            )
+        )
+        fields.append(f)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(len(cases), size=n)
+    labels, cts = [], []
+    for i in idx:
+        lab, ct = _resample(temps[i], rng, with_ct)
+        labels.append(lab)
+        if with_ct:
+            cts.append(np.clip(np.round(ct), -1024, 3071).astype(np.int16))
+    arrays = {
+        "labels": np.stack(labels),
+        "fields": np.array([json.dumps(fields[i].to_dict()) for i in idx]),
+        "template": np.array([cases[i] for i in idx]),
+        "prompt_index": idx,
+    }
+    if with_ct:
+        arrays["ct"] = np.stack(cts)
+    np.savez_compressed(out / ("ct.npz" if with_ct else "labels.npz"), **arrays)
+    if not (out / "bank.safetensors").exists():
+        _encode_bank(fields, out / "bank.safetensors")
+
+
+def prepare_data(
+    out: Path, *, data: Path | None, n_labels: int, n_ct: int, seed: int, workers: int = 1
+) -> Path:
+    """Make (or reuse) ``out/data/{labels.npz, ct.npz, bank.safetensors}``."""
+    d = out / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        if not (d / "labels.npz").exists():
+            _user_set(Path(data), d, n=n_labels, seed=seed, with_ct=False)
+        if not (d / "ct.npz").exists():
+            _user_set(Path(data), d, n=n_ct, seed=seed + 1, with_ct=True)
+        return d
+    if not (d / "bank.safetensors").exists():
+        _encode_bank(prompt_bank(0, PER_CELL), d / "bank.safetensors")
+    if not (d / "labels.npz").exists():
+        build_demo_set(d / "labels.npz", n=n_labels, seed=seed, with_ct=False, workers=workers)
+    if not (d / "ct.npz").exists():
+        build_demo_set(d / "ct.npz", n=n_ct, seed=seed + 100, with_ct=True, workers=workers)
+    return d
+
+
+def _choices(npz: Any) -> torch.Tensor:
+    if "prompt_index" in npz:  # a user's set: each case its own prompt
+        return torch.from_numpy(np.asarray(npz["prompt_index"], dtype=np.int64))[:, None]
+    cell = torch.tensor(
+        [
+            cells().index((f["site"], f["count"], f["size"]))
+            for f in (json.loads(s) for s in npz["fields"])
+        ]
+    )
+    return cell[:, None] * PER_CELL + torch.arange(PER_CELL)[None]
+
+
+class _Pairs(Dataset):
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+
+def train_guidegen(
+    out: str | Path,
+    *,
+    preset: str = "demo",
+    data: str | Path | None = None,
+    stages: Sequence[str] = STAGES,
+    max_steps: int | None = None,
+    minutes: float | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    n_labels: int = 1500,
+    n_ct: int = 300,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the chosen stages into the run folder ``out``; returns what each stage reached.
+
+    ``minutes`` is the budget of each stage (the autoencoder and generator get half each when
+    both run).
+    """
+    from cat_diffusion import CategoricalDiffusionLoss, SemanticSynthesizer, save_checkpoint
+    from safetensors.torch import load_file
+
+    from .. import train as engine
+    from .stages import (
+        TCSSData,
+        TCSSNet,
+        autoencode_error,
+        drop_prompts,
+        labels_to_ct_grid,
+        make_autoencoder,
+        make_generator,
+        measure_scale,
+        train_autoencoder,
+    )
+
+    bad = sorted(set(stages) - set(STAGES))
+    if bad:
+        raise BenchError(f"unknown GuideGen stages {bad}; allowed: {list(STAGES)}")
+    if max_steps is None and minutes is None:
+        raise BenchError("give a budget: --max-steps N and/or --minutes M")
+    out = Path(out)
+    p = get_preset(preset)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    d = prepare_data(
+        out,
+        data=Path(data) if data else None,
+        n_labels=n_labels,
+        n_ct=n_ct,
+        seed=seed,
+        workers=workers,
+    )
+    bank = load_file(str(d / "bank.safetensors"))
+    tokens, mask = bank["tokens"].float(), bank["mask"].bool()
+    engine.start_run(
+        out,
+        system="guidegen",
+        preset=preset,
+        data={
+            "source": str(data) if data else "demo",
+            "labels": n_labels,
+            "ct": n_ct,
+            "label_grid": p.tcss.spatial_size[0],
+            "ct_grid": p.ct_size,
+        },
+        seeds={"train": seed},
+        device=str(dev),
+    )
+    write_manifest(out, p)
+    report: dict[str, Any] = {}
+    if "tcss" in stages:
+        lab = np.load(d / "labels.npz")
+        tdata = TCSSData(
+            labels=torch.from_numpy(lab["labels"][:, None]),
+            choices=_choices(lab),
+            bank_tokens=tokens,
+            bank_mask=mask,
+        )
+        loss = CategoricalDiffusionLoss(
+            ce_weight=p.ce_weight, class_weights=tumour_class_weights(p.tumour_weight)
+        )
+        sched = SemanticSynthesizer(config=p.tcss).make_scheduler()
+        on_dev: dict[str, TCSSData] = {}
+
+        def tcss_loss(
+            model: Any, batch: Any, g: torch.Generator
+        ) -> tuple[torch.Tensor, dict[str, float]]:
+            x0, ch = batch
+            td = on_dev.setdefault(
+                str(x0.device),
+                TCSSData(
+                    tdata.labels[:0], tdata.choices[:0], tokens.to(x0.device), mask.to(x0.device)
+                ),
+            )
+            tok, msk = td.prompts(ch.to(x0.device), g)
+            tok, msk = drop_prompts(tok, msk, p.cond_drop, g)
+            r = loss(model, sched, x0.long(), context=(tok, msk), generator=g)
+            return r.loss, {"kl": float(r.kl), "ce": float(r.ce)}
+
+        net = TCSSNet(SemanticSynthesizer(config=p.tcss))
+        res = engine.train(
+            net,
+            tcss_loss,
+            _Pairs(tdata.labels, tdata.choices),
+            run_dir=out,
+            stage="tcss",
+            config=engine.TrainConfig(
+                max_steps=max_steps,
+                minutes=minutes,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                ema_decay=0.995,
+                weight_decay=1e-4,
+                checkpoint_every=250,
+                log_every=50,
+                seed=seed,
+            ),
+            save_fn=lambda m, folder: save_checkpoint(m.synth, folder),
+            resume=resume,
+            device=dev,
+            progress=progress,
+        )
+        # The engine keeps the EMA of the wrapper (keys "synth.*"); store it under the TCSS's own keys,
+        # so tcss/ loads as a cat_diffusion checkpoint with its EMA weights.
+        from safetensors.torch import save_file
+
+        ema_path = res.stage_dir / "ema.safetensors"
+        if ema_path.exists():
+            ema = load_file(str(ema_path))
+            if all(k.startswith("synth.") for k in ema):
+                save_file(
+                    {k[len("synth.") :]: v for k, v in ema.items()},
+                    str(ema_path.with_suffix(".tmp")),
+                )
+                ema_path.with_suffix(".tmp").replace(ema_path)
+        report["tcss"] = {"steps": res.step, "seconds": res.seconds, "loss": res.loss}
+    if "autoencoder" in stages or "generator" in stages:
+        import ct_autoencoder as ca
+
+        c = np.load(d / "ct.npz")
+        ct = torch.from_numpy(c["ct"][:, None].astype(np.float32))
+        clab = torch.from_numpy(c["labels"][:, None])
+        n_hold = max(2, len(ct) // 10)
+        both = "autoencoder" in stages and "generator" in stages
+        sub_minutes = None if minutes is None else (minutes / 2 if both else minutes)
+        if "autoencoder" in stages:
+            ae = make_autoencoder(p)
+            r = train_autoencoder(
+                ae,
+                ct[n_hold:],
+                clab[n_hold:],
+                minutes=sub_minutes,
+                max_steps=max_steps,
+                device=dev,
+                seed=seed,
+            )
+            err = autoencode_error(ae, ct[:n_hold], clab[:n_hold])
+            measure_scale(ae, ct[n_hold:], clab[n_hold:])
+            ca.save_autoencoder(ae.cpu(), out / "autoencoder")
+            report["autoencoder"] = {
+                "steps": r["steps"],
+                "seconds": r["seconds"],
+                "held_out": n_hold,
+                **err,
+                "scale_factor": float(ae.scale_factor),
+            }
+        if "generator" in stages:
+            ae = ca.load_autoencoder(out / "autoencoder", device=dev)
+            with torch.no_grad():
+                z = torch.cat(
+                    [
+                        ae.encode_stage_2_inputs(
+                            ae.normalize(ct[i : i + 16].to(dev)),
+                            labels_to_ct_grid(clab[i : i + 16].long().to(dev), p.ct_size),
+                        )
+                        * ae.scale_factor
+                        for i in range(0, len(ct), 16)
+                    ]
+                ).cpu()
+            pick = _choices(c)[:, 0]
+            gen = make_generator(p)
+
+            def gen_loss(
+                model: Any, batch: Any, g: torch.Generator
+            ) -> tuple[torch.Tensor, dict[str, float]]:
+                from lesion_inpaint import generator_training_loss
+
+                zb, lb, pb = batch
+                ctx = tokens.to(zb.device)[pb.to(zb.device)]
+                loss = generator_training_loss(model, zb, lb.long(), context=ctx, generator=g)
+                return loss, {}
+
+            res = engine.train(
+                gen,
+                gen_loss,
+                _Pairs(z, clab, pick),
+                run_dir=out,
+                stage="generator",
+                config=engine.TrainConfig(
+                    max_steps=max_steps,
+                    minutes=sub_minutes,
+                    batch_size=16,
+                    lr=2e-4,
+                    ema_decay=0.995,
+                    checkpoint_every=250,
+                    log_every=50,
+                    seed=seed,
+                ),
+                save_fn=lambda m, folder: m.save(folder),
+                resume=resume,
+                device=dev,
+                progress=progress,
+            )
+            report["generator"] = {"steps": res.step, "seconds": res.seconds, "loss": res.loss}
+    write_manifest(out, p, stages=report)
+    return report

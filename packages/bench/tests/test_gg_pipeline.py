@@ -1,0 +1,125 @@
+"""GuideGen pipeline on an untrained system: geometry and layout of what synth writes, resume,
+and that the prompt (and its removal) changes the output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ctsynth_bench.guidegen.pipeline import encode, generate, labels_to_ct, synthesize_to_folder
+from ctsynth_bench.guidegen.presets import get_preset
+from ctsynth_bench.guidegen.system import load_system, ship_checkpoint, write_manifest
+
+PROMPT_A = (
+    "The patient is a 63-year-old white male. In this imaging, the patient's condition is described as "
+    "liver cancer, T2 N0 M0, 2 primary tumours, small."
+)
+PROMPT_B = (
+    "The patient is a 41-year-old asian female. In this imaging, the patient's condition is described as "
+    "lung cancer, T4 N1 M1, 1 primary tumour, large."
+)
+
+
+def _wake(module: torch.nn.Module, seed: int) -> None:
+    """Give zero-initialised layers (MONAI's attention outputs) random weights, so text reaches the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim > 1 and float(p.abs().max()) == 0.0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import ct_autoencoder as ca
+    from cat_diffusion import SemanticSynthesizer, save_checkpoint
+    from ctsynth_bench.guidegen.stages import make_autoencoder, make_generator
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ggrun")
+    preset = get_preset("demo", gen_steps=3)
+    tcss = SemanticSynthesizer(config=preset.tcss)
+    _wake(tcss, 1)
+    save_checkpoint(tcss, root / "tcss_full")
+    ship_checkpoint(root / "tcss_full", root / "tcss", max_bytes=1_000_000)  # sharded, as shipped
+    ae = make_autoencoder(preset)
+    ca.save_autoencoder(ae, root / "autoencoder")
+    gen = make_generator(preset)
+    _wake(gen, 2)
+    gen.save(root / "generator")
+    write_manifest(root, preset)
+    return root
+
+
+def test_shards_load_and_are_small(run_dir: Path) -> None:
+    shards = sorted((run_dir / "tcss").glob("model-*.safetensors"))
+    assert len(shards) > 1 and all(s.stat().st_size < 1_100_000 for s in shards)
+    s = load_system(run_dir)
+    from cat_diffusion import load_checkpoint
+
+    full = load_checkpoint(run_dir / "tcss_full")
+    for (k, a), (_, b) in zip(
+        sorted(s.tcss.state_dict().items()), sorted(full.state_dict().items()), strict=True
+    ):
+        assert torch.equal(a, b), k
+
+
+def test_synth_writes_nnunet_layout_and_resumes(run_dir: Path, tmp_path: Path) -> None:
+    s = load_system(run_dir)
+    out = tmp_path / "synth"
+    names = synthesize_to_folder(s, [PROMPT_A, PROMPT_B], out, n=2, seed=3, steps=4)
+    assert names == ["gg_000_000", "gg_000_001", "gg_001_000", "gg_001_001"]
+    for name in names:
+        img = nib.load(out / "imagesTr" / f"{name}_0000.nii.gz")
+        lab = nib.load(out / "labelsTr" / f"{name}.nii.gz")
+        assert img.shape == lab.shape == (32, 32, 32)
+        assert np.allclose(img.header.get_zooms(), (12.0, 12.0, 12.0)) and np.allclose(
+            img.affine, lab.affine
+        )
+        assert img.get_data_dtype() == np.int16 and lab.get_data_dtype() == np.uint8
+        assert int(np.asarray(lab.dataobj).max()) <= 20
+        meta = json.loads((out / "meta" / f"{name}.json").read_text())
+        assert (
+            meta["prompt"] in (PROMPT_A, PROMPT_B) and meta["seed"] == 3 and meta["tcss_calls"] == 4
+        )
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["labels"]["tumour"] == 20 and ds["numTraining"] == 4
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    synthesize_to_folder(s, [PROMPT_A, PROMPT_B], out, n=2, seed=3, steps=4)
+    assert {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")
+    } == before  # finished chunks are skipped
+
+
+def test_prompt_and_its_removal_change_the_output(run_dir: Path) -> None:
+    s = load_system(run_dir)
+
+    def labels(prompt: str | None) -> torch.Tensor:
+        tok, mask = encode(s, None if prompt is None else [prompt] * 2, 2)
+        return generate(
+            s, tok, mask, steps=4, with_ct=False, generator=torch.Generator().manual_seed(0)
+        ).labels
+
+    a, b, none = labels(PROMPT_A), labels(PROMPT_B), labels(None)
+    assert torch.equal(a, labels(PROMPT_A))  # same prompt, same seed: same maps
+    assert not torch.equal(a, b) and not torch.equal(a, none)
+
+
+def test_label_map_changes_the_ct(run_dir: Path) -> None:
+    s = load_system(run_dir)
+    tok, _ = encode(s, [PROMPT_A], 1)
+    a = torch.zeros(1, 1, 16, 16, 16, dtype=torch.long)
+    b = a.clone()
+    b[..., 4:12, 4:12, 4:12] = 3  # a liver block
+    ct_a = labels_to_ct(s, a, tok, generator=torch.Generator().manual_seed(0))
+    ct_b = labels_to_ct(s, b, tok, generator=torch.Generator().manual_seed(0))
+    assert ct_a.shape == (1, 32, 32, 32)
+    assert torch.equal(ct_a, labels_to_ct(s, a, tok, generator=torch.Generator().manual_seed(0)))
+    diff = (ct_a - ct_b).abs()[0]
+    assert float(diff[8:24, 8:24, 8:24].mean()) > float(
+        diff[:4, :4, :4].mean()
+    )  # changed where the map changed
