@@ -6,27 +6,32 @@ organ map, or our own layout), each case's lesion is measured with the measureme
 robust HU spread over the CT noise, edge sharpness, volume) plus its extent and its position in the
 organ map, and the attributes that these decide are written in the report vocabulary:
 
-=====================  ===================================================================
-attribute              rule (thresholds are the rule table's, ``rulesynth`` RULES)
-=====================  ===================================================================
-organ                  most common organ id under the lesion and one voxel around it
-organ_type             hollow / parenchymal, from the organ
-lesion_location        parenchymal: protruding when >= 15 % of the voxels just outside the
-                       lesion are outside the organ, else within; hollow: within the lumen
-                       when the lesion centre is >= 5 mm deep in the organ, else wall
-size                   extent in mm along x, y, z
-shape                  punctate: <= 0.35 ml; round-like: sphericity >= 0.70 and solidity
-                       >= 0.80; irregular: sphericity < 0.70 (parenchymal); hollow-organ wall
-                       lesions: protrusion into the lumen when sphericity >= 0.6, else
-                       irregular wall thickening; anything else is left out
-density                stone-like (median >= 180 HU): hyperdense; lung: ground-glass opacity
-                       (<= -250 HU) or isodense soft-tissue mass; fluid-like hypodense: median
-                       -8..28 HU, <= -10 HU below the organ and homogeneous; else hypo/iso/
-                       hyperdense by lesion-minus-organ HU (< -10, -10..10, > 10)
-density_variations     heterogeneous when the robust HU spread is >= 1.6 x the CT noise
-surface_characteristics well-/ill-defined margin from the edge sharpness (>= 0.6 well-defined);
-                       only where the contrast is measurable (parenchymal, > 2.5 x noise)
-=====================  ===================================================================
+=======================  ================================================================
+attribute                rule (boundaries chosen between the rule table's renderings)
+=======================  ================================================================
+organ                    most common organ id under the lesion and one voxel around it
+organ_type               hollow / parenchymal, from the organ
+lesion_location          share of the voxels just outside the lesion that are outside the
+                         organ: hollow organs, wall when >= 0.1, else within the lumen;
+                         parenchymal, within when < 0.1, protruding when >= 0.5, left out
+                         in between (a thin organ makes a lesion inside it look protruding)
+size                     extent in mm along x, y, z
+shape                    needs >= 30 voxels (else left out; stones <= 0.35 ml: punctate);
+                         hollow-organ wall: protrusion into the lumen when sphericity >= 0.78
+                         and solidity >= 0.85, else irregular wall thickening (luminal
+                         narrowing is not told apart); otherwise round-like when sphericity
+                         >= 0.80 and solidity >= 0.85, irregular when sphericity < 0.80 or
+                         solidity < 0.80, left out in between (cystic is not told apart)
+density                  stone (median >= 180 HU): hyperdense; lung: ground-glass opacity
+                         (<= -250 HU) or isodense soft-tissue mass; parenchymal organs,
+                         homogeneous with median -8..28 HU: fluid-like hypodense; robust
+                         spread >= 4 x noise with lesion-minus-organ -55..15 HU: mixed
+                         density; else hypo/iso/hyperdense by lesion-minus-organ HU (< -10,
+                         -10..10, > 10; hollow organs against the 40 HU wall reference)
+density_variations       heterogeneous when the robust HU spread is >= 1.6 x the CT noise
+surface_characteristics  well-/ill-defined margin from the edge sharpness (>= 0.6 well
+                         defined), only where measurable (parenchymal, contrast > 2.5 x noise)
+=======================  ================================================================
 
 Enhancement status, relationship with surrounding organs and specific features are not decided by
 these measurements and are left out. Every derived report says ``"derived": true``.
@@ -59,11 +64,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: thresholds (see the module docstring); kept equal to the rule table's boundaries
-PROTRUDING_SHELL_FRACTION = 0.15
-LUMEN_DEPTH_MM = 5.0
+WALL_SHELL_FRACTION = 0.1
+WITHIN_SHELL_FRACTION, PROTRUDING_SHELL_FRACTION = 0.1, 0.5
 PUNCTATE_ML = 0.35
-ROUND_SPHERICITY, ROUND_SOLIDITY = 0.70, 0.80
-PROTRUSION_SPHERICITY = 0.6
+ROUND_SPHERICITY, ROUND_SOLIDITY, IRREGULAR_SOLIDITY = 0.80, 0.85, 0.80
+PROTRUSION_SPHERICITY, PROTRUSION_SOLIDITY = 0.78, 0.85
+MIXED_STD_RATIO, MIXED_DELTA_HU = 4.0, (-55.0, 15.0)
 STONE_HU = 180.0
 GROUND_GLASS_HU = -250.0
 FLUID_HU = (-8.0, 28.0)
@@ -188,16 +194,16 @@ def _organ_of(lesion: np.ndarray, organs: np.ndarray) -> str | None:
     return name if name in report_bbox.LESION_ORGANS else None
 
 
-def _location(lesion: np.ndarray, organs: np.ndarray, organ: str, spacing: Sequence[float]) -> str:
+def _location(lesion: np.ndarray, organs: np.ndarray, organ: str) -> str | None:
     ids = np.asarray(report_bbox.organ_ids(organ))
     organ_mask = np.isin(organs, ids)
-    if report_bbox.is_hollow(organ):
-        depth = ndimage.distance_transform_edt(organ_mask | lesion, sampling=spacing)
-        c = np.round(np.argwhere(lesion).mean(0)).astype(int)
-        return "lumen" if float(depth[tuple(c)]) >= LUMEN_DEPTH_MM else "wall"
     shell = ndimage.binary_dilation(lesion, iterations=1) & ~lesion
     outside = float((~organ_mask[shell]).mean()) if shell.any() else 0.0
-    return "protruding" if outside >= PROTRUDING_SHELL_FRACTION else "within"
+    if report_bbox.is_hollow(organ):
+        return "wall" if outside >= WALL_SHELL_FRACTION else "lumen"
+    if outside < WITHIN_SHELL_FRACTION:
+        return "within"
+    return "protruding" if outside >= PROTRUDING_SHELL_FRACTION else None
 
 
 _LOCATION_TEXT = {"within": "within the parenchymal organ", "protruding": "protruding from the parenchymal organ",
@@ -226,48 +232,58 @@ def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacin
         raise ReportsError("the lesion touches no organ of the organ map that reports can name")
     sp = tuple(float(s) for s in spacing)
     hollow = report_bbox.is_hollow(organ)
-    loc = _location(m_c, org_c, organ, sp)
-    meas = measure_lesion(ct_c, m_c, org_c, sp, organ=organ, location=loc)  # type: ignore[arg-type]
+    loc = _location(m_c, org_c, organ)
+    meas = measure_lesion(ct_c, m_c, org_c, sp, organ=organ, location=loc or "within")  # type: ignore[arg-type]
     attrs: dict[str, Any] = {"organ": organ, "organ_type": "hollow organ" if hollow else "parenchymal organ",
-                             "lesion_location": _LOCATION_TEXT[loc], "size": meas["extent_mm"]}
+                             "size": meas["extent_mm"]}
     group = _group(organ) or organ
-    cats: dict[str, str] = {"organ": group, "location": loc}
-    left: dict[str, str] = {
+    cats: dict[str, str] = {"organ": group}
+    left: dict[str, str] = {}
+    if loc is None:
+        left["lesion_location"] = "the lesion borders the organ surface but not clearly across it"
+    else:
+        attrs["lesion_location"], cats["location"] = _LOCATION_TEXT[loc], loc
+    left |= {
         "enhancement_status": "the contrast phase is not measurable from one image and a mask",
         "relationship_with_surrounding_organs": "not measured",
         "specific_features": "not measured reliably (foci and texture overlap)",
     }
     # shape
     vol, sph, sol = meas.get("volume_ml"), meas.get("sphericity"), meas.get("solidity")
+    mean_hu, delta, ratio = meas.get("mean_hu"), meas.get("delta_hu"), meas.get("std_ratio")
+    stone = mean_hu is not None and mean_hu >= STONE_HU
     shape: tuple[str, str] | None = None
-    if vol is not None and vol <= PUNCTATE_ML and not (hollow and loc == "wall"):
-        shape = ("punctate", "punctate")
-    elif sph is None:
-        left["shape"] = "too few voxels for shape descriptors"
+    if sph is None:
+        if stone and vol is not None and vol <= PUNCTATE_ML:
+            shape = ("punctate", "punctate")
+        else:
+            left["shape"] = "too few voxels for shape descriptors"
     elif hollow and loc == "wall":
-        shape = ("protrusion into the lumen", "protrusion") if sph >= PROTRUSION_SPHERICITY else (
+        protrusion = sph >= PROTRUSION_SPHERICITY and (sol is None or sol >= PROTRUSION_SOLIDITY)
+        shape = ("protrusion into the lumen", "protrusion") if protrusion else (
             "irregular wall thickening", "wall_thickening")
     elif sph >= ROUND_SPHERICITY and (sol is None or sol >= ROUND_SOLIDITY):
         shape = ("round-like", "round")
-    elif sph < ROUND_SPHERICITY:
+    elif sph < ROUND_SPHERICITY or (sol is not None and sol < IRREGULAR_SOLIDITY):
         shape = ("irregular", "irregular")
     else:
-        left["shape"] = f"sphericity {sph:.2f} but solidity {sol:.2f}: neither round nor irregular by the rules"
+        left["shape"] = f"sphericity {sph:.2f}, solidity {sol:.2f}: between round-like and irregular"
     if shape:
         attrs["shape"], cats["shape"] = shape
     # density
-    mean_hu, delta, ratio = meas.get("mean_hu"), meas.get("delta_hu"), meas.get("std_ratio")
     density: tuple[str, str] | None = None
-    if mean_hu is not None and mean_hu >= STONE_HU:
+    homogeneous = ratio is None or ratio < HETEROGENEOUS_STD_RATIO
+    if stone:
         density = ("hyperdense", "stone")
     elif group == "lung" and mean_hu is not None:
         density = ("ground-glass opacity", "ground_glass") if mean_hu <= GROUND_GLASS_HU else (
             "isodense soft-tissue mass", "soft_tissue")
     elif delta is None:
         left["density"] = "no organ reference HU"
-    elif (mean_hu is not None and FLUID_HU[0] <= mean_hu <= FLUID_HU[1] and delta <= -DENSITY_DELTA_HU
-          and (ratio is None or ratio < HETEROGENEOUS_STD_RATIO)):
+    elif not hollow and homogeneous and mean_hu is not None and FLUID_HU[0] <= mean_hu <= FLUID_HU[1]:
         density = ("fluid-like hypodense", "fluid")
+    elif ratio is not None and ratio >= MIXED_STD_RATIO and MIXED_DELTA_HU[0] <= delta <= MIXED_DELTA_HU[1]:
+        density = ("mixed density", "mixed")
     elif delta < -DENSITY_DELTA_HU:
         density = ("hypodense", "hypo")
     elif delta > DENSITY_DELTA_HU:
@@ -365,6 +381,19 @@ def derive_reports(
     return summary
 
 
+#: Categories the derivation does not tell apart, compared as one (see the module docstring).
+COARSE: dict[str, dict[str, str]] = {
+    "shape": {"cystic": "round", "narrowing": "wall_thickening"},
+    "density": {"fluid": "hypo"},
+}
+
+
+def _coarse(key: str, value: str, organ: str | None) -> str:
+    if key == "density" and value == "soft_tissue" and organ != "lung":
+        return "iso"  # "isodense soft-tissue mass" outside the lung
+    return COARSE.get(key, {}).get(value, value)
+
+
 def agreement(derived: Mapping[str, Mapping[str, str]], generating: Mapping[str, Mapping[str, str]]
               ) -> dict[str, tuple[int, int]]:
     """Per category: ``(agreeing, compared)`` over cases present in both (only derived categories count)."""
@@ -377,7 +406,7 @@ def agreement(derived: Mapping[str, Mapping[str, str]], generating: Mapping[str,
             if key not in truth:
                 continue
             row = out.setdefault(key, [0, 0])
-            row[0] += int(value == truth[key])
+            row[0] += int(_coarse(key, value, cats.get("organ")) == _coarse(key, truth[key], truth.get("organ")))
             row[1] += 1
     return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
