@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ctsynth_bench.exceptions import DataError
-from ctsynth_bench.viz import _centre, render_views
+from ctsynth_bench.viz import render_views
+from ctsynth_bench.viz._views import _centre
 
 
 def _blob():

@@ -1,4 +1,9 @@
-"""Datasets, text encoders, the LesionDiffusion and GuideGen systems, training, evaluation and the `bench` CLI."""
+"""Datasets, text encoders, the LesionDiffusion and GuideGen systems, training, evaluation and the `bench` CLI.
+
+One room per concern (see the package README, "Where things live"): ``data`` (real CT, loaders,
+crops, label tables), ``rulesynth`` (rule-based lesions), ``viz`` (figures), ``cli`` (``bench``),
+``systems`` (the registry of full systems), ``lesiondiffusion`` and ``guidegen`` (the systems).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

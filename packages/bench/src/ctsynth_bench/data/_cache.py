@@ -22,11 +22,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from ..exceptions import DataError, FetchError
+from ._case import CTCase
 from ._convert import CONVERSION_VERSION, RECIPES, convert_case
 from ._io import process_umask
+from ._loaders import load_volume_set
 from ._sources import SOURCES, extract_members, obtain_archive
 
 log = logging.getLogger(__name__)
@@ -39,29 +39,6 @@ BUNDLED_CASES = ("abdomen", "chest")
 
 #: Names of the cases made by :func:`fetch`.
 FETCHED_CASES = tuple(RECIPES)
-
-
-@dataclass(frozen=True)
-class CTCase:
-    """One CT with its masks, in RAS voxel order.
-
-    Attributes:
-        name: case name.
-        ct: float32 HU, shape ``(X, Y, Z)``.
-        organs: integer TotalSegmentator v2 "total" ids, shape ``(X, Y, Z)``, or ``None``.
-        lesion: uint8 0/1 lesion mask, shape ``(X, Y, Z)``, or ``None``.
-        affine: 4x4 float64 voxel -> RAS world (mm).
-        spacing: voxel size in mm, ``(x, y, z)``.
-        body: uint8 0/1 body mask where the case has one (derived chest cases), else ``None``.
-    """
-
-    name: str
-    ct: np.ndarray
-    organs: np.ndarray | None
-    lesion: np.ndarray | None
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    body: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -147,8 +124,6 @@ def load_case(name: str, cache_dir: str | os.PathLike[str] | None = None) -> CTC
     Raises:
         DataError: unknown case, or files that fail validation (see :mod:`._loaders`).
     """
-    from ._loaders import load_volume_set
-
     info = _find_case(name, cache_dir)
     p = info.path
     return load_volume_set(

@@ -36,8 +36,8 @@ from ._io import (
     read_nrrd,
     save_nifti,
 )
+from ._labels import TOTAL_V2
 from ._lungs import derive_chest_labels
-from ._totalseg_ids import TOTAL_V2
 
 #: Bumped when the conversion changes what a case holds; older cached cases are converted again.
 #: 2: derived thoracic oesophagus (id 15) on the chest cases, derived lungs on chest_cta.

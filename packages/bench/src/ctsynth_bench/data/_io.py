@@ -7,7 +7,8 @@ RAS+ by negating the first two world axes, ``RAS = diag(-1, -1, 1, 1) @ LPS``. V
 permuted/flipped (never resampled) so that the stored affine is as close to diagonal-positive as the
 data allows (``nibabel.as_closest_canonical`` semantics).
 
-Writes are atomic: a temporary file in the destination folder, then :func:`os.replace`.
+Writes go through :func:`save_nifti`, the one NIfTI writer: a temporary file in the destination
+folder, fsync, then :func:`os.replace`.
 """
 
 from __future__ import annotations
@@ -39,22 +40,32 @@ def save_nifti(
     array: np.ndarray,
     affine: np.ndarray,
     *,
-    dtype: str | np.dtype,
+    dtype: str | np.dtype | type,
+    header: nib.Nifti1Header | None = None,
 ) -> Path:
-    """Write ``array`` as a NIfTI file atomically (temporary file in the same folder + rename).
+    """Write ``array`` as a NIfTI file atomically: the one NIfTI writer of ctsynth-bench.
+
+    The data go to a temporary file in the destination folder, which is flushed to disk, renamed
+    over ``path`` with :func:`os.replace`, and the folder is synced; a reader never sees a
+    half-written file, and an interrupted write leaves only a ``.tmp-*`` file that resumable
+    writers remove.
 
     Args:
         path: destination, ending in ``.nii.gz`` or ``.nii``.
         array: 3D volume, shape ``(X, Y, Z)``.
-        affine: 4x4 voxel -> RAS world (mm) matrix.
+        affine: 4x4 voxel -> RAS world (mm) matrix; written as both qform and sform (code 1).
         dtype: on-disk dtype, e.g. ``"int16"`` for HU or ``"uint8"`` for labels. Integer targets
             are range-checked (no silent wrap-around); float input is rounded first.
+        header: a source image's NIfTI header to keep (descriptions, intent, units, slice
+            timing...); its data type, shape and scaling are replaced to fit ``array`` and
+            ``dtype``. ``None`` starts from an empty header.
 
     Returns:
         The written path.
 
     Raises:
-        DataError: wrong dimensionality, bad affine, or values that do not fit ``dtype``.
+        DataError: wrong dimensionality, bad affine, a header that is not NIfTI-1, or values that
+            do not fit ``dtype``.
     """
     path = Path(path)
     arr = np.asarray(array)
@@ -64,6 +75,10 @@ def save_nifti(
     aff = np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
         raise DataError(f"{path}: affine must be a finite 4x4 matrix, got shape {aff.shape}")
+    if header is not None and not isinstance(header, nib.Nifti1Header):
+        raise DataError(
+            f"{path}: header must be a nibabel Nifti1Header (or None), got {type(header).__name__}"
+        )
     if dt.kind in "iu":
         if arr.dtype.kind == "f":
             arr = np.rint(arr)
@@ -74,9 +89,11 @@ def save_nifti(
                 f"({info.min}..{info.max})"
             )
     out = arr.astype(dt, copy=False)
-    img = nib.Nifti1Image(out, aff)
+    img = nib.Nifti1Image(out, aff, header=None if header is None else header.copy())
     img.header.set_data_dtype(dt)
-    img.header.set_xyzt_units("mm")
+    img.header.set_slope_inter(None, None)
+    if header is None:
+        img.header.set_xyzt_units("mm")
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +103,28 @@ def save_nifti(
     try:
         os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes 0600; give the usual permissions
         nib.save(img, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,8 +26,9 @@ from typing import Literal
 import numpy as np
 
 from ..exceptions import DataError
+from ._case import CTCase
 from ._io import read_nifti, read_nrrd
-from ._totalseg_ids import TOTAL_V1, TOTAL_V2, V1_TO_V2
+from ._labels import TOTAL_V1, TOTAL_V2, V1_TO_V2
 
 #: Largest allowed absolute difference between two affines' entries (mm).
 AFFINE_ATOL = 1e-3
@@ -118,10 +119,8 @@ def load_volume_set(
         check_hu: require some voxel below -200 HU.
 
     Returns:
-        :class:`~._cache.CTCase`.
+        :class:`~._case.CTCase`.
     """
-    from ._cache import CTCase
-
     ct_path = Path(ct)
     ct_arr, ct_aff = _read(ct_path)
     if ct_arr.dtype.kind not in "iuf":
@@ -219,7 +218,7 @@ class DatasetCase:
     lesion_classes: tuple[int, ...] | None = None
 
     def load(self, *, check_hu: bool = True):
-        """Read and validate this case's volumes; returns :class:`~._cache.CTCase`."""
+        """Read and validate this case's volumes; returns :class:`~._case.CTCase`."""
         case = load_volume_set(
             self.case_id,
             ct=self.image,

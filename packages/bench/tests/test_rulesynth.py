@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import report_bbox
-from ctsynth_bench.synth import (
+from ctsynth_bench.rulesynth import (
     LESION_TYPES,
     SynthError,
     Template,
@@ -24,8 +24,8 @@ from ctsynth_bench.synth import (
     synthesize_dataset,
     warp,
 )
-from ctsynth_bench.synth._deform import flip_allowed, flip_lr
-from ctsynth_bench.synth._rules import LESION_TYPE_RULES, parse_size_mm
+from ctsynth_bench.rulesynth._deform import flip_allowed, flip_lr
+from ctsynth_bench.rulesynth._rules import organ_of
 from scipy import ndimage
 
 
@@ -77,26 +77,47 @@ def phantom() -> Template:
     return make_phantom()
 
 
-def _spec(lesion_type: str, **over: str):
-    report = {"shape": "round-like", "density": "hypodense lesion", "size": "12x12x12mm",
+def _report(lesion_type: str, **over: str) -> report_bbox.Report:
+    """A typed report for ``lesion_type`` (its organ and first location), with ``over`` replacing values."""
+    spec = report_bbox.LESION_TYPES[lesion_type]
+    fields = {"shape": "round-like", "density": "hypodense lesion", "size": "12x12x12mm", "organ": spec.organ,
+              "lesion location": spec.lesion_location[0],
+              "relationship with surrounding organs": "no close relationship",
               "surface characteristics": "well-defined margin", "density variations": "homogeneous",
               "enhancement status": "non-contrast ct"}
-    report.update(over)
-    return spec_from_report(report, lesion_type=lesion_type)
+    fields.update(over)
+    return report_bbox.Report.from_dict({k.replace(" ", "_"): v for k, v in fields.items()})
+
+
+def _spec(lesion_type: str, **over: str):
+    return spec_from_report(_report(lesion_type, **over), lesion_type=lesion_type)
 
 
 def test_spec_from_report_synonyms_and_sizes() -> None:
-    s = _spec("liver_cancer", density="low attenuation lesion,", **{"surface characteristics": "unclear boundary"})
+    s = _spec("liver_cancer", density="low attenuation lesion,", **{"surface characteristics": "unclear margin"})
     assert s.density == "hypo" and s.margin == "ill_defined" and s.organ == "liver"
     assert _spec("kidney_cyst", density="hypodense fluid-like lesion").density == "fluid"
     assert _spec("gallstone", **{"specific features": "calculus"}).density == "stone"
     assert _spec("colon_cancer", shape="irregular,wall thickening").shape == "wall_thickening"
-    assert parse_size_mm("8\u00d712\u00d714mm") == (8.0, 12.0, 14.0)  # the paper writes a multiplication sign
-    assert parse_size_mm([5, 6, 7]) == (5.0, 6.0, 7.0)
-    with pytest.raises(SynthError, match="size"):
-        parse_size_mm("big")
+    assert _spec("liver_cancer", size="8\u00d712\u00d714mm").size_mm == (8.0, 12.0, 14.0)  # Report's sizes, in mm
+    assert _spec("kidney_cancer", **{"specific features": "both"}).features == ("calcified_foci", "low_density_foci")
+    assert _spec("liver_cancer", **{"enhancement status": "CECT"}).enhancement == "enhanced"
     with pytest.raises(SynthError, match="did you mean 'liver_cyst'"):
-        spec_from_report({}, lesion_type="liver_cist")
+        spec_from_report(_report("liver_cyst"), lesion_type="liver_cist")
+    with pytest.raises(SynthError, match=r"report_bbox\.Report"):
+        spec_from_report({"shape": "round-like"}, lesion_type="liver_cyst")  # type: ignore[arg-type]
+    with pytest.raises(SynthError, match="needs a lesion type"):
+        spec_from_report(_report("liver_cyst"))
+
+
+def test_lesion_types_sizes_and_organs_come_from_report_bbox() -> None:
+    """One table: the synthesizer's types and organs are report-bbox's, sizes come from the report."""
+    assert LESION_TYPES == tuple(report_bbox.LESION_TYPES)
+    for name, spec in report_bbox.LESION_TYPES.items():
+        assert organ_of(name) == spec.organ
+    rng = np.random.default_rng(0)
+    report = report_bbox.sample_report(rng, lesion_type="lung_cancer")
+    assert spec_from_report(report).size_mm == tuple(report.size)
 
 
 def test_round_ellipsoid_volume_matches_analytic(phantom: Template) -> None:
@@ -125,8 +146,8 @@ def test_location_rules(phantom: Template) -> None:
                     np.array([12.0, 14, 16]), rng)
     assert m.any() and not (m & ~colon).any()
     kid = np.isin(org, (2, 3))
-    spec = spec_from_report({"shape": "round-like", "lesion location": "protruding from the parenchymal organ",
-                             "size": "14mm", "density": "hypodense"}, lesion_type="kidney_cancer")
+    spec = _spec("kidney_cancer", size="14mm", density="hypodense",
+                 **{"lesion location": "protruding from the parenchymal organ"})
     assert spec.location == "protruding"
     m = lesion_mask(spec, kid, org == 0, phantom.spacing, np.array([12.0, 20, 28]), rng)
     outside = m & ~kid
@@ -158,10 +179,11 @@ def test_noise_estimate_white_noise() -> None:
     assert abs(estimate_noise(ct, region) / 12.0 - 1.0) < 0.06
 
 
-@pytest.mark.parametrize(("density", "lo", "hi"), [("hypodense fluid-like lesion", 0, 20), ("calculus", 300, 900),
+@pytest.mark.parametrize(("density", "lo", "hi"), [("hypodense fluid-like lesion", 0, 20), ("hyperdense", 300, 900),
                                                     ("low-density ground-glass opacity", -650, -350)])
 def test_absolute_densities(phantom: Template, density: str, lo: float, hi: float) -> None:
-    spec = _spec("liver_cyst", density=density, size="14mm")
+    features = "calculus" if density == "hyperdense" else "none"  # a stone is a feature; its density is absolute
+    spec = _spec("liver_cyst", density=density, size="14mm", **{"specific features": features})
     ct = phantom.ct.copy()
     organ = phantom.organs == 5
     m = lesion_mask(spec, organ, phantom.organs == 0, phantom.spacing, np.array([38.0, 26, 30]), np.random.default_rng(4))
@@ -208,7 +230,7 @@ def test_warp_identity_and_alignment(phantom: Template) -> None:
 def test_every_type_on_phantom(phantom: Template) -> None:
     for i, t in enumerate(LESION_TYPES):
         sc = synthesize_case(phantom, t, np.random.default_rng(100 + i), deform=True)
-        organ_ids = {"lung": (10, 14)}.get(LESION_TYPE_RULES[t].organ)
+        organ_ids = {"lung": (10, 14)}.get(organ_of(t))
         assert sc.lesion.sum() > 0, t
         lesion_organs = set(np.unique(sc.organs[sc.lesion > 0]).tolist())
         assert 0 not in lesion_organs, f"{t}: lesion voxels must be labelled as an organ in the organ map"
@@ -271,7 +293,7 @@ def test_bad_inputs(tmp_path, phantom: Template) -> None:
 
 
 def test_cli_generate_and_stats(tmp_path, phantom: Template, capsys) -> None:
-    from ctsynth_bench import _cmd_data_lesions
+    from ctsynth_bench.cli import data_lesions as _cmd_data_lesions
 
     ct_path, org_path = tmp_path / "ct.nii.gz", tmp_path / "org.nii.gz"
     nib.save(nib.Nifti1Image(phantom.ct, phantom.affine), ct_path)

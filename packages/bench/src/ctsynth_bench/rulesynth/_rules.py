@@ -1,11 +1,13 @@
 """The rule table of the lesion synthesizer: report attribute value -> measurable effect.
 
 Every rule the synthesizer follows is written down here once, in :data:`RULES`, and the same table
-is what ``bench data lesions --stats`` checks the generated images against. A report is first
-reduced to a :class:`LesionSpec` (canonical category per attribute, parsed from the free-text
-values of the LesionDiffusion template by keywords, so it works for any spelling or synonym of the
-closed vocabulary), and the spec drives the mask generator (``_shapes``) and the HU renderer
-(``_render``).
+is what ``bench data lesions --stats`` checks the generated images against. A validated
+:class:`report_bbox.Report` is first reduced to a :class:`LesionSpec` (one rendering category per
+attribute, read from the report's canonical vocabulary values through the tables below), and the
+spec drives the mask generator (``_shapes``) and the HU renderer (``_render``).
+
+Lesion types, their organs, sizes and locations are report-bbox's (``report_bbox.LESION_TYPES``);
+this module holds only what the synthesizer adds: how each value is rendered and measured.
 
 Measured quantities (computed by ``_stats`` on the written image, lesion mask and organ map):
 
@@ -29,9 +31,6 @@ Measured quantities (computed by ``_stats`` on the written image, lesion mask an
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -70,7 +69,7 @@ class LesionSpec:
     """Canonical categories of one report, what the synthesizer acts on.
 
     Attributes:
-        lesion_type: one of :data:`LESION_TYPE_RULES` (e.g. ``"liver_cyst"``).
+        lesion_type: a key of ``report_bbox.LESION_TYPES`` (e.g. ``"liver_cyst"``).
         organ: organ group name (key of :data:`ORGAN_IDS`).
         shape, density, variation, margin, enhancement, location: canonical categories.
         features: specific features present (may be empty).
@@ -89,51 +88,19 @@ class LesionSpec:
     size_mm: tuple[float, float, float]
 
 
-@dataclass(frozen=True)
-class TypeRule:
-    """How one lesion type is drawn when report-bbox is not available, and which categories it may take."""
-
-    organ: str
-    shapes: tuple[str, ...]
-    densities: tuple[str, ...]
-    locations: tuple[str, ...]
-    size_mm: tuple[float, float]
-    variations: tuple[str, ...] = ("homogeneous", "heterogeneous")
-    margins: tuple[str, ...] = ("well_defined", "ill_defined")
-    features: tuple[str, ...] = ()
+#: The 14 LesionDiffusion lesion types (Fig. 1 of the paper), in report-bbox's order.
+LESION_TYPES: tuple[str, ...] = tuple(report_bbox.LESION_TYPES)
 
 
-#: The 14 LesionDiffusion lesion types in 8 organ systems (Fig. 1 of the paper).
-LESION_TYPE_RULES: dict[str, TypeRule] = {
-    "lung_cancer": TypeRule("lung", ("round", "irregular"), ("soft_tissue", "ground_glass"), ("within",), (10, 40),
-                            features=("spiculated",)),
-    "liver_cancer": TypeRule("liver", ("round", "irregular"), ("hypo", "hyper", "mixed"), ("within", "protruding"),
-                             (15, 60), features=("low_density_foci", "calcified_foci")),
-    "liver_cyst": TypeRule("liver", ("cystic", "round"), ("fluid",), ("within",), (8, 40),
-                           variations=("homogeneous",), margins=("well_defined",)),
-    "gallbladder_cancer": TypeRule("gallbladder", ("wall_thickening", "protrusion"), ("iso", "hyper"), ("wall",),
-                                   (10, 25)),
-    "gallstone": TypeRule("gallbladder", ("round", "punctate"), ("stone",), ("lumen",), (4, 15),
-                          variations=("homogeneous",), margins=("well_defined",)),
-    "colon_cancer": TypeRule("colon", ("wall_thickening", "narrowing", "protrusion"), ("iso", "hypo"), ("wall",),
-                             (15, 40)),
-    "bladder_cancer": TypeRule("urinary_bladder", ("protrusion", "wall_thickening"), ("iso", "hyper"), ("wall",),
-                               (10, 35)),
-    "esophageal_cancer": TypeRule("esophagus", ("wall_thickening", "narrowing"), ("iso", "hypo"), ("wall",),
-                                  (15, 40)),
-    "stomach_cancer": TypeRule("stomach", ("wall_thickening", "protrusion"), ("iso", "hypo"), ("wall",), (15, 45)),
-    "kidney_cancer": TypeRule("kidney", ("round", "irregular"), ("hypo", "iso", "mixed"), ("within", "protruding"),
-                             (15, 50), features=("low_density_foci", "calcified_foci")),
-    "kidney_cyst": TypeRule("kidney", ("cystic", "round"), ("fluid",), ("within", "protruding"), (8, 35),
-                            variations=("homogeneous",), margins=("well_defined",)),
-    "kidney_stone": TypeRule("kidney", ("punctate", "round"), ("stone",), ("within",), (3, 12),
-                             variations=("homogeneous",), margins=("well_defined",)),
-    "pancreas_cancer": TypeRule("pancreas", ("irregular", "round"), ("hypo", "iso"), ("within",), (12, 35),
-                                 features=("low_density_foci",)),
-    "pancreas_cyst": TypeRule("pancreas", ("cystic", "round"), ("fluid",), ("within",), (8, 30),
-                                variations=("homogeneous",), margins=("well_defined",)),
-}
-LESION_TYPES: tuple[str, ...] = tuple(LESION_TYPE_RULES)
+def organ_of(lesion_type: str) -> str:
+    """Organ group (key of :data:`ORGAN_IDS`) of a lesion type, from report-bbox's table.
+
+    Raises:
+        SynthError: unknown lesion type (with the closest name).
+    """
+    if lesion_type not in report_bbox.LESION_TYPES:
+        raise SynthError(_unknown_type(lesion_type))
+    return report_bbox.LESION_TYPES[lesion_type].organ
 
 
 @dataclass(frozen=True)
@@ -226,120 +193,101 @@ def rule_for(attribute: str, value: str) -> Rule:
 
 
 # ---------------------------------------------------------------------------------------------
-# Report -> LesionSpec (keyword parsing of the LesionDiffusion template's free-text values)
+# Report -> LesionSpec: canonical vocabulary value -> rendering category (one table per attribute)
 # ---------------------------------------------------------------------------------------------
 
-_SHAPE_KEYS: tuple[tuple[str, str], ...] = (
-    ("wall thickening", "wall_thickening"), ("narrowing", "narrowing"), ("protrusion", "protrusion"),
-    ("protruding into", "protrusion"), ("punctate", "punctate"), ("nodular", "punctate"),
-    ("cystic", "cystic"), ("irregular", "irregular"), ("round", "round"), ("oval", "round"),
-)
-_DENSITY_KEYS: tuple[tuple[str, str], ...] = (
-    ("fluid", "fluid"), ("stone", "stone"), ("calculus", "stone"), ("soft tissue", "soft_tissue"),
-    ("soft-tissue", "soft_tissue"), ("ground-glass", "ground_glass"), ("ground glass", "ground_glass"), ("mixed", "mixed"),
-    ("ring enhancement", "mixed"), ("hypo", "hypo"), ("low density", "hypo"), ("low attenuation", "hypo"),
-    ("hyper", "hyper"), ("high density", "hyper"), ("high attenuation", "hyper"), ("iso", "iso"),
-)
-_ILL = ("ill-defined", "ill defined", "irregularity", "unclear", "poorly defined", "blurred", "indistinct")
+#: ``Report.shape`` -> mask shape.
+SHAPE_OF: dict[str, str] = {
+    "round-like": "round", "irregular": "irregular", "irregular wall thickening": "wall_thickening",
+    "punctate": "punctate", "cystic": "cystic", "luminal narrowing": "narrowing",
+    "protrusion into the lumen": "protrusion",
+}
+#: ``Report.density`` -> rendered density (a ``"stone"`` feature overrides it with ``stone``).
+DENSITY_OF: dict[str, str] = {
+    "hypodense": "hypo", "isodense": "iso", "hyperdense": "hyper", "mixed density": "mixed",
+    "fluid-like hypodense": "fluid", "isodense soft-tissue mass": "soft_tissue",
+    "soft-tissue mass with peripheral ground-glass opacity": "soft_tissue",
+    "ground-glass opacity": "ground_glass", "ring enhancement": "mixed",
+}
+#: ``Report.surface_characteristics`` -> margin.
+MARGIN_OF: dict[str, str] = {
+    "well-defined margin": "well_defined", "ill-defined margin": "ill_defined",
+    "clear serosal surface": "well_defined", "serosal surface irregularity": "ill_defined",
+    "clear boundary with the renal parenchyma": "well_defined",
+    "unclear boundary with the renal parenchyma": "ill_defined",
+    "poorly defined boundary with normal oesophageal tissue": "ill_defined",
+}
+#: ``Report.specific_features`` -> rendered features (``"stone"`` acts on the density instead).
+FEATURES_OF: dict[str, tuple[str, ...]] = {
+    "decreased-density areas": ("low_density_foci",), "increased-density areas": ("calcified_foci",),
+    "increased- and decreased-density areas": ("calcified_foci", "low_density_foci"),
+    "spiculated margins": ("spiculated",), "retention of pancreatic fluid": (), "stone": (), "none": (),
+}
+#: ``Report.enhancement_status`` -> enhancement.
+ENHANCEMENT_OF: dict[str, str] = {"enhanced CT": "enhanced", "non-contrast CT": "non_contrast"}
+_WALL_SHAPES = ("wall_thickening", "protrusion", "narrowing")
 
 
-def _flatten(report: Mapping[str, object]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in report.items():
-        norm = re.sub(r"[^a-z]+", "_", str(key).lower()).strip("_")
-        if isinstance(value, Mapping):
-            for k2, v2 in _flatten(value).items():
-                out[f"{norm}_{k2}"] = v2
-        elif isinstance(value, (list, tuple)):
-            out[norm] = ", ".join(str(v) for v in value)
-        elif value is not None:
-            out[norm] = str(value)
-    return out
+def _check_tables() -> None:
+    """Every canonical value of report-bbox's vocabulary has a rendering category (import-time check)."""
+    from report_bbox.vocabulary import VOCABULARY
+
+    for attribute, table in (("shape", SHAPE_OF), ("density", DENSITY_OF),
+                             ("surface_characteristics", MARGIN_OF), ("specific_features", FEATURES_OF),
+                             ("enhancement_status", ENHANCEMENT_OF)):
+        missing = set(VOCABULARY[attribute]) ^ set(table)
+        if missing:  # pragma: no cover - a vocabulary change in report-bbox
+            raise RuntimeError(f"rulesynth has no rendering rule for {attribute} values {sorted(missing)}")
 
 
-def _find(flat: Mapping[str, str], *names: str) -> str:
-    for key, value in flat.items():
-        if any(name in key for name in names):
-            return value.lower()
-    return ""
+_check_tables()
 
 
-def _match(text: str, keys: tuple[tuple[str, str], ...]) -> str | None:
-    for needle, category in keys:
-        if needle in text:
-            return category
-    return None
+def spec_from_report(report: report_bbox.Report, *, lesion_type: str | None = None) -> LesionSpec:
+    """Reduce a validated report to the :class:`LesionSpec` the synthesizer renders.
 
+    Every attribute is read from the report's canonical value through the tables above
+    (:data:`SHAPE_OF`, :data:`DENSITY_OF`, :data:`MARGIN_OF`, :data:`FEATURES_OF`,
+    :data:`ENHANCEMENT_OF`); the organ group and its kind (hollow or parenchymal) come from
+    report-bbox's lesion type table. Two adjustments keep the categories drawable: a lesion of a
+    hollow organ that is not a stone grows from the wall (a mass "in the lumen" protrudes into it,
+    any other shape thickens the wall), and a stone's density is ``stone``.
 
-def parse_size_mm(value: object) -> tuple[float, float, float]:
-    """Parse a size such as ``"8x12x14mm"``, ``"20 mm"`` or ``[8, 12, 14]`` into three diameters in mm."""
-    if isinstance(value, (list, tuple)):
-        nums = [float(v) for v in value]
-    else:
-        nums = [float(v) for v in re.findall(r"\d+(?:\.\d+)?", str(value))]
-    if not nums or any(not math.isfinite(v) or v <= 0 for v in nums):
-        raise SynthError(f"cannot read a lesion size from {value!r}; expected e.g. '8x12x14mm' or [8, 12, 14]")
-    if len(nums) == 1:
-        nums = nums * 3
-    elif len(nums) == 2:
-        nums = [nums[0], nums[1], (nums[0] + nums[1]) / 2]
-    return (nums[0], nums[1], nums[2])
-
-
-def spec_from_report(report: Mapping[str, object], *, lesion_type: str) -> LesionSpec:
-    """Reduce a report (``Report.to_dict()`` or a LesionDiffusion-style dict) to a :class:`LesionSpec`.
-
-    Values are matched by keyword, so synonyms of the closed vocabulary map to the same category.
-    Categories a report does not state fall back to the type's first allowed value.
+    Args:
+        report: a validated :class:`report_bbox.Report` (``Report.from_dict`` reads a dict).
+        lesion_type: a key of ``report_bbox.LESION_TYPES``; defaults to ``report.lesion_type``.
 
     Raises:
-        SynthError: unknown lesion type.
+        SynthError: not a Report, no or unknown lesion type.
     """
-    if lesion_type not in LESION_TYPE_RULES:
-        raise SynthError(_unknown_type(lesion_type))
-    trule = LESION_TYPE_RULES[lesion_type]
-    flat = _flatten(report)
-    shape_text = _find(flat, "shape")
-    density_value = next((v.lower() for k, v in flat.items() if k.endswith("density") or k == "density"), "")
-    variation_text = _find(flat, "variation")
-    surface_text = _find(flat, "surface", "margin", "boundary")
-    feature_text = _find(flat, "specific", "feature")
-    enh_text = _find(flat, "enhancement")
-    location_text = " ".join(v.lower() for k, v in flat.items() if "location" in k or "cavity" in k or "organ_type" in k)
-    shape = _match(shape_text, _SHAPE_KEYS) or trule.shapes[0]
-    density = _match(density_value, _DENSITY_KEYS) or trule.densities[0]
-    if "stone" in feature_text or "calculus" in feature_text:
-        density = "stone"
-    variation = "heterogeneous" if "hetero" in variation_text or density == "mixed" else "homogeneous"
-    margin = "ill_defined" if any(k in surface_text for k in _ILL) else "well_defined"
-    features: list[str] = []
-    if "increased" in feature_text or "calcif" in feature_text:
-        features.append("calcified_foci")
-    if "decreased" in feature_text or "low-density area" in feature_text or "low density area" in feature_text:
-        features.append("low_density_foci")
-    if "spicul" in feature_text:
-        features.append("spiculated")
-    enhancement = "non_contrast" if ("non" in enh_text or not enh_text) else "enhanced"
-    if "lumen" in location_text and density == "stone":
+    if not isinstance(report, report_bbox.Report):
+        raise SynthError(
+            f"spec_from_report takes a report_bbox.Report, got {type(report).__name__}; "
+            "build one with report_bbox.Report.from_dict(...)"
+        )
+    lesion_type = lesion_type if lesion_type is not None else report.lesion_type
+    if lesion_type is None:
+        raise SynthError("spec_from_report needs a lesion type: the report has none and none was given")
+    organ = organ_of(lesion_type)
+    shape = SHAPE_OF[report.shape]
+    density = "stone" if report.specific_features == "stone" else DENSITY_OF[report.density]
+    variation = "heterogeneous" if report.density_variations == "heterogeneous" or density == "mixed" else "homogeneous"
+    in_lumen = report.lesion_location == "within the lumen of a hollow organ"
+    if in_lumen and density == "stone":
         location = "lumen"
-    elif "protrud" in location_text:
+    elif report.lesion_location == "protruding from the parenchymal organ":
         location = "protruding"
-    elif trule.organ in HOLLOW:
+    elif organ in HOLLOW:
         location = "lumen" if density == "stone" else "wall"
     else:
         location = "within"
-    if location == "wall" and shape not in ("wall_thickening", "protrusion", "narrowing"):
-        # A solid lesion of a hollow organ grows from its wall: a mass "in the lumen" protrudes
-        # into it, anything else thickens the wall.
-        shape = "protrusion" if "lumen" in location_text else "wall_thickening"
-    if location == "lumen" and density != "stone":
-        location = "wall"
-    size_text = next((v for k, v in flat.items() if "size" in k), "")
-    size = parse_size_mm(size_text) if size_text else (float(trule.size_mm[0]),) * 3
+    if location == "wall" and shape not in _WALL_SHAPES:
+        shape = "protrusion" if in_lumen else "wall_thickening"
     return LesionSpec(
-        lesion_type=lesion_type, organ=trule.organ, shape=shape, density=density,  # type: ignore[arg-type]
-        variation=variation, margin=margin, enhancement=enhancement, location=location,  # type: ignore[arg-type]
-        features=tuple(features), size_mm=size,  # type: ignore[arg-type]
+        lesion_type=lesion_type, organ=organ, shape=shape, density=density,  # type: ignore[arg-type]
+        variation=variation, margin=MARGIN_OF[report.surface_characteristics],  # type: ignore[arg-type]
+        enhancement=ENHANCEMENT_OF[report.enhancement_status], location=location,  # type: ignore[arg-type]
+        features=FEATURES_OF[report.specific_features], size_mm=tuple(float(v) for v in report.size),  # type: ignore[arg-type]
     )
 
 
@@ -356,6 +304,6 @@ def check_types(types: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     if not types:
         return LESION_TYPES
     for name in types:
-        if name not in LESION_TYPE_RULES:
+        if name not in report_bbox.LESION_TYPES:
             raise SynthError(_unknown_type(name))
     return tuple(types)

@@ -1,4 +1,4 @@
-"""Gallery figure: one lesion of each type, three views zoomed on the lesion, outline in colour."""
+"""Gallery figure of a lesion dataset: one lesion of each type, three views zoomed on it, outlined."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import report_bbox
 
-from ._rules import LESION_TYPES, SynthError
+from ..exceptions import DataError
 
 _LUNG_WINDOW = (-600.0, 1500.0)
 _SOFT_WINDOW = (40.0, 300.0)
@@ -54,7 +55,7 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
     root = Path(root)
     metas = [json.loads(p.read_text()) for p in sorted((root / "reports").glob("*.json"))]
     if not metas:
-        raise SynthError(f"{root} holds no reports/*.json")
+        raise DataError(f"{root} holds no reports/*.json; is it a dataset written by 'bench data lesions'?")
     by_type: dict[str, dict] = {}
     for meta in metas:
         t = meta["lesion_type"]
@@ -63,7 +64,7 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
         best = by_type.get(t)
         if best is None or abs(np.log((vox + 1) / 300.0)) < abs(np.log((best["synthesis"]["voxels"] + 1) / 300.0)):
             by_type[t] = meta
-    order = [t for t in (types or LESION_TYPES) if t in by_type]
+    order = [t for t in (types or tuple(report_bbox.LESION_TYPES)) if t in by_type]
     per_row = 2  # two lesion types side by side, three views each
     nrows = -(-len(order) // per_row)
     fig, axes = plt.subplots(nrows, 3 * per_row, figsize=(15.0, 2.7 * nrows), squeeze=False)

@@ -1,6 +1,7 @@
 """Measure a synthesized lesion set and compare every attribute value with its documented rule.
 
-For each case the report is parsed again into canonical categories (``_rules.spec_from_report``),
+For each case the report is read back as a typed ``report_bbox.Report`` and reduced to rendering
+categories (``_rules.spec_from_report``),
 and the written image, lesion mask and organ map are measured independently of the renderer's
 drawn parameters: shape (sphericity, solidity from shape-metrics), HU statistics of the lesion
 core and of the surrounding organ, CT noise, edge contrast, volume, foci fractions. Each measured
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import report_bbox
 from scipy import ndimage
 from shape_metrics import solidity, sphericity
 
@@ -188,7 +190,11 @@ def load_and_measure(root: str | Path, *, progress: bool = False) -> list[CaseMe
     for path in tqdm(reports, desc="measuring", disable=not progress):
         case = path.stem
         meta = json.loads(path.read_text())
-        spec = spec_from_report(meta["report"], lesion_type=meta["lesion_type"])
+        try:
+            report = report_bbox.Report.from_dict(meta["report"])
+        except report_bbox.ReportError as exc:
+            raise SynthError(f"{path}: the report is not valid: {exc}") from exc
+        spec = spec_from_report(report, lesion_type=meta["lesion_type"])
         img = nib.load(root / "imagesTr" / f"{case}_0000.nii.gz")
         ct = np.asarray(img.dataobj, dtype=np.float32)
         lesion = np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import DataError
+from ..exceptions import DataError
 
 #: Named HU windows (centre, width).
 WINDOWS: dict[str, tuple[float, float]] = {

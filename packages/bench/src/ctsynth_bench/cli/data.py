@@ -1,23 +1,21 @@
-"""``bench data fetch|list|show``: a thin shell over :mod:`ctsynth_bench.data` and :mod:`ctsynth_bench.viz`.
+"""``bench data fetch|list|show|lesions``: a thin shell over :mod:`ctsynth_bench.data` and :mod:`ctsynth_bench.viz`.
 
-``data lesions`` is registered by the optional module ``ctsynth_bench._cmd_data_lesions`` when it
-exists (it exposes ``register(data_subparsers)``).
+``data lesions`` (the rule-based synthesizer) lives in :mod:`ctsynth_bench.cli.data_lesions`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-from .exceptions import DataError
+from ..exceptions import DataError
+from . import data_lesions
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .data import fetch
+    from ..data import fetch
 
     cases = tuple(args.case) if args.case else None
     result = fetch(args.cache_dir, cases=cases, progress=not args.quiet)
@@ -31,7 +29,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .data import FETCHED_CASES, list_cases
+    from ..data import FETCHED_CASES, list_cases
 
     infos = list_cases(args.cache_dir)
     if args.json:
@@ -62,7 +60,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _parse_window(text: str) -> tuple[float, float]:
-    from .viz import WINDOWS
+    from ..viz import WINDOWS
 
     if text in WINDOWS:
         return WINDOWS[text]
@@ -78,8 +76,8 @@ def _parse_window(text: str) -> tuple[float, float]:
 def _cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data import TOTAL_V2, load_case, load_lesion_dataset
-    from .viz import WINDOWS, render_views
+    from ..data import TOTAL_V2, load_case, load_lesion_dataset
+    from ..viz import WINDOWS, render_views
 
     caption = None
     if args.dataset is not None:
@@ -199,5 +197,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
     p.set_defaults(func=_cmd_show)
 
-    if importlib.util.find_spec("ctsynth_bench._cmd_data_lesions") is not None:
-        importlib.import_module("ctsynth_bench._cmd_data_lesions").register(data_sub)
+    data_lesions.register(data_sub)

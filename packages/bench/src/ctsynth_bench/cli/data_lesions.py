@@ -35,8 +35,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _templates(args: argparse.Namespace) -> list:
-    from .synth import load_templates, template_from_files
-    from .synth._rules import SynthError
+    from ..rulesynth import load_templates, template_from_files
+    from ..rulesynth._rules import SynthError
 
     templates = []
     for pair in args.template_files or []:
@@ -55,15 +55,15 @@ def _templates(args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``bench data lesions``."""
-    from .synth import (
+    from ..rulesynth import (
         check_rules,
         load_and_measure,
-        make_gallery,
         summarize,
         synthesize_dataset,
         type_agreement,
     )
-    from .synth._rules import SynthError
+    from ..rulesynth._rules import SynthError
+    from ..viz import make_gallery
 
     progress = not (args.no_progress or args.quiet)
     if args.stats:

@@ -1,8 +1,8 @@
 """Rule-based lesion synthesizer: the default LesionDiffusion training set and the baseline.
 
-Draws a structured report per lesion type (14 LesionDiffusion types in 8 organ systems), places it
-in a real CT template, builds the mask from the mask attributes and renders HU from the image
-attributes, following one documented rule table (:data:`RULES`) that ``measure``/``check_rules``
+Draws a structured report per lesion type (report-bbox's 14 LesionDiffusion types in 8 organ
+systems, with their sizes and locations), places it in a real CT template, builds the mask from
+the mask attributes and renders HU from the image attributes, following one documented rule table (:data:`RULES`) that ``measure``/``check_rules``
 verify on the written images. See ``packages/bench/SYNTH.md``.
 """
 
@@ -18,16 +18,15 @@ from ._dataset import (
     write_dataset_json,
 )
 from ._deform import augment, deformation_field, flip_allowed, warp
-from ._gallery import make_gallery
+from ._draw import draw_report_and_target
 from ._render import estimate_noise, reference_hu, render_lesion
-from ._report import draw_report_and_target
 from ._rules import (
-    LESION_TYPE_RULES,
     LESION_TYPES,
     RULES,
     LesionSpec,
     Rule,
     SynthError,
+    organ_of,
     rule_for,
     spec_from_report,
 )
@@ -44,7 +43,6 @@ from ._stats import (
 
 __all__ = [
     "LESION_TYPES",
-    "LESION_TYPE_RULES",
     "RULES",
     "CaseMeasure",
     "DatasetSummary",
@@ -63,8 +61,8 @@ __all__ = [
     "lesion_mask",
     "load_and_measure",
     "load_templates",
-    "make_gallery",
     "measure_case",
+    "organ_of",
     "reference_hu",
     "render_lesion",
     "rule_for",

@@ -1,7 +1,7 @@
 """The ``bench`` command: a thin argparse shell over the ctsynth-bench Python API.
 
-Each subcommand group lives in its own ``_cmd_<name>`` module with a ``register(subparsers)``
-function; :data:`COMMANDS` is the registry. Every handler takes the parsed namespace and returns
+Each subcommand group lives in its own module of :mod:`ctsynth_bench.cli` with a
+``register(subparsers)`` function; :data:`COMMANDS` lists them. Every handler takes the parsed namespace and returns
 an exit status. User errors (:class:`ValueError` subclasses, missing files) become one line on
 stderr and exit status 2; ``--debug`` shows the traceback instead.
 """
@@ -14,11 +14,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
 
 #: name -> module providing ``register(subparsers)``; order is the order in ``--help``.
 COMMANDS: dict[str, str] = {
-    "data": "ctsynth_bench._cmd_data",
+    "data": "ctsynth_bench.cli.data",
+    "systems": "ctsynth_bench.cli.systems",
 }
 
 log = logging.getLogger("ctsynth_bench")

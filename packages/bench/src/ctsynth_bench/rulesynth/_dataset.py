@@ -37,10 +37,11 @@ import numpy as np
 import report_bbox
 from scipy import ndimage
 
+from ..data import save_nifti
 from ._deform import augment
+from ._draw import draw_report_and_target
 from ._render import estimate_noise, reference_hu, render_lesion
-from ._report import draw_report_and_target
-from ._rules import LESION_TYPE_RULES, ORGAN_IDS, SynthError, check_types, spec_from_report
+from ._rules import ORGAN_IDS, SynthError, check_types, organ_of, spec_from_report
 from ._shapes import lesion_mask
 
 log = logging.getLogger(__name__)
@@ -125,25 +126,6 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_nifti_atomic(path: Path, array: np.ndarray, affine: np.ndarray, dtype: type) -> None:
-    """Write a NIfTI (gz) via a temporary file and a rename."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class SynthCase:
     """One synthesized case in memory."""
@@ -169,9 +151,9 @@ def synthesize_case(
     Raises:
         SynthError: the template lacks the organ, or no placement worked in a few attempts.
     """
-    trule = LESION_TYPE_RULES[lesion_type]
-    if not template.has_organ(trule.organ):
-        raise SynthError(f"template {template.name!r} has no {trule.organ}; cannot place {lesion_type}")
+    organ_name = organ_of(lesion_type)
+    if not template.has_organ(organ_name):
+        raise SynthError(f"template {template.name!r} has no {organ_name}; cannot place {lesion_type}")
     organs_in = template.organs
     if template.lesion is not None:
         # Carry the template's own lesion through the deformation as a reserved label id.
@@ -186,9 +168,9 @@ def synthesize_case(
         near = ndimage.binary_dilation(own, iterations=2) & ~own
         ids = organs[near]
         organs[own] = int(np.bincount(ids[ids > 0]).argmax()) if (ids > 0).any() else 0
-    organ = np.isin(organs, ORGAN_IDS[trule.organ]) & ~own
+    organ = np.isin(organs, ORGAN_IDS[organ_name]) & ~own
     if organ.sum() < 20:
-        raise SynthError(f"{template.name}: the {trule.organ} vanished after deformation")
+        raise SynthError(f"{template.name}: the {organ_name} vanished after deformation")
     last: Exception | None = None
     for _ in range(_ATTEMPTS):
         try:
@@ -201,29 +183,32 @@ def synthesize_case(
         break
     else:
         raise SynthError(f"{template.name}: could not place {lesion_type} in {_ATTEMPTS} attempts ({last})")
-    requested_size = report.get("size")
-    report = _report_with_realised_size(report, mask, template.spacing)
+    requested_size = list(report.size)
+    realised = _report_with_realised_size(report, mask, template.spacing)
     parench = np.isin(organs, (5, 1, 2, 3))
     if parench.sum() < 200:
         parench = (ct > -150) & (ct < 150)
     noise = estimate_noise(ct, parench)
-    organ_hu = reference_hu(ct, organ, trule.organ)
+    organ_hu = reference_hu(ct, organ, organ_name)
     params = render_lesion(ct, mask, spec, organ_hu=organ_hu, noise_std=noise, rng=rng)
     # Organ map consistency: lesion voxels outside the organ (protruding) become that organ.
     outside = mask & ~organ
     if outside.any():
         ids = organs[ndimage.binary_dilation(mask, iterations=2) & organ]
-        organs[outside] = int(np.bincount(ids).argmax()) if ids.size else ORGAN_IDS[trule.organ][0]
+        organs[outside] = int(np.bincount(ids).argmax()) if ids.size else ORGAN_IDS[organ_name][0]
     synthesis = {"spec": asdict(spec), "params": params, "augment": aug, "voxels": int(mask.sum()),
                  "requested_size_mm": requested_size}
+    report_dict: dict[str, Any] = dict(realised.to_dict())
+    report_dict["text"] = realised.text()
     return SynthCase(case=case, lesion_type=lesion_type, template=template.name, ct=ct, lesion=mask.astype(np.uint8),
-                     organs=organs, affine=template.affine, spacing=template.spacing, report=report, synthesis=synthesis,
+                     organs=organs, affine=template.affine, spacing=template.spacing, report=report_dict,
+                     synthesis=synthesis,
                      template_lesion=own.astype(np.uint8) if own.any() else None)
 
 
 def _report_with_realised_size(
-    report: dict[str, Any], mask: np.ndarray, spacing: tuple[float, float, float]
-) -> dict[str, Any]:
+    report: report_bbox.Report, mask: np.ndarray, spacing: tuple[float, float, float]
+) -> report_bbox.Report:
     """The report with ``size`` set to the written mask's extent (mm, x y z).
 
     Shapes are perturbed, rotated and capped to fit the organ, so the realised lesion can differ
@@ -232,26 +217,23 @@ def _report_with_realised_size(
     """
     idx = np.argwhere(mask)
     extent = (idx.max(axis=0) - idx.min(axis=0) + 1) * np.asarray(spacing, dtype=np.float64)
-    fields = {k: v for k, v in report.items() if k != "text"}
+    fields = report.to_dict()
     fields["size"] = [round(float(e), 1) for e in extent]
     try:
-        realised = report_bbox.Report.from_dict(fields)
+        return report_bbox.Report.from_dict(fields)
     except report_bbox.ReportError as exc:  # e.g. a realised size the vocabulary refuses
         raise SynthError(f"the realised lesion does not make a valid report: {exc}") from exc
-    out: dict[str, Any] = dict(realised.to_dict())
-    out["text"] = realised.text()
-    return out
 
 
 def write_case(root: Path, sc: SynthCase) -> None:
     """Write one case atomically (the report last, it marks the case as finished)."""
-    save_nifti_atomic(root / "imagesTr" / f"{sc.case}_0000.nii.gz", np.round(np.clip(sc.ct, -1024, 3071)),
-                      sc.affine, np.int16)
-    save_nifti_atomic(root / "labelsTr" / f"{sc.case}.nii.gz", sc.lesion, sc.affine, np.uint8)
-    save_nifti_atomic(root / "organs" / f"{sc.case}.nii.gz", sc.organs, sc.affine,
-                      np.uint8 if int(sc.organs.max()) < 256 else np.int16)
+    save_nifti(root / "imagesTr" / f"{sc.case}_0000.nii.gz", np.round(np.clip(sc.ct, -1024, 3071)),
+               sc.affine, dtype=np.int16)
+    save_nifti(root / "labelsTr" / f"{sc.case}.nii.gz", sc.lesion, sc.affine, dtype=np.uint8)
+    save_nifti(root / "organs" / f"{sc.case}.nii.gz", sc.organs, sc.affine,
+               dtype=np.uint8 if int(sc.organs.max()) < 256 else np.int16)
     if sc.template_lesion is not None:
-        save_nifti_atomic(root / "template_lesions" / f"{sc.case}.nii.gz", sc.template_lesion, sc.affine, np.uint8)
+        save_nifti(root / "template_lesions" / f"{sc.case}.nii.gz", sc.template_lesion, sc.affine, dtype=np.uint8)
     meta = {"case": sc.case, "lesion_type": sc.lesion_type, "template": sc.template,
             "text": sc.report.get("text", ""), "report": {k: v for k, v in sc.report.items() if k != "text"},
             "synthesis": sc.synthesis}
@@ -308,7 +290,7 @@ def synthesize_dataset(
     if not templates:
         raise SynthError("at least one template is needed")
     wanted = check_types(types)
-    usable = tuple(t for t in wanted if any(tp.has_organ(LESION_TYPE_RULES[t].organ) for tp in templates))
+    usable = tuple(t for t in wanted if any(tp.has_organ(organ_of(t)) for tp in templates))
     missing = tuple(t for t in wanted if t not in usable)
     if missing and types:
         raise SynthError(f"no template contains the organ of {', '.join(missing)} "
@@ -343,7 +325,7 @@ def synthesize_dataset(
             continue
         rng = np.random.default_rng([int(seed), i])
         lesion_type = usable[i % len(usable)]
-        choices = [t for t in templates if t.has_organ(LESION_TYPE_RULES[lesion_type].organ)]
+        choices = [t for t in templates if t.has_organ(organ_of(lesion_type))]
         template = choices[int(rng.integers(len(choices)))]
         try:
             sc = synthesize_case(template, lesion_type, rng, case=case, deform=deform)
