@@ -37,6 +37,7 @@ import report_bbox
 from scipy import ndimage
 
 from ..exceptions import BenchError
+from ._io import atomic_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -556,59 +557,14 @@ def apply_result(inp: CTInput, result: LesionResult) -> tuple[np.ndarray, np.nda
 # ------------------------------------------------------------------------------- writing
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_like(path: Path, array: np.ndarray, affine: np.ndarray, header: Any) -> None:
-    """Write ``array`` (its dtype) as NIfTI-gz atomically, with the given header's geometry and fields."""
-    import tempfile
-
+    """Write ``array`` (its dtype) with the input's affine and header fields (``data.save_nifti``)."""
     import nibabel as nib
 
-    if header is not None:
-        hdr = header.copy()
-        hdr.set_data_dtype(array.dtype)
-        cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
-        if not isinstance(hdr, (nib.Nifti1Header,)):  # e.g. Analyze: make a NIfTI header
-            hdr, cls = None, nib.Nifti1Image
-    else:
-        hdr, cls = None, nib.Nifti1Image
-    img = cls(array, affine, header=hdr)
-    if hdr is None:
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        img.header.set_xyzt_units("mm")
-    img.header.set_slope_inter(1.0, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..data import save_nifti
+
+    hdr = header if isinstance(header, nib.Nifti1Header) and not isinstance(header, nib.Nifti2Header) else None
+    save_nifti(path, array, affine, dtype=array.dtype, header=hdr)
 
 
 def system_info(system: LesionSystem) -> dict[str, Any]:
@@ -650,7 +606,7 @@ def write_case(root: Path, case: str, inp: CTInput, result: LesionResult, meta: 
                "box": {**result.box.to_dict(), "axes": "RAS voxel indices"},
                "measured": measured, "model_spacing_mm": result.model_spacing_mm,
                "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, **meta}
-    _atomic_bytes(root / "reports" / f"{case}.json", json.dumps(sidecar, indent=1, default=float).encode())
+    atomic_json(root / "reports" / f"{case}.json", sidecar)
     return sidecar
 
 
@@ -665,7 +621,7 @@ def write_dataset_json(root: Path) -> dict[str, Any]:
             "channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
             "numTraining": len(reports), "file_ending": ".nii.gz", "lesion_types": dict(sorted(counts.items())),
             "extra_folders": {"organs": "TotalSegmentator v2 organ map", "reports": "structured report JSON"}}
-    _atomic_bytes(root / "dataset.json", json.dumps(desc, indent=1).encode())
+    atomic_json(root / "dataset.json", desc)
     return desc
 
 
@@ -768,7 +724,7 @@ def synthesize_cases(
     prepare_output(root, settings)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "synth.json").exists():  # every rank writes the same bytes atomically
-        _atomic_bytes(root / "synth.json", json.dumps(settings, indent=1).encode())
+        atomic_json(root / "synth.json", settings)
     for sub in ("imagesTr", "labelsTr", "organs", "reports"):  # temporary files of a killed run
         folder = root / sub
         for stale in folder.glob(".*") if folder.is_dir() else ():

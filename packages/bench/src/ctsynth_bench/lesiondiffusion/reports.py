@@ -39,7 +39,6 @@ these measurements and are left out. Every derived report says ``"derived": true
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -52,6 +51,7 @@ import report_bbox
 from scipy import ndimage
 
 from ..exceptions import BenchError
+from ._io import atomic_json
 
 __all__ = [
     "DerivedReport",
@@ -85,7 +85,7 @@ class ReportsError(BenchError):
 
 def _group(organ: str) -> str | None:
     """The rule table's organ group containing ``organ`` (``kidney_left`` -> ``kidney``)."""
-    from ..synth._rules import ORGAN_IDS
+    from ..rulesynth._rules import ORGAN_IDS
 
     ids = set(report_bbox.organ_ids(organ))
     for name, group_ids in ORGAN_IDS.items():
@@ -113,8 +113,8 @@ def measure_lesion(
         (lesion-minus-organ), ``hu_std`` (robust std in the lesion core), ``std_ratio``, ``edge``,
         ``hot_fraction``, ``cold_fraction``; ``None`` where undefined (e.g. shape under 30 voxels).
     """
-    from ..synth._rules import LESION_TYPE_RULES, LesionSpec
-    from ..synth._stats import measure_case
+    from ..rulesynth._rules import LESION_TYPES, LesionSpec, organ_of
+    from ..rulesynth._stats import measure_case
 
     m = lesion > 0
     if not m.any():
@@ -137,9 +137,8 @@ def measure_lesion(
                    mean_hu=float(np.median(vals)), delta_hu=None)
     else:
         # measure_case reads only the spec's organ and location; the other categories are unused.
-        ltype = next(t for t, r in LESION_TYPE_RULES.items() if r.organ == group)
-        r = LESION_TYPE_RULES[ltype]
-        probe = LesionSpec(lesion_type=ltype, organ=group, shape=r.shapes[0], density=r.densities[0],  # type: ignore[arg-type]
+        ltype = next(t for t in LESION_TYPES if organ_of(t) == group)
+        probe = LesionSpec(lesion_type=ltype, organ=group, shape="round", density="iso",  # type: ignore[arg-type]
                            variation="homogeneous", margin="well_defined", enhancement="non_contrast",
                            location=location, features=(), size_mm=tuple(extent))  # type: ignore[arg-type]
         out.update(measure_case(ct_c, m_c.astype(np.uint8), org_c, sp, probe).values)
@@ -310,12 +309,6 @@ def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacin
 # ------------------------------------------------------------------------------- datasets
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    from .pipeline import _atomic_bytes
-
-    _atomic_bytes(path, json.dumps(obj, indent=1, default=float).encode())
-
-
 @dataclass
 class DeriveSummary:
     """What :func:`derive_reports` did."""
@@ -376,7 +369,7 @@ def derive_reports(
             continue
         doc = {"case": name, **rep.to_dict(),
                "method": "measured from the mask, CT and organ map (ctsynth_bench.lesiondiffusion.reports)"}
-        _atomic_json(dest / f"{name}.json", doc)
+        atomic_json(dest / f"{name}.json", doc)
         summary.written.append(name)
     return summary
 
@@ -413,9 +406,11 @@ def agreement(derived: Mapping[str, Mapping[str, str]], generating: Mapping[str,
 
 def generating_categories(report: Mapping[str, Any], lesion_type: str) -> dict[str, str]:
     """The rule-based synthesizer's canonical categories of a generating report (for :func:`agreement`)."""
-    from ..synth._rules import spec_from_report
+    from ..rulesynth._rules import spec_from_report
 
-    spec = spec_from_report(report, lesion_type=lesion_type)
+    rep = report if isinstance(report, report_bbox.Report) else report_bbox.Report.from_dict(
+        {k: v for k, v in report.items() if k != "text"})
+    spec = spec_from_report(rep, lesion_type=lesion_type)
     cats = {"organ": spec.organ, "location": spec.location, "shape": spec.shape, "density": spec.density,
             "variation": spec.variation, "margin": spec.margin}
     if spec.density == "stone":  # rendered homogeneous with a sharp edge whatever the report says
