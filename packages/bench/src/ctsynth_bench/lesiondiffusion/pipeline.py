@@ -274,19 +274,28 @@ class ReportSource:
         return report_bbox.sample_report(rng, lesion_type=self.lesion_type, organ=self.organ, **dict(self.fixed))
 
 
-def _organ_region(organs_ras: np.ndarray, ids: Sequence[int], margin: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding region of the organ ids, grown by ``margin`` voxels per axis, or ``None`` if absent."""
-    hit = np.isin(organs_ras, np.asarray(ids)) if len(ids) > 1 else organs_ras == ids[0]
-    spans = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        nz = np.flatnonzero(hit.any(axis=other))
-        if nz.size == 0:
-            return None
-        lo = max(0, int(nz[0]) - int(margin[ax]))
-        hi = min(organs_ras.shape[ax], int(nz[-1]) + 1 + int(margin[ax]))
-        spans.append(slice(lo, hi))
-    return tuple(spans)
+def _organ_region(organs_ras: np.ndarray, ids: Sequence[int], margin: np.ndarray, *, slab: int = 16
+                  ) -> tuple[slice, ...] | None:
+    """Bounding region of the organ ids, grown by ``margin`` voxels per axis, or ``None`` if absent.
+
+    The map is scanned in slabs of ``slab`` z-slices, so the temporary masks stay small on a big CT.
+    """
+    ids_arr = np.asarray(ids)
+    spans: list[list[int]] = [[], [], []]
+    for z0 in range(0, organs_ras.shape[2], slab):
+        block = organs_ras[:, :, z0:z0 + slab]
+        hit = np.isin(block, ids_arr) if len(ids_arr) > 1 else block == ids_arr[0]
+        if not hit.any():
+            continue
+        for ax in range(3):
+            other = tuple(a for a in range(3) if a != ax)
+            nz = np.flatnonzero(hit.any(axis=other))
+            off = z0 if ax == 2 else 0
+            spans[ax] += [int(nz[0]) + off, int(nz[-1]) + off]
+    if not spans[0]:
+        return None
+    return tuple(slice(max(0, min(sp) - int(margin[ax])), min(organs_ras.shape[ax], max(sp) + 1 + int(margin[ax])))
+                 for ax, sp in enumerate(spans))
 
 
 def check_organ_present(inp: CTInput, organ: str, *, min_voxels: int = 20) -> None:
@@ -301,19 +310,31 @@ def check_organ_present(inp: CTInput, organ: str, *, min_voxels: int = 20) -> No
                              f"{inp.name} ({count} voxels); the map holds: {', '.join(names[:30]) or 'nothing'}")
 
 
+#: Boxes are placed on the organ map subsampled (integer strides) to about this spacing, so the
+#: rules' distance transforms cost the same on a 0.7 mm CT as on a 3 mm one.
+PLACEMENT_SPACING_MM = 2.0
+
+
+def placement_strides(spacing: Sequence[float]) -> np.ndarray:
+    """Integer stride per axis that brings ``spacing`` closest to :data:`PLACEMENT_SPACING_MM` (>= 1)."""
+    return np.maximum(1, np.rint(PLACEMENT_SPACING_MM / np.asarray(spacing, dtype=np.float64))).astype(int)
+
+
 def place_lesion(
     source: ReportSource, inp: CTInput, rng: np.random.Generator, *, max_reports: int = 20
 ) -> tuple[report_bbox.Report, report_bbox.BBox]:
     """Draw the report and place its box by report-bbox's rules (box in RAS voxel indices).
 
-    The rules run on the organ's bounding region grown by the organ's largest allowed lesion, so
-    their distance transforms cost the organ's size, not the CT's; the result follows the same
-    rules as on the whole map.
+    The rules run on the organ's bounding region, grown by the organ's largest allowed lesion and
+    subsampled by :func:`placement_strides` (a CT finer than about 1.4 mm is read every 2nd or 3rd
+    voxel), so their cost follows the organ's size in mm, not the CT's voxel count. The box found
+    there is mapped back to the CT's voxels (corners times the strides).
 
     Raises:
         SynthesisError: the organ is absent, the report is invalid, or no report fits.
     """
     spacing = np.asarray(inp.spacing)
+    stride = placement_strides(spacing)
     organs_ras = inp.ras(inp.organs)
     last: Exception | None = None
     for _ in range(max_reports if source.report is None else 1):
@@ -322,19 +343,22 @@ def place_lesion(
         except (report_bbox.ReportError, report_bbox.ReportWriterError) as exc:
             raise SynthesisError(f"report: {exc}") from None
         ids = report_bbox.organ_ids(report.organ)
-        margin = np.ceil(report_bbox.ORGANS[report.organ].max_lesion_mm / spacing).astype(int) + 2
+        margin = np.ceil(report_bbox.ORGANS[report.organ].max_lesion_mm / spacing).astype(int) + 2 * stride
         region = _organ_region(organs_ras, ids, margin)
         if region is None:
             raise SynthesisError(f"organ {report.organ!r} (ids {list(ids)}) is absent from the organ map of {inp.name}")
-        sub = np.ascontiguousarray(organs_ras[region])
+        sub = np.ascontiguousarray(organs_ras[tuple(slice(r.start, r.stop, int(k)) for r, k in zip(region, stride,
+                                                                                                   strict=True))])
         try:
-            box = report_bbox.sample_bbox(report, sub, tuple(spacing), rng)
+            box = report_bbox.sample_bbox(report, sub, tuple(spacing * stride), rng)
         except report_bbox.BBoxError as exc:
             last = exc
             continue
-        off = [s.start for s in region]
-        return report, report_bbox.BBox(tuple(a + o for a, o in zip(box.lo, off, strict=True)),
-                                        tuple(b + o for b, o in zip(box.hi, off, strict=True)))
+        off = np.array([r.start for r in region])
+        shape = np.array(organs_ras.shape)
+        lo = off + np.asarray(box.lo) * stride
+        hi = np.minimum(off + np.asarray(box.hi) * stride, shape)
+        return report, report_bbox.BBox(tuple(int(v) for v in lo), tuple(int(v) for v in hi))
     raise SynthesisError(f"the report cannot fit in {inp.name}: {last}")
 
 
@@ -567,14 +591,30 @@ def _save_like(path: Path, array: np.ndarray, affine: np.ndarray, header: Any) -
     save_nifti(path, array, affine, dtype=array.dtype, header=hdr)
 
 
+#: File a ``bench run lesiondiffusion`` folder writes to say which system it holds.
+RUN_INFO = "bench_run.json"
+
+
+def system_identity(run_dir: str | os.PathLike[str] | None, preset_name: str, text_encoder_id: str) -> dict[str, Any]:
+    """Sidecar identity of a system: run folder (``None``: the shipped one), weights, preset, text encoder."""
+    weights = "shipped demo"
+    if run_dir is not None:
+        weights = "trained run"
+        info = Path(run_dir) / RUN_INFO
+        if info.is_file():
+            try:
+                weights = str(json.loads(info.read_text()).get("weights", weights))
+            except json.JSONDecodeError:
+                pass
+    return {"run": str(run_dir) if run_dir is not None else None, "weights": weights, "preset": preset_name,
+            "text_encoder": text_encoder_id}
+
+
 def system_info(system: LesionSystem) -> dict[str, Any]:
-    """The system's identity for sidecars: run folder (``None``: shipped weights), preset, text encoder."""
-    run_dir = getattr(system, "run_dir", None)
+    """:func:`system_identity` of a loaded system."""
     preset = system.preset
-    return {"run": str(run_dir) if run_dir is not None else None,
-            "weights": "trained run" if run_dir is not None else "shipped demo",
-            "preset": getattr(preset, "name", type(preset).__name__),
-            "text_encoder": system.text_encoder_id}
+    return system_identity(getattr(system, "run_dir", None), str(getattr(preset, "name", type(preset).__name__)),
+                           system.text_encoder_id)
 
 
 def _location_class(report: report_bbox.Report) -> str:
@@ -587,7 +627,7 @@ def realised_measurements(inp: CTInput, ct_out: np.ndarray, lesion: np.ndarray, 
     """Measure the written lesion with the rule-based set's measurements (``bench data lesions --stats``)."""
     from .reports import measure_lesion
 
-    vals = measure_lesion(inp.ras(ct_out).astype(np.float32), inp.ras(lesion), inp.ras(organs), inp.spacing,
+    vals = measure_lesion(inp.ras(ct_out), inp.ras(lesion), inp.ras(organs), inp.spacing,
                           organ=report.organ, location=_location_class(report))
     return vals
 
@@ -668,6 +708,13 @@ def check_options(*, n: int, seed: int, steps: int | None, guidance: float | Non
         raise SynthesisError(f"--guidance must be a finite number >= 0, got {guidance!r}")
 
 
+def batch_settings(identity: Mapping[str, Any], inp: CTInput, source: ReportSource, *, seed: int,
+                   steps: int | None, guidance: float | None, prefix: str) -> dict[str, Any]:
+    """What a batch folder records in ``synth.json`` (a resumed batch must match it)."""
+    return {"format": FORMAT_VERSION, "system": dict(identity), "ct": inp.name, "ct_fingerprint": inp.fingerprint(),
+            "source": source.describe(), "seed": int(seed), "steps": steps, "guidance": guidance, "prefix": prefix}
+
+
 def prepare_output(root: Path, settings: Mapping[str, Any]) -> None:
     """Check or create ``root/synth.json`` (a resumed batch must use the same settings)."""
     manifest = root / "synth.json"
@@ -680,6 +727,8 @@ def prepare_output(root: Path, settings: Mapping[str, Any]) -> None:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(json.dumps(settings.get(k))))
             raise SynthesisError(f"{root} holds cases made with other settings (differs in: {', '.join(diff)}); "
                                  "use the same options to resume, or another --out")
+    elif root.exists() and not root.is_dir():
+        raise SynthesisError(f"{root} exists and is not a folder")
     elif root.exists() and any(root.iterdir()):
         raise SynthesisError(f"{root} is not empty and holds no synth.json; use an empty or new --out")
 
@@ -718,9 +767,8 @@ def synthesize_cases(
         check_organ_present(inp, organ)
     place_lesion(source, inp, case_seeds(seed, 0)[0]) if source.writer is None else None  # fit check, no writes
     root = Path(out)
-    settings = {"format": FORMAT_VERSION, "system": system_info(system), "ct": inp.name,
-                "ct_fingerprint": inp.fingerprint(), "source": source.describe(), "seed": int(seed),
-                "steps": steps, "guidance": guidance, "prefix": prefix}
+    settings = batch_settings(system_info(system), inp, source, seed=seed, steps=steps, guidance=guidance,
+                              prefix=prefix)
     prepare_output(root, settings)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "synth.json").exists():  # every rank writes the same bytes atomically
