@@ -80,7 +80,9 @@ def attribute_split(report: report_bbox.Report) -> tuple[dict[str, str], dict[st
 # ---------------------------------------------------------------------------------------------
 
 
-def _grid(center_vox: np.ndarray, spacing: Sequence[float], step_mm: float, size: int) -> np.ndarray:
+def _grid(
+    center_vox: np.ndarray, spacing: Sequence[float], step_mm: float, size: int
+) -> np.ndarray:
     offs = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * step_mm
     axes = [center_vox[i] + offs / float(spacing[i]) for i in range(3)]
     return np.stack(np.meshgrid(*axes, indexing="ij"))
@@ -112,14 +114,16 @@ def crop_around(
     """
     coords = _grid(np.asarray(center_vox, np.float64), spacing, step_mm, size)
     src = volume.astype(np.float32) if order == 1 else volume
-    return ndimage.map_coordinates(src, coords, order=order, mode="constant", cval=cval, prefilter=False)
+    return ndimage.map_coordinates(
+        src, coords, order=order, mode="constant", cval=cval, prefilter=False
+    )
 
 
 def _box_of(mask: np.ndarray) -> np.ndarray:
     idx = np.argwhere(mask)
     box = np.zeros(mask.shape, dtype=bool)
     lo, hi = idx.min(0), idx.max(0) + 1
-    box[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    box[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
     return box
 
 
@@ -197,10 +201,16 @@ class CropSet:
         """The crops at ``idx``."""
         ix = np.asarray(idx, dtype=np.int64)
         return CropSet(
-            ct=self.ct[ix], organs=self.organs[ix], target=self.target[ix], bbox=self.bbox[ix],
-            mask=self.mask[ix], spacing=self.spacing[ix],
-            mask_attrs=[self.mask_attrs[i] for i in ix], image_attrs=[self.image_attrs[i] for i in ix],
-            source=[self.source[i] for i in ix], meta=[self.meta[i] for i in ix],
+            ct=self.ct[ix],
+            organs=self.organs[ix],
+            target=self.target[ix],
+            bbox=self.bbox[ix],
+            mask=self.mask[ix],
+            spacing=self.spacing[ix],
+            mask_attrs=[self.mask_attrs[i] for i in ix],
+            image_attrs=[self.image_attrs[i] for i in ix],
+            source=[self.source[i] for i in ix],
+            meta=[self.meta[i] for i in ix],
         )
 
 
@@ -208,12 +218,26 @@ def save_crops(crops: CropSet, path: str | os.PathLike[str]) -> Path:
     """Write a :class:`CropSet` to ``path`` (``.npz`` arrays + ``.json`` attributes), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    side = {"mask_attrs": crops.mask_attrs, "image_attrs": crops.image_attrs, "source": crops.source,
-            "meta": crops.meta, "crop_size": int(crops.ct.shape[1]) if len(crops) else 0}
+    side = {
+        "mask_attrs": crops.mask_attrs,
+        "image_attrs": crops.image_attrs,
+        "source": crops.source,
+        "meta": crops.meta,
+        "crop_size": int(crops.ct.shape[1]) if len(crops) else 0,
+    }
     for suffix, writer in (
-        (".npz", lambda fh: np.savez_compressed(
-            fh, ct=crops.ct.astype(np.float16), organs=crops.organs, target=crops.target, bbox=crops.bbox,
-            mask=crops.mask, spacing=crops.spacing)),
+        (
+            ".npz",
+            lambda fh: np.savez_compressed(
+                fh,
+                ct=crops.ct.astype(np.float16),
+                organs=crops.organs,
+                target=crops.target,
+                bbox=crops.bbox,
+                mask=crops.mask,
+                spacing=crops.spacing,
+            ),
+        ),
         (".json", lambda fh: fh.write(json.dumps(side).encode())),
     ):
         final = path.with_suffix(suffix)
@@ -236,9 +260,16 @@ def load_crops(path: str | os.PathLike[str]) -> CropSet:
         arrays = {k: z[k] for k in z.files}
     info = json.loads(side.read_text())
     return CropSet(
-        ct=arrays["ct"].astype(np.float32), organs=arrays["organs"], target=arrays["target"], bbox=arrays["bbox"],
-        mask=arrays["mask"], spacing=arrays["spacing"], mask_attrs=info["mask_attrs"],
-        image_attrs=info["image_attrs"], source=info["source"], meta=info["meta"],
+        ct=arrays["ct"].astype(np.float32),
+        organs=arrays["organs"],
+        target=arrays["target"],
+        bbox=arrays["bbox"],
+        mask=arrays["mask"],
+        spacing=arrays["spacing"],
+        mask_attrs=info["mask_attrs"],
+        image_attrs=info["image_attrs"],
+        source=info["source"],
+        meta=info["meta"],
     )
 
 
@@ -270,8 +301,18 @@ def _make_item(
     o = crop_around(organs.astype(np.int16), spacing, centre, step, s, order=0, cval=0)
     tgt = np.isin(o, np.asarray(target_ids)) | m
     mask_attrs, image_attrs = attribute_split(report) if report is not None else ({}, {})
-    return {"ct": c, "organs": o, "target": tgt, "bbox": _box_of(m), "mask": m, "spacing": step,
-            "mask_attrs": mask_attrs, "image_attrs": image_attrs, "source": source, "meta": meta}
+    return {
+        "ct": c,
+        "organs": o,
+        "target": tgt,
+        "bbox": _box_of(m),
+        "mask": m,
+        "spacing": step,
+        "mask_attrs": mask_attrs,
+        "image_attrs": image_attrs,
+        "source": source,
+        "meta": meta,
+    }
 
 
 def crops_from_dataset(
@@ -288,7 +329,9 @@ def crops_from_dataset(
     root = Path(root)
     reports = sorted((root / "reports").glob("*.json"))
     if not reports:
-        raise DataError(f"{root}: no reports/*.json; expected a lesion set made by 'bench data lesions'")
+        raise DataError(
+            f"{root}: no reports/*.json; expected a lesion set made by 'bench data lesions'"
+        )
     items = []
     for rp in reports[:limit]:
         case = rp.stem
@@ -300,16 +343,28 @@ def crops_from_dataset(
         spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
         ids = report_bbox.organ_ids(report.organ)
         item = _make_item(
-            np.asarray(img, np.float32), np.asarray(org), np.asarray(lab) > 0, ids, spacing,
-            preset, report=report, source="dataset",
-            meta={"case": case, "lesion_type": info.get("lesion_type"), "template": info.get("template")},
+            np.asarray(img, np.float32),
+            np.asarray(org),
+            np.asarray(lab) > 0,
+            ids,
+            spacing,
+            preset,
+            report=report,
+            source="dataset",
+            meta={
+                "case": case,
+                "lesion_type": info.get("lesion_type"),
+                "template": info.get("template"),
+            },
         )
         if item is not None:
             items.append(item)
     return CropSet.stack(items)
 
 
-def template_lesion_crops(templates: Sequence[Any], preset: LesionDiffusionPreset) -> list[dict[str, Any]]:
+def template_lesion_crops(
+    templates: Sequence[Any], preset: LesionDiffusionPreset
+) -> list[dict[str, Any]]:
     """Crops of the templates' own real lesions (no report: null context), one per template lesion."""
     items = []
     for t in templates:
@@ -323,11 +378,35 @@ def template_lesion_crops(templates: Sequence[Any], preset: LesionDiffusionPrese
             near = ndimage.binary_dilation(comp, iterations=2) & ~comp
             ids = t.organs[near]
             organ_id = int(np.bincount(ids[ids > 0]).argmax()) if (ids > 0).any() else 0
-            item = _make_item(t.ct, t.organs, comp, [organ_id], t.spacing, preset, report=None,
-                              source="template_lesion", meta={"template": t.name, "component": k})
+            item = _make_item(
+                t.ct,
+                t.organs,
+                comp,
+                [organ_id],
+                t.spacing,
+                preset,
+                report=None,
+                source="template_lesion",
+                meta={"template": t.name, "component": k},
+            )
             if item is not None:
                 items.append(item)
     return items
+
+
+def organ_depth(template: Any, organ: str) -> np.ndarray:
+    """Distance (mm) of each voxel of an organ group to its surface (0 outside), cached per template."""
+    from ..rulesynth._rules import ORGAN_IDS
+
+    cache = _DEPTH_CACHE.setdefault(id(template), {})
+    if organ not in cache:
+        cache[organ] = ndimage.distance_transform_edt(
+            np.isin(template.organs, ORGAN_IDS[organ]), sampling=template.spacing
+        ).astype(np.float32)
+    return cache[organ]
+
+
+_DEPTH_CACHE: dict[int, dict[str, np.ndarray]] = {}
 
 
 def independent_crops(
@@ -348,7 +427,7 @@ def independent_crops(
     ``(seed, i)``.
 
     Args:
-        templates: ``ctsynth_bench.synth.Template`` objects.
+        templates: ``ctsynth_bench.rulesynth.Template`` objects.
         preset: the model grid.
         n: number of crops.
         seed: base seed.
@@ -358,28 +437,29 @@ def independent_crops(
     Returns:
         A :class:`CropSet` of ``n`` crops (source ``"independent"``).
     """
-    from ..synth._render import estimate_noise, reference_hu, render_lesion
-    from ..synth._rules import ORGAN_IDS, LesionSpec, SynthError
-    from ..synth._shapes import lesion_mask
+    from ..rulesynth._render import estimate_noise, reference_hu, render_lesion
+    from ..rulesynth._rules import ORGAN_IDS, LesionSpec, SynthError
+    from ..rulesynth._shapes import lesion_mask
 
     pools = [(t, o) for t in templates for o in organs if t.has_organ(o, min_voxels=400)]
     if not pools:
         raise DataError(f"no template has any of the organs {list(organs)}")
+    depths = [organ_depth(t, o) for t, o in pools]
     s = preset.crop_size
     items: list[dict[str, Any]] = []
     i = 0
     while len(items) < n:
         rng = np.random.default_rng([seed, i])
         i += 1
-        t, organ = pools[int(rng.integers(len(pools)))]
+        k = int(rng.integers(len(pools)))
+        t, organ = pools[k]
         shape = ("round", "irregular")[int(rng.integers(2))]
         density = ("hypo", "iso", "hyper")[int(rng.integers(3))]
         variation = ("homogeneous", "heterogeneous")[int(rng.integers(2))]
         margin = ("well_defined", "ill_defined")[int(rng.integers(2))]
         enhancement = ("enhanced", "non_contrast")[int(rng.integers(2))]
         diam = rng.uniform(*size_mm, size=3) * rng.uniform(0.8, 1.0)
-        organ_mask = np.isin(t.organs, ORGAN_IDS[organ])
-        depth = ndimage.distance_transform_edt(organ_mask, sampling=t.spacing)
+        depth = depths[k]
         cand = np.argwhere(depth >= 0.35 * diam.min())
         if len(cand) == 0:
             continue
@@ -391,12 +471,21 @@ def independent_crops(
         if tgt.sum() < 50:
             continue
         spec = LesionSpec(
-            lesion_type=f"{organ}_lesion", organ=organ, shape=shape, density=density,  # type: ignore[arg-type]
-            variation=variation, margin=margin, enhancement=enhancement, location="within",  # type: ignore[arg-type]
-            features=(), size_mm=tuple(float(v) for v in diam),  # type: ignore[arg-type]
+            lesion_type=f"{organ}_lesion",
+            organ=organ,
+            shape=shape,
+            density=density,  # type: ignore[arg-type]
+            variation=variation,
+            margin=margin,
+            enhancement=enhancement,
+            location="within",  # type: ignore[arg-type]
+            features=(),
+            size_mm=tuple(float(v) for v in diam),  # type: ignore[arg-type]
         )
         try:
-            m = lesion_mask(spec, tgt, np.zeros_like(tgt), (step,) * 3, np.array([(s - 1) / 2.0] * 3), rng)
+            m = lesion_mask(
+                spec, tgt, np.zeros_like(tgt), (step,) * 3, np.array([(s - 1) / 2.0] * 3), rng
+            )
         except SynthError:
             continue
         if m.sum() < 8:
@@ -407,22 +496,44 @@ def independent_crops(
         params = render_lesion(ct, m, spec, organ_hu=organ_hu, noise_std=noise, rng=rng)
         ext = (np.ptp(np.argwhere(m), axis=0) + 1) * step
         report = report_bbox.Report(
-            shape=_SHAPE_WORDS[shape], organ=organ, lesion_location="within the parenchymal organ",
+            shape=_SHAPE_WORDS[shape],
+            organ=organ,
+            lesion_location="within the parenchymal organ",
             size=tuple(round(float(e), 1) for e in ext),
             relationship_with_surrounding_organs="no close relationship with surrounding organs",
-            surface_characteristics="well-defined margin" if margin == "well_defined" else "ill-defined margin",
+            surface_characteristics="well-defined margin"
+            if margin == "well_defined"
+            else "ill-defined margin",
             specific_features="none",
             enhancement_status="enhanced CT" if enhancement == "enhanced" else "non-contrast CT",
-            density=_DENSITY_WORDS[density], density_variations=variation,
+            density=_DENSITY_WORDS[density],
+            density_variations=variation,
         )
         mask_attrs, image_attrs = attribute_split(report)
-        items.append({
-            "ct": ct.astype(np.float32), "organs": org, "target": tgt | m, "bbox": _box_of(m), "mask": m,
-            "spacing": step, "mask_attrs": mask_attrs, "image_attrs": image_attrs, "source": "independent",
-            "meta": {"template": t.name, "organ": organ, "shape": shape, "density": density,
-                     "variation": variation, "margin": margin, "enhancement": enhancement,
-                     "organ_hu": float(organ_hu), "level_hu": float(params["level_hu"])},
-        })
+        items.append(
+            {
+                "ct": ct.astype(np.float32),
+                "organs": org,
+                "target": tgt | m,
+                "bbox": _box_of(m),
+                "mask": m,
+                "spacing": step,
+                "mask_attrs": mask_attrs,
+                "image_attrs": image_attrs,
+                "source": "independent",
+                "meta": {
+                    "template": t.name,
+                    "organ": organ,
+                    "shape": shape,
+                    "density": density,
+                    "variation": variation,
+                    "margin": margin,
+                    "enhancement": enhancement,
+                    "organ_hu": float(organ_hu),
+                    "level_hu": float(params["level_hu"]),
+                },
+            }
+        )
     return CropSet.stack(items)
 
 

@@ -123,11 +123,15 @@ class LesionDiffusionPreset:
             raise PresetError(f"base_spacing_mm must be > 0, got {self.base_spacing_mm}")
         lo, hi = self.hu_window
         if not hi > lo:
-            raise PresetError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
+            raise PresetError(
+                f"hu_window must be (low, high) with high > low, got {self.hu_window}"
+            )
         if self.codec not in ("space_to_depth", "vqgan"):
             raise PresetError(f"codec must be 'space_to_depth' or 'vqgan', got {self.codec!r}")
         if self.schedule not in ("scaled_linear_beta", "cosine"):
-            raise PresetError(f"schedule must be 'scaled_linear_beta' or 'cosine', got {self.schedule!r}")
+            raise PresetError(
+                f"schedule must be 'scaled_linear_beta' or 'cosine', got {self.schedule!r}"
+            )
         if not 1 <= self.steps <= self.num_train_timesteps:
             raise PresetError(f"steps must be in [1, {self.num_train_timesteps}], got {self.steps}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
@@ -135,7 +139,9 @@ class LesionDiffusionPreset:
         for name in ("lmnet", "linet"):
             ch, att = getattr(self, f"{name}_channels"), getattr(self, f"{name}_attention")
             if len(ch) != len(att):
-                raise PresetError(f"{name}_channels {ch} and {name}_attention {att} need the same length")
+                raise PresetError(
+                    f"{name}_channels {ch} and {name}_attention {att} need the same length"
+                )
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -167,12 +173,16 @@ class LesionDiffusionPreset:
         """
         ext = tuple(float(v) for v in box_extent_mm)
         if len(ext) != 3 or any(not v > 0 for v in ext):
-            raise PresetError(f"box_extent_mm must be three positive sizes in mm, got {box_extent_mm!r}")
+            raise PresetError(
+                f"box_extent_mm must be three positive sizes in mm, got {box_extent_mm!r}"
+            )
         return max(self.base_spacing_mm, max(ext) / (self.box_fill * self.crop_size))
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> LesionDiffusionPreset:
@@ -245,7 +255,9 @@ def get_preset(name: str, **overrides: object) -> LesionDiffusionPreset:
     if name not in PRESETS:
         close = difflib.get_close_matches(str(name), PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise PresetError(f"unknown LesionDiffusion preset {name!r}; allowed: {sorted(PRESETS)}{hint}")
+        raise PresetError(
+            f"unknown LesionDiffusion preset {name!r}; allowed: {sorted(PRESETS)}{hint}"
+        )
     names = {f.name for f in dataclasses.fields(LesionDiffusionPreset)}
     bad = sorted(set(overrides) - names)
     if bad:

@@ -34,11 +34,11 @@ from lesion_inpaint import (
     LevelContextUNet,
     UNetConfig,
     binarize_mask,
+    drop_context,
     linet_loss,
     lmnet_loss,
     resize_mask,
 )
-from lesion_inpaint.sampling import drop_context
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
@@ -106,7 +106,9 @@ class TextUNet(LevelContextUNet):
             )
         b = x.shape[0]
         if context is None:
-            raise ValueError("context is required; pass zeros (B, num_tokens, D) for the null context")
+            raise ValueError(
+                "context is required; pass zeros (B, num_tokens, D) for the null context"
+            )
         if context.shape != (b, self.num_tokens, self.config.context_dim):
             raise ValueError(
                 f"context must be (B={b}, {self.num_tokens}, {self.config.context_dim}), got {tuple(context.shape)}"
@@ -123,15 +125,23 @@ class TextUNet(LevelContextUNet):
         for block in self.up_blocks:
             k = -len(block.resnets)
             res_samples, skips = skips[k:], skips[:k]
-            h = block(hidden_states=h, res_hidden_states_list=res_samples, temb=emb, context=context)
+            h = block(
+                hidden_states=h, res_hidden_states_list=res_samples, temb=emb, context=context
+            )
         return self.out(h)
 
 
 def _unet_config(p: LesionDiffusionPreset, which: str, in_ch: int, out_ch: int) -> UNetConfig:
     return UNetConfig(
-        in_channels=in_ch, out_channels=out_ch, channels=getattr(p, f"{which}_channels"),
-        attention_levels=getattr(p, f"{which}_attention"), num_res_blocks=p.num_res_blocks,
-        num_head_channels=p.num_head_channels, norm_num_groups=8, context_dim=p.context_dim, spatial_dims=3,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        channels=getattr(p, f"{which}_channels"),
+        attention_levels=getattr(p, f"{which}_attention"),
+        num_res_blocks=p.num_res_blocks,
+        num_head_channels=p.num_head_channels,
+        norm_num_groups=8,
+        context_dim=p.context_dim,
+        spatial_dims=3,
     )
 
 
@@ -149,8 +159,12 @@ def build_linet(p: LesionDiffusionPreset) -> TextUNet:
 def diffusion_config(p: LesionDiffusionPreset, *, guidance: float | None = None) -> DiffusionConfig:
     """The schedule and sampler settings of a preset."""
     return DiffusionConfig(
-        num_train_timesteps=p.num_train_timesteps, schedule=p.schedule, num_inference_steps=p.steps,
-        eta=p.eta, guidance_scale=p.guidance if guidance is None else guidance, cond_drop_prob=p.cond_drop_prob,
+        num_train_timesteps=p.num_train_timesteps,
+        schedule=p.schedule,
+        num_inference_steps=p.steps,
+        eta=p.eta,
+        guidance_scale=p.guidance if guidance is None else guidance,
+        cond_drop_prob=p.cond_drop_prob,
     )
 
 
@@ -237,7 +251,11 @@ class SpaceToDepthCodec(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-ready settings."""
-        return {"kind": "space_to_depth", "window": list(self.window), "scale_factor": self.scale_factor}
+        return {
+            "kind": "space_to_depth",
+            "window": list(self.window),
+            "scale_factor": self.scale_factor,
+        }
 
 
 def vqgan_config(p: LesionDiffusionPreset) -> Any:
@@ -246,9 +264,15 @@ def vqgan_config(p: LesionDiffusionPreset) -> Any:
 
     base = vqgan_preset("paper" if p.name == "paper" else "demo")
     return dataclasses.replace(
-        base, name=f"lesiondiffusion-{p.name}", channels=p.vqgan_channels, strides=(2,) + (1,) * (len(p.vqgan_channels) - 1),
-        num_embeddings=p.vqgan_codes, embedding_dim=p.vqgan_latent_channels, crop_size=p.crop_size,
-        window=HUWindow(lower=p.hu_window[0], upper=p.hu_window[1]), learning_rate=p.vqgan_learning_rate,
+        base,
+        name=f"lesiondiffusion-{p.name}",
+        channels=p.vqgan_channels,
+        strides=(2,) + (1,) * (len(p.vqgan_channels) - 1),
+        num_embeddings=p.vqgan_codes,
+        embedding_dim=p.vqgan_latent_channels,
+        crop_size=p.crop_size,
+        window=HUWindow(lower=p.hu_window[0], upper=p.hu_window[1]),
+        learning_rate=p.vqgan_learning_rate,
     )
 
 
@@ -265,7 +289,11 @@ def box_region(bbox: torch.Tensor, margin: int = 1) -> torch.Tensor:
 
 
 def lmnet_inputs(
-    p: LesionDiffusionPreset, organs: torch.Tensor, target: torch.Tensor, bbox: torch.Tensor, mask: torch.Tensor | None = None
+    p: LesionDiffusionPreset,
+    organs: torch.Tensor,
+    target: torch.Tensor,
+    bbox: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Crop-grid tensors -> LMNet grid: (cond (B, 3, s, s, s), region (B, 1, s, s, s), x0 or None).
 
@@ -306,7 +334,9 @@ def lmnet_stage_loss(
         scheduler: a ``DDPMScheduler`` of the preset's schedule (``add_noise``).
         generator: random source of t, noise and dropout (on the batch's device).
     """
-    cond, region, x0 = lmnet_inputs(preset, batch["organs"], batch["target"], batch["bbox"], batch["mask"])
+    cond, region, x0 = lmnet_inputs(
+        preset, batch["organs"], batch["target"], batch["bbox"], batch["mask"]
+    )
     assert x0 is not None
     b = x0.shape[0]
     t = torch.randint(0, preset.num_train_timesteps, (b,), generator=generator, device=x0.device)
@@ -338,21 +368,33 @@ def lmnet_sample(
     cond, region, _ = lmnet_inputs(preset, organs, target, bbox)
     dc = diffusion_config(preset, guidance=preset.lmnet_guidance if guidance is None else guidance)
     sampler = InpaintingSampler(
-        scheduler=dc.inpainting_ddim(), num_inference_steps=steps or preset.steps, guidance_scale=dc.guidance_scale
+        scheduler=dc.inpainting_ddim(),
+        num_inference_steps=steps or preset.steps,
+        guidance_scale=dc.guidance_scale,
     )
     prm = next(model.parameters())
     known = -torch.ones(region.shape, device=prm.device, dtype=prm.dtype)
-    x = sampler.sample(model, known, region.to(prm), cond=cond.to(prm), context=context.to(prm),
-                       generator=noise_generator)
+    x = sampler.sample(
+        model,
+        known,
+        region.to(prm),
+        cond=cond.to(prm),
+        context=context.to(prm),
+        generator=noise_generator,
+    )
     prob = (x.clamp(-1, 1) + 1) / 2
     if preset.lmnet_factor > 1:
-        prob = F.interpolate(prob, scale_factor=preset.lmnet_factor, mode="trilinear", align_corners=False)
+        prob = F.interpolate(
+            prob, scale_factor=preset.lmnet_factor, mode="trilinear", align_corners=False
+        )
     return prob.float() * box_region(bbox.to(prob.device).float())
 
 
 def binarize(prob: torch.Tensor, target_voxels: float) -> torch.Tensor:
     """Volume-matched threshold + largest component of one (1, 1, S, S, S) probability map."""
-    m = binarize_mask(prob[0, 0].cpu().numpy(), threshold="volume", target_volume=max(float(target_voxels), 1.0))
+    m = binarize_mask(
+        prob[0, 0].cpu().numpy(), threshold="volume", target_volume=max(float(target_voxels), 1.0)
+    )
     return torch.from_numpy(m.astype("uint8"))[None, None]
 
 
@@ -424,10 +466,18 @@ def linet_sample(
     m = resize_mask(mask.to(prm.device).float(), tuple(z0.shape[2:]))
     dc = diffusion_config(preset, guidance=guidance)
     sampler = InpaintingSampler(
-        scheduler=dc.inpainting_ddim(), num_inference_steps=steps or preset.steps, guidance_scale=dc.guidance_scale
+        scheduler=dc.inpainting_ddim(),
+        num_inference_steps=steps or preset.steps,
+        guidance_scale=dc.guidance_scale,
     )
-    z = sampler.sample(model, z0.to(prm.dtype), m.to(prm.dtype), cond=m.to(prm.dtype), context=context.to(prm),
-                       generator=noise_generator)
+    z = sampler.sample(
+        model,
+        z0.to(prm.dtype),
+        m.to(prm.dtype),
+        cond=m.to(prm.dtype),
+        context=context.to(prm),
+        generator=noise_generator,
+    )
     hu = codec.decode(z.float() / codec.scale_factor)
     foot = F.interpolate(m, scale_factor=ct.shape[2] // m.shape[2], mode="nearest") > 0
     out = torch.where(foot, hu, ct.to(hu.device).float())

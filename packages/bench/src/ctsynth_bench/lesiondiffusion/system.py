@@ -41,7 +41,7 @@ from .stages import (
     lmnet_sample,
 )
 
-__all__ = ["FORMAT", "LesionDiffusionSystem", "SystemError", "shipped_weights_dir"]
+__all__ = ["FORMAT", "LesionDiffusionError", "LesionDiffusionSystem", "shipped_weights_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ MANIFEST = "lesiondiffusion.json"
 _MAX_ATTEMPTS = 4
 
 
-class SystemError(BenchError):  # noqa: A001 - scoped name, exported as ctsynth_bench...SystemError
+class LesionDiffusionError(BenchError):
     """A run folder that is not a LesionDiffusion system, or unusable sampling inputs."""
 
 
@@ -69,33 +69,53 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _save_net(net: TextUNet, folder: Path, *, role: str) -> None:
+def _save_net(net: TextUNet, folder: Path, *, role: str, half: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
+    tensors = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().contiguous().cpu()
+        tensors[k] = v.half() if half and v.dtype == torch.float32 else v
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / "model.safetensors")
-    _atomic_json(folder / "config.json", {
-        "format": "ctsynth-checkpoint", "format_version": 1, "package": "ctsynth-bench", "class": "TextUNet",
-        "config": {"role": role, "unet": net.config.to_dict(), "num_tokens": net.num_tokens},
-    })
+    _atomic_json(
+        folder / "config.json",
+        {
+            "format": "ctsynth-checkpoint",
+            "format_version": 1,
+            "package": "ctsynth-bench",
+            "class": "TextUNet",
+            "config": {"role": role, "unet": net.config.to_dict(), "num_tokens": net.num_tokens},
+        },
+    )
 
 
 def _load_net(net: TextUNet, folder: Path, *, role: str, device: torch.device | str) -> TextUNet:
     cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
-        raise SystemError(f"{folder}: missing config.json or model.safetensors of the {role} checkpoint")
+        raise LesionDiffusionError(
+            f"{folder}: missing config.json or model.safetensors of the {role} checkpoint"
+        )
     cfg = json.loads(cfg_path.read_text())
-    if cfg.get("format") != "ctsynth-checkpoint" or cfg.get("class") != "TextUNet" or cfg["config"].get("role") != role:
-        raise SystemError(f"{cfg_path}: not a LesionDiffusion {role} checkpoint")
+    if (
+        cfg.get("format") != "ctsynth-checkpoint"
+        or cfg.get("class") != "TextUNet"
+        or cfg["config"].get("role") != role
+    ):
+        raise LesionDiffusionError(f"{cfg_path}: not a LesionDiffusion {role} checkpoint")
     if cfg["config"]["unet"] != net.config.to_dict():
-        raise SystemError(
+        raise LesionDiffusionError(
             f"{cfg_path}: the {role} network was trained with another architecture than the preset "
             f"builds ({cfg['config']['unet']} vs {net.config.to_dict()}); retrain it"
         )
     sd = load_file(str(w_path), device="cpu")
     missing, unexpected = set(net.state_dict()) - set(sd), set(sd) - set(net.state_dict())
     if missing or unexpected:
-        raise SystemError(f"{w_path}: tensor keys differ (missing {sorted(missing)[:3]}, extra {sorted(unexpected)[:3]})")
+        raise LesionDiffusionError(
+            f"{w_path}: tensor keys differ (missing {sorted(missing)[:3]}, extra {sorted(unexpected)[:3]})"
+        )
     net.load_state_dict(sd)
     return net.to(device).eval()
 
@@ -135,15 +155,25 @@ class LesionDiffusionSystem:
         self.linet = linet.to(self.device).eval()
         self.codec = codec.to(self.device)
         self._text_encoder = text_encoder
-        self.text_encoder_id = text_encoder_id if text_encoder is None else str(getattr(text_encoder, "id", text_encoder_id))
+        self.text_encoder_id = (
+            text_encoder_id
+            if text_encoder is None
+            else str(getattr(text_encoder, "id", text_encoder_id))
+        )
         self._text_name = text_encoder_id
         self.run_dir = run_dir
         self._token_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        #: False for a system trained with ``--no-text``: it always uses the null context.
+        self.trained_with_text = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_preset(
-        cls, preset: LesionDiffusionPreset | str, *, seed: int = 0, text_encoder: Any = None,
+        cls,
+        preset: LesionDiffusionPreset | str,
+        *,
+        seed: int = 0,
+        text_encoder: Any = None,
         device: torch.device | str = "cpu",
     ) -> LesionDiffusionSystem:
         """An untrained system (weights drawn from ``seed``)."""
@@ -152,52 +182,86 @@ class LesionDiffusionSystem:
             torch.manual_seed(seed)
             lmnet, linet = build_lmnet(p), build_linet(p)
         codec = _make_codec(p, {"kind": p.codec, "scale_factor": 1.0})
-        return cls(preset=p, lmnet=lmnet, linet=linet, codec=codec, text_encoder=text_encoder,
-                   text_encoder_id=p.text_encoder, device=device)
+        return cls(
+            preset=p,
+            lmnet=lmnet,
+            linet=linet,
+            codec=codec,
+            text_encoder=text_encoder,
+            text_encoder_id=p.text_encoder,
+            device=device,
+        )
 
     @classmethod
     def load(
-        cls, run_dir: str | os.PathLike[str] | None = None, *, device: torch.device | str = "cpu",
+        cls,
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        device: torch.device | str = "cpu",
         text_encoder: Any = None,
     ) -> LesionDiffusionSystem:
         """Load a run folder (``None``: the shipped demo weights), networks in eval mode.
 
         Raises:
-            SystemError: not a LesionDiffusion run folder, or weights that do not fit the preset.
+            LesionDiffusionError: not a LesionDiffusion run folder, or weights that do not fit the preset.
         """
         folder = shipped_weights_dir() if run_dir is None else Path(run_dir)
         man_path = folder / MANIFEST
         if not man_path.is_file():
-            raise SystemError(
+            raise LesionDiffusionError(
                 f"{folder}: no {MANIFEST}; not a LesionDiffusion run folder "
                 "(make one with 'bench train lesiondiffusion' or 'bench run lesiondiffusion')"
             )
         man = json.loads(man_path.read_text())
         if man.get("format") != FORMAT:
-            raise SystemError(f"{man_path}: format {man.get('format')!r}, expected {FORMAT!r}")
+            raise LesionDiffusionError(
+                f"{man_path}: format {man.get('format')!r}, expected {FORMAT!r}"
+            )
         p = LesionDiffusionPreset.from_dict(man["preset"])
         lmnet = _load_net(build_lmnet(p), folder / "lmnet", role="lmnet", device=device)
         linet = _load_net(build_linet(p), folder / "linet", role="linet", device=device)
         codec = _make_codec(p, man["codec"], folder=folder, device=device)
-        return cls(preset=p, lmnet=lmnet, linet=linet, codec=codec, text_encoder=text_encoder,
-                   text_encoder_id=man.get("text_encoder", p.text_encoder),
-                   run_dir=None if run_dir is None else folder, device=device)
+        system = cls(
+            preset=p,
+            lmnet=lmnet,
+            linet=linet,
+            codec=codec,
+            text_encoder=text_encoder,
+            text_encoder_id=man.get("text_encoder", p.text_encoder),
+            run_dir=None if run_dir is None else folder,
+            device=device,
+        )
+        system.trained_with_text = bool(man.get("text", True))
+        return system
 
-    def save(self, run_dir: str | os.PathLike[str]) -> Path:
-        """Write the system into ``run_dir`` (networks first, the manifest last)."""
+    def save(self, run_dir: str | os.PathLike[str], *, half: bool = False) -> Path:
+        """Write the system into ``run_dir`` (networks first, the manifest last).
+
+        Args:
+            run_dir: the folder.
+            half: store the network weights as float16 (the shipped demo weights, to stay small);
+                they are loaded back into float32 networks.
+        """
         folder = Path(run_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        _save_net(self.lmnet, folder / "lmnet", role="lmnet")
-        _save_net(self.linet, folder / "linet", role="linet")
+        _save_net(self.lmnet, folder / "lmnet", role="lmnet", half=half)
+        _save_net(self.linet, folder / "linet", role="linet", half=half)
         codec_cfg = _codec_config(self.codec)
         if codec_cfg["kind"] == "vqgan":
             from ct_autoencoder import save_autoencoder
 
             save_autoencoder(self.codec.model, folder / "vqgan")
-        _atomic_json(folder / MANIFEST, {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "preset": self.preset.to_dict(),
-            "text_encoder": self._text_name, "codec": codec_cfg,
-        })
+        _atomic_json(
+            folder / MANIFEST,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "preset": self.preset.to_dict(),
+                "text_encoder": self._text_name,
+                "text": self.trained_with_text,
+                "codec": codec_cfg,
+            },
+        )
         return folder
 
     # ------------------------------------------------------------------ text
@@ -213,10 +277,12 @@ class LesionDiffusionSystem:
     def tokens(self, report: report_bbox.Report, kind: str, *, text: bool = True) -> torch.Tensor:
         """Attribute tokens (1, 8, D) of a report (``kind`` ``"mask"`` or ``"image"``); zeros if not ``text``."""
         d = self.preset.context_dim
-        if not text:
+        if not text or not self.trained_with_text:
             return torch.zeros(1, 8, d, device=self.device)
         if not isinstance(report, report_bbox.Report):
-            raise SystemError(f"report must be a report_bbox.Report, got {type(report).__name__}")
+            raise LesionDiffusionError(
+                f"report must be a report_bbox.Report, got {type(report).__name__}"
+            )
         attrs = report.attribute_texts(kind, with_names=False)  # type: ignore[arg-type]
         key = (kind, *attrs.values())
         if key not in self._token_cache:
@@ -224,7 +290,9 @@ class LesionDiffusionSystem:
 
             tok = encode_attributes(self.text_encoder, attrs).float()
             if tok.shape != (1, 8, d):
-                raise SystemError(f"text encoder gives tokens {tuple(tok.shape)}, the networks need (1, 8, {d})")
+                raise LesionDiffusionError(
+                    f"text encoder gives tokens {tuple(tok.shape)}, the networks need (1, 8, {d})"
+                )
             self._token_cache[key] = tok.cpu()
         return self._token_cache[key].to(self.device)
 
@@ -233,7 +301,9 @@ class LesionDiffusionSystem:
         s = self.preset.crop_size
         if not isinstance(v, torch.Tensor) or tuple(v.shape) != (1, 1, s, s, s):
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise SystemError(f"{name} must be a tensor (1, 1, {s}, {s}, {s}) on the model grid, got {got}")
+            raise LesionDiffusionError(
+                f"{name} must be a tensor (1, 1, {s}, {s}, {s}) on the model grid, got {got}"
+            )
 
     def target_voxels(self, report: report_bbox.Report, bbox: torch.Tensor) -> float:
         """Requested lesion volume in model voxels: the ellipsoid inscribed in the box (pi/6 of it)."""
@@ -241,9 +311,16 @@ class LesionDiffusionSystem:
 
     @torch.no_grad()
     def sample_mask(
-        self, *, organs: torch.Tensor, target_organ: torch.Tensor, bbox: torch.Tensor,
-        report: report_bbox.Report, generator: torch.Generator, steps: int | None = None,
-        guidance: float | None = None, text: bool = True,
+        self,
+        *,
+        organs: torch.Tensor,
+        target_organ: torch.Tensor,
+        bbox: torch.Tensor,
+        report: report_bbox.Report,
+        generator: torch.Generator,
+        steps: int | None = None,
+        guidance: float | None = None,
+        text: bool = True,
     ) -> torch.Tensor:
         """Generate a lesion mask inside ``bbox`` with LMNet.
 
@@ -266,24 +343,42 @@ class LesionDiffusionSystem:
         for name, v in (("organs", organs), ("target_organ", target_organ), ("bbox", bbox)):
             self._check_grid(name, v)
         if not bbox.any():
-            raise SystemError("bbox is empty; it must mark the lesion box on the model grid")
+            raise LesionDiffusionError(
+                "bbox is empty; it must mark the lesion box on the model grid"
+            )
         ctx = self.tokens(report, "mask", text=text)
         dev = self.device
         for attempt in range(_MAX_ATTEMPTS):
             prob = lmnet_sample(
-                self.lmnet, preset=self.preset, organs=organs.to(dev), target=target_organ.to(dev).float(),
-                bbox=bbox.to(dev).float(), context=ctx, noise_generator=generator, steps=steps, guidance=guidance,
+                self.lmnet,
+                preset=self.preset,
+                organs=organs.to(dev),
+                target=target_organ.to(dev).float(),
+                bbox=bbox.to(dev).float(),
+                context=ctx,
+                noise_generator=generator,
+                steps=steps,
+                guidance=guidance,
             )
             m = binarize(prob, self.target_voxels(report, bbox))
             if m.any():
                 return m.to(organs.device)
             log.info("LMNet attempt %d gave an empty mask; retrying with fresh noise", attempt + 1)
-        raise EmptyMaskError(f"LMNet produced an empty mask after {_MAX_ATTEMPTS} attempts; check the bbox and organ")
+        raise EmptyMaskError(
+            f"LMNet produced an empty mask after {_MAX_ATTEMPTS} attempts; check the bbox and organ"
+        )
 
     @torch.no_grad()
     def inpaint(
-        self, *, ct: torch.Tensor, mask: torch.Tensor, report: report_bbox.Report, generator: torch.Generator,
-        steps: int | None = None, guidance: float | None = None, text: bool = True,
+        self,
+        *,
+        ct: torch.Tensor,
+        mask: torch.Tensor,
+        report: report_bbox.Report,
+        generator: torch.Generator,
+        steps: int | None = None,
+        guidance: float | None = None,
+        text: bool = True,
     ) -> torch.Tensor:
         """Inpaint the lesion into a HU crop with LINet.
 
@@ -302,11 +397,18 @@ class LesionDiffusionSystem:
         self._check_grid("ct", ct)
         self._check_grid("mask", mask)
         if not mask.any():
-            raise SystemError("mask is empty; LINet needs the lesion mask to inpaint")
+            raise LesionDiffusionError("mask is empty; LINet needs the lesion mask to inpaint")
         ctx = self.tokens(report, "image", text=text)
         out, _ = linet_sample(
-            self.linet, preset=self.preset, codec=self.codec, ct=ct.to(self.device).float(), mask=mask.to(self.device),
-            context=ctx, noise_generator=generator, steps=steps, guidance=guidance,
+            self.linet,
+            preset=self.preset,
+            codec=self.codec,
+            ct=ct.to(self.device).float(),
+            mask=mask.to(self.device),
+            context=ctx,
+            noise_generator=generator,
+            steps=steps,
+            guidance=guidance,
         )
         return out.to(ct.device).float()
 
@@ -338,11 +440,17 @@ def _codec_config(codec: nn.Module) -> dict[str, Any]:
 
 
 def _make_codec(
-    p: LesionDiffusionPreset, cfg: dict[str, Any], *, folder: Path | None = None, device: torch.device | str = "cpu"
+    p: LesionDiffusionPreset,
+    cfg: dict[str, Any],
+    *,
+    folder: Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
     kind = cfg.get("kind", p.codec)
     if kind == "space_to_depth":
-        return SpaceToDepthCodec(window=p.hu_window, scale_factor=float(cfg.get("scale_factor", 1.0)))
+        return SpaceToDepthCodec(
+            window=p.hu_window, scale_factor=float(cfg.get("scale_factor", 1.0))
+        )
     if kind == "vqgan":
         from ct_autoencoder import VQGAN, load_autoencoder
 
@@ -353,4 +461,4 @@ def _make_codec(
         else:
             model = VQGAN(config=vqgan_config(p))
         return _VQGANCodec(model, float(cfg.get("scale_factor", 1.0)))
-    raise SystemError(f"unknown codec kind {kind!r}; allowed: 'space_to_depth', 'vqgan'")
+    raise LesionDiffusionError(f"unknown codec kind {kind!r}; allowed: 'space_to_depth', 'vqgan'")

@@ -1,0 +1,283 @@
+"""LesionDiffusion model space: presets, codec, conditioning inputs, null context, run folders."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import report_bbox
+import torch
+from ctsynth_bench.lesiondiffusion import stages as S
+from ctsynth_bench.lesiondiffusion.presets import PresetError, get_preset
+from ctsynth_bench.lesiondiffusion.system import LesionDiffusionError, LesionDiffusionSystem
+
+D = 32
+
+
+class HashEncoder:
+    """A tiny deterministic text encoder (one token per text, from a hash); stands in for MiniLM."""
+
+    dim = D
+    id = "hash-test"
+    device = torch.device("cpu")
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for t in texts:
+            g = torch.Generator().manual_seed(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16))
+            rows.append(torch.randn(1, D, generator=g))
+        return torch.stack(rows), torch.ones(len(texts), 1, dtype=torch.bool)
+
+
+def tiny_preset():
+    return get_preset(
+        "demo",
+        crop_size=16,
+        lmnet_channels=(8, 16, 16),
+        linet_channels=(8, 16, 16),
+        context_dim=D,
+        steps=3,
+    )
+
+
+def randomized(system: LesionDiffusionSystem, seed: int = 0) -> LesionDiffusionSystem:
+    """MONAI zero-initialises output layers; give every weight a random value so inputs matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in (system.lmnet, system.linet):
+            for prm in net.parameters():
+                prm.add_(0.1 * torch.randn(prm.shape, generator=g))
+    return system
+
+
+def report(**kw) -> report_bbox.Report:
+    base = dict(
+        shape="round-like",
+        organ="liver",
+        lesion_location="within the parenchymal organ",
+        size=(12, 12, 12),
+        relationship_with_surrounding_organs="no close relationship with surrounding organs",
+        surface_characteristics="well-defined margin",
+        enhancement_status="non-contrast CT",
+        density="hypodense",
+        density_variations="homogeneous",
+    )
+    base.update(kw)
+    return report_bbox.Report(**base)
+
+
+@pytest.fixture(scope="module")
+def system() -> LesionDiffusionSystem:
+    return randomized(
+        LesionDiffusionSystem.from_preset(tiny_preset(), seed=0, text_encoder=HashEncoder())
+    )
+
+
+def grid(s: int = 16):
+    organs = torch.zeros(1, 1, s, s, s, dtype=torch.int64)
+    organs[..., 1:15, 1:15, 1:15] = 5
+    organs[..., 1:15, 1:15, 1:4] = 2
+    target = organs == 5
+    bbox = torch.zeros(1, 1, s, s, s, dtype=torch.bool)
+    bbox[..., 5:11, 5:11, 5:11] = True
+    return organs, target, bbox
+
+
+def lm_prob(system, organs, target, bbox, rep, *, text=True, seed=0):
+    ctx = system.tokens(rep, "mask", text=text)
+    return S.lmnet_sample(
+        system.lmnet,
+        preset=system.preset,
+        organs=organs,
+        target=target.float(),
+        bbox=bbox.float(),
+        context=ctx,
+        noise_generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def test_preset_lookup_errors_and_spacing():
+    with pytest.raises(PresetError, match="did you mean 'demo'"):
+        get_preset("dmeo")
+    with pytest.raises(PresetError, match="allowed"):
+        get_preset("demo", crop=3)
+    p = get_preset("demo")
+    assert p.model_spacing((5, 5, 5)) == p.base_spacing_mm
+    assert p.model_spacing((60, 20, 20)) == pytest.approx(60 / (p.box_fill * p.crop_size))
+    paper = get_preset("paper")
+    assert (paper.crop_size, paper.vqgan_codes, paper.steps, paper.guidance, paper.schedule) == (
+        128,
+        2048,
+        200,
+        2.5,
+        "cosine",
+    )
+
+
+def test_space_to_depth_codec_is_lossless_in_window():
+    codec = S.SpaceToDepthCodec(window=(-200.0, 300.0))
+    hu = torch.empty(2, 1, 8, 8, 8).uniform_(-200, 300, generator=torch.Generator().manual_seed(0))
+    z = codec.encode(hu)
+    assert z.shape == (2, 8, 4, 4, 4)
+    assert torch.allclose(codec.decode(z), hu, atol=1e-3)
+    assert float(codec.decode(codec.encode(torch.full((1, 1, 2, 2, 2), -900.0))).max()) == -200.0
+
+
+def test_every_lmnet_input_changes_the_output(system):
+    organs, target, bbox = grid()
+    rep = report()
+    base = lm_prob(system, organs, target, bbox, rep)
+    organs2 = organs.clone()
+    organs2[..., 1:15, 10:15, :] = 3
+    target2 = target.clone()
+    target2[..., :, :, 8:] = False
+    bbox2 = torch.zeros_like(bbox)
+    bbox2[..., 4:12, 6:10, 5:11] = True
+    for name, out in (
+        ("text", lm_prob(system, organs, target, bbox, report(shape="irregular"))),
+        ("organ map", lm_prob(system, organs2, target, bbox, rep)),
+        ("target organ", lm_prob(system, organs, target2, bbox, rep)),
+        ("bbox", lm_prob(system, organs, target, bbox2, rep)),
+        ("null context", lm_prob(system, organs, target, bbox, rep, text=False)),
+    ):
+        assert (out - base).abs().max() > 1e-3, f"changing the {name} did not change LMNet's output"
+    assert (
+        float(base[~S.box_region(bbox.float()).bool()].abs().max()) == 0.0
+    )  # nothing outside the box
+
+
+def test_sample_mask_stays_in_box_and_is_seeded(system):
+    organs, target, bbox = grid()
+    m1 = system.sample_mask(
+        organs=organs,
+        target_organ=target,
+        bbox=bbox,
+        report=report(),
+        generator=torch.Generator().manual_seed(3),
+    )
+    m2 = system.sample_mask(
+        organs=organs,
+        target_organ=target,
+        bbox=bbox,
+        report=report(),
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert m1.dtype == torch.uint8 and m1.shape == (1, 1, 16, 16, 16) and m1.any()
+    assert torch.equal(m1, m2)
+    assert not m1.bool()[~S.box_region(bbox.float()).bool()].any()
+    with pytest.raises(LesionDiffusionError, match="bbox must be a tensor"):
+        system.sample_mask(
+            organs=organs,
+            target_organ=target,
+            bbox=bbox[..., :8],
+            report=report(),
+            generator=torch.Generator(),
+        )
+
+
+def test_every_linet_input_changes_the_output(system):
+    g = torch.Generator().manual_seed(0)
+    ct = 40 + 10 * torch.randn(1, 1, 16, 16, 16, generator=g)
+    mask = torch.zeros(1, 1, 16, 16, 16, dtype=torch.uint8)
+    mask[..., 6:10, 6:10, 6:10] = 1
+
+    def run(rep=None, m=mask, c=ct, text=True):
+        return system.inpaint(
+            ct=c,
+            mask=m,
+            report=rep or report(),
+            generator=torch.Generator().manual_seed(1),
+            text=text,
+        )
+
+    base = run()
+    foot = torch.zeros_like(mask, dtype=torch.bool)
+    foot[..., 6:10, 6:10, 6:10] = True
+    assert torch.equal(base[~foot], ct[~foot])  # untouched outside the latent footprint
+    mask2 = torch.zeros_like(mask)
+    mask2[..., 4:12, 6:10, 6:10] = 1
+    ct2 = ct.clone()
+    ct2[..., :4, :, :] += 100
+    for name, out in (
+        ("text", run(report(density="hyperdense"))),
+        ("mask", run(m=mask2)),
+        ("ct outside the mask", run(c=ct2)),
+        ("null context", run(text=False)),
+    ):
+        assert (out[foot] - base[foot]).abs().max() > 1e-2, (
+            f"changing the {name} did not change LINet's output"
+        )
+
+
+def test_system_round_trips_through_a_run_folder(system, tmp_path):
+    system.codec.scale_factor = 2.0
+    system.save(tmp_path / "run")
+    loaded = LesionDiffusionSystem.load(tmp_path / "run", text_encoder=HashEncoder())
+    assert loaded.run_dir == tmp_path / "run" and loaded.preset == system.preset
+    assert loaded.codec.scale_factor == 2.0
+    organs, target, bbox = grid()
+    a = lm_prob(system, organs, target, bbox, report())
+    b = lm_prob(loaded, organs, target, bbox, report())
+    assert torch.equal(a, b)
+    with pytest.raises(LesionDiffusionError, match="not a LesionDiffusion run folder"):
+        LesionDiffusionSystem.load(tmp_path)
+
+
+def test_stage_losses_train_both_networks(system):
+    p = system.preset
+    organs, target, bbox = grid()
+    mask = (bbox & target).float()
+    batch = {
+        "organs": organs.repeat(2, 1, 1, 1, 1),
+        "target": target.float().repeat(2, 1, 1, 1, 1),
+        "bbox": bbox.float().repeat(2, 1, 1, 1, 1),
+        "mask": mask.repeat(2, 1, 1, 1, 1),
+        "ct": torch.full((2, 1, 16, 16, 16), 50.0),
+    }
+    ctx = torch.randn(2, 8, D)
+    sch = S.diffusion_config(p).ddpm()
+    for net, fn in (
+        (
+            system.lmnet,
+            lambda n: S.lmnet_stage_loss(
+                n, batch, ctx, preset=p, scheduler=sch, generator=torch.Generator().manual_seed(0)
+            ),
+        ),
+        (
+            system.linet,
+            lambda n: S.linet_stage_loss(
+                n,
+                batch,
+                ctx,
+                preset=p,
+                codec=system.codec,
+                scheduler=sch,
+                generator=torch.Generator().manual_seed(0),
+            ),
+        ),
+    ):
+        net.zero_grad()
+        loss = fn(net)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert net.context_mlp[0].weight.grad.abs().sum() > 0
+        net.zero_grad()
+
+
+def test_independent_crops_render_density_independently_of_shape():
+    from ctsynth_bench.lesiondiffusion.data import independent_crops
+    from ctsynth_bench.rulesynth import load_templates
+
+    p = get_preset("demo")
+    crops = independent_crops(load_templates(["abdomen"]), p, 12, seed=5)
+    assert crops.ct.shape == (12, 32, 32, 32)
+    assert all((crops.mask[i] <= crops.bbox[i]).all() for i in range(12))
+    level = {"hypo": [], "iso": [], "hyper": []}
+    for i, meta in enumerate(crops.meta):
+        level[meta["density"]].append(meta["level_hu"] - meta["organ_hu"])
+        assert crops.image_attrs[i]["density"].startswith(meta["density"])
+        assert crops.mask_attrs[i]["shape"] in ("round-like", "irregular")
+    assert max(level["hypo"], default=-99) < -10 and min(level["hyper"], default=99) > 10
+    assert len({(m["shape"], m["density"]) for m in crops.meta}) >= 4  # not tied to each other
+    assert np.isfinite(crops.spacing).all()
