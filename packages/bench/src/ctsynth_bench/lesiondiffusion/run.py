@@ -76,13 +76,14 @@ def check_out(out: str | Path) -> Path:
     return root
 
 
-def _copy_shipped(root: Path) -> None:
+def _copy_system(root: Path, src: Path | None) -> None:
+    """Copy a system folder (default: the shipped demo weights) into the run folder, manifest last."""
     from .system import shipped_weights_dir
 
-    src = shipped_weights_dir()
+    src = shipped_weights_dir() if src is None else Path(src)
     if not (src / MANIFEST).is_file():
-        raise RunError(f"the shipped demo weights are missing ({src} has no {MANIFEST}); reinstall ctsynth-bench "
-                       "or run with --train")
+        raise RunError(f"no LesionDiffusion system to copy: {src} has no {MANIFEST} (shipped weights missing? "
+                       "reinstall ctsynth-bench or run with --train)")
     for item in src.iterdir():
         dest = root / item.name
         if item.is_dir():
@@ -296,11 +297,25 @@ def write_report_md(s: RunSummary, system_ident: dict[str, Any]) -> Path:
     return path
 
 
+#: Default training budget of ``--train``: minutes per diffusion stage (LMNet, LINet).
+TRAIN_MINUTES = 8.0
+
+
 def run_lesiondiffusion(
     out: str | Path, *, train: bool = False, train_minutes: float | None = None, n_control: int = 30,
-    seed: int = 0, steps: int | None = None, progress: bool = False,
+    seed: int = 0, steps: int | None = None, system_from: str | Path | None = None, progress: bool = False,
 ) -> RunSummary:
     """Run LesionDiffusion end to end into ``out`` (see the module docstring).
+
+    Args:
+        out: the run folder (new, empty, or an earlier run's).
+        train: train the demo system from scratch (``train_minutes`` per stage, default
+            :data:`TRAIN_MINUTES`) instead of copying the shipped weights.
+        n_control: held-out boxes per control check.
+        seed: seed of the gallery and the control boxes.
+        steps: DDIM steps (default: the preset's).
+        system_from: copy this system folder instead of the shipped weights (e.g. another run).
+        progress: progress bars.
 
     Raises:
         RunError: ``out`` is a non-empty folder of something else, or the shipped weights are missing.
@@ -321,16 +336,19 @@ def run_lesiondiffusion(
         from .training import train_system
 
         weights = "trained here (bench run --train)"
+        preset = get_preset("demo")
+        minutes = TRAIN_MINUTES if train_minutes is None else float(train_minutes)
+        stages = ("vqgan", "lmnet", "linet") if preset.codec == "vqgan" else ("lmnet", "linet")
         atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "state": "training"})
-        train_report = train_system(preset=get_preset("demo"), out=root, data_dir=None, minutes=train_minutes,
+        train_report = train_system(preset=preset, out=root, data_dir=None, stages=stages, minutes=minutes,
                                     seed=seed, progress=progress)
         seconds["train"] = time.perf_counter() - t0
         atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "train": train_report,
                                       "train_seconds": seconds["train"]})
     else:
-        weights = "shipped demo (copied)"
+        weights = "shipped demo (copied)" if system_from is None else f"copied from {system_from}"
         atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "state": "copying"})
-        _copy_shipped(root)
+        _copy_system(root, None if system_from is None else Path(system_from))
         atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights})
     system = LesionDiffusionSystem.load(root)
     ident = system_info(system)
