@@ -158,3 +158,19 @@ def test_data_reports_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert doc["derived"] is True and "organ" in doc["report"]
     assert main(["-q", "data", "reports", str(root), "--layout", "nnunet"]) == 2
     assert "--organs" in capsys.readouterr().err
+
+
+def test_torchrun_ranks_split_the_batch(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ("--lesion-type", "gallstone", "--n", "3", "--seed", "9")
+    assert main(_args(run_dir, one, *extra)) == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(_args(run_dir, two, *extra)) == 0
+        if rank == "1":
+            assert sorted(p.stem for p in (two / "reports").glob("*.json")) == ["ld_00001"]
+    assert _contents(one) == _contents(two)
+    assert json.loads((two / "dataset.json").read_text())["numTraining"] == 3
+    monkeypatch.setenv("RANK", "2")
+    assert main(_args(run_dir, tmp_path / "bad", *extra)) == 2

@@ -12,7 +12,13 @@ import math
 import numpy as np
 import pytest
 from ctsynth_bench.cli.main import main
-from ctsynth_bench.lesiondiffusion.perf import LARGE_SHAPE, SMALL_SHAPE, format_table, make_ct, run_perf
+from ctsynth_bench.lesiondiffusion.perf import (
+    LARGE_SHAPE,
+    SMALL_SHAPE,
+    format_table,
+    make_ct,
+    run_perf,
+)
 
 
 def test_make_ct_keeps_the_field_of_view() -> None:
@@ -28,7 +34,6 @@ def test_make_ct_keeps_the_field_of_view() -> None:
 
 def test_perf_reports_stages_scaling_overhead_and_memory() -> None:
     import torch
-
     from ctsynth_bench.lesiondiffusion.system import LesionDiffusionSystem
 
     torch.set_num_threads(1)

@@ -159,7 +159,12 @@ def _cmd_synth_lesiondiffusion(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    system = load_system(args.run, device=args.device)
+    device = args.device
+    if device == "cuda" and world > 1:  # one GPU per torchrun process
+        import os
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    system = load_system(args.run, device=device)
     summary = synthesize_cases(system, inp, source, out=out, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, rank=rank, world=world,
                                progress=not args.quiet and rank == 0)
