@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    cfg = ca.vqgan_preset("demo")
+    cfg = ca.get_preset("vqgan-demo")
     model = ca.VQGAN(config=cfg)
-    opts = ca.make_optimizers(model)
+    disc = ca.Discriminators(config=cfg)
+    opts = ca.make_optimizers(model, disc)
     hu = torch.from_numpy(load_ct(args.ct))
     vol = model.normalize(hu)  # (X, Y, Z) in [-1, 1]
     c = cfg.crop_size
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     while time.perf_counter() - t0 < args.minutes * 60:
         x = torch.stack([random_crop(vol, c, train_zmax, g) for _ in range(args.batch)])[:, None]
-        logs = ca.training_step(model, x, opts, step=step, generator=g)
+        logs = ca.training_step(model, disc, x, opts, step=step, generator=g)
         if step % 25 == 0:
             logs["step"] = step
             logs["seconds"] = round(time.perf_counter() - t0, 1)
@@ -114,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     stats = model.codebook_stats(model.quantize(model.encode_pre_quant(crops))[1])
     res.update(perplexity=stats.perplexity, used_codes=stats.used, dead_codes=stats.dead)
+    # latent scale over training crops, recorded in the checkpoint for latent diffusion
+    fit = [torch.stack([random_crop(vol, c, train_zmax, g) for _ in range(4)])[:, None] for _ in range(4)]
+    model.scale_factor = ca.measure_scale_factor(model, fit)
+    res.update(scale_factor=model.scale_factor)
     out = Path(args.out)
-    ca.save_autoencoder(model, out / "checkpoint")
+    ca.save_checkpoint(model, out / "checkpoint")
     (out / "results.json").write_text(json.dumps({"results": res, "history": history}, indent=2))
     print(json.dumps(res, indent=2))
     return 0

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 TINY = ca.HDRAutoencoderConfig(
-    name="tiny", channels=(4, 8), num_res_blocks=1, norm_groups=4, latent_channels=3, num_embeddings=32,
+    name="tiny", channels=(4, 8), num_res_blocks=1, norm_groups=1, latent_channels=3, num_embeddings=32,
     num_label_classes=100, label_embed_dim=3, crop_size=16, disc_channels=4, disc_layers=2, num_frames=1,
     label_dropout=0.0,
 )
@@ -48,14 +48,15 @@ def test_gradients_reach_k_and_b(abdomen, gen):
     def feats(img):
         return [torch.relu(conv(img))]
 
-    loss, _, _ = model.generator_loss(x, lab, features=feats, generator=gen)
+    disc = ca.Discriminators(config=TINY)
+    loss, _, _ = ca.generator_loss(model, disc, x, labels=lab, step=0, features=feats, generator=gen)
     loss.backward()
     assert model.window.k_raw.grad is not None and float(model.window.k_raw.grad.abs()) > 0
     assert model.window.b.grad is not None and float(model.window.b.grad.abs()) > 0
     # Under the L1 term alone b cancels exactly (h(x_hat) - h(x) has no b), so its gradient is 0
     # and only the perceptual term trains b; k still receives gradient.
     model.zero_grad()
-    loss, _, _ = model.generator_loss(x, lab, generator=torch.Generator().manual_seed(3))
+    loss, _, _ = ca.generator_loss(model, disc, x, labels=lab, step=0, generator=torch.Generator().manual_seed(3))
     loss.backward()
     assert float(model.window.b.grad.abs()) == 0.0
     assert float(model.window.k_raw.grad.abs()) > 0
@@ -108,14 +109,14 @@ def test_kl_variant_encodes_mean_and_samples_in_training(gen):
 
 def test_training_step_with_labels_and_discriminators(abdomen, gen):
     cfg = ca.HDRAutoencoderConfig(**{**TINY.__dict__, "adversarial_start": 0, "label_dropout": 0.5})
-    model = ca.HDRAutoencoder(config=cfg)
-    opts = ca.make_optimizers(model)
+    model, disc = ca.HDRAutoencoder(config=cfg), ca.Discriminators(config=cfg)
+    opts = ca.make_optimizers(model, disc)
     x, lab = _real(abdomen)
-    before = [p.detach().clone() for p in model.discriminator_parameters()]
-    logs = ca.training_step(model, x, opts, step=1, labels=lab, generator=gen)
+    before = [p.detach().clone() for p in disc.parameters()]
+    logs = ca.training_step(model, disc, x, opts, step=1, labels=lab, generator=gen)
     for key in ("rec", "adv_frame", "adv_volume", "disc_frame", "disc_volume", "perplexity", "k", "b"):
         assert key in logs
-    after = list(model.discriminator_parameters())
+    after = list(disc.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 

@@ -8,7 +8,7 @@ import torch
 
 VQ = ca.VQGANConfig(name="t", channels=(8, 8), strides=(2, 1), num_res_layers=1, num_embeddings=32,
                     embedding_dim=3, crop_size=16)
-HDR = ca.HDRAutoencoderConfig(name="t", channels=(4, 8), num_res_blocks=1, norm_groups=4, latent_channels=3,
+HDR = ca.HDRAutoencoderConfig(name="t", channels=(4, 8), num_res_blocks=1, norm_groups=1, latent_channels=3,
                               num_embeddings=32, num_label_classes=10, label_embed_dim=2, crop_size=16)
 
 
@@ -44,16 +44,17 @@ def test_tiled_decode_equals_whole_decode_vqgan(gen):
 
 
 def test_tiled_encode_and_decode_hdr_with_labels(gen):
+    # margin 20 covers the receptive radius of this encoder and decoder
     model = ca.HDRAutoencoder(config=HDR).eval()
     x = torch.rand(1, 1, 64, 16, 16, generator=gen) * 2 - 1
     lab = torch.randint(0, 10, (1, 1, 64, 16, 16), generator=gen)
     with torch.no_grad():
         h_whole = model.encode_pre_quant(x, lab)
-        h_tiled = ca.tiled_encode(model, x, lab, tile=32, overlap=24, margin=12, quantize=False)
+        h_tiled = ca.tiled_encode(model, x, lab, tile=48, overlap=40, margin=20, quantize=False)
         torch.testing.assert_close(h_tiled, h_whole, atol=1e-4, rtol=1e-4)
         z = model.quantize(h_whole)[0]
         whole = model.decode(z, lab)
-        tiled = ca.tiled_decode(model, z, lab, tile=32, overlap=24, margin=12)
+        tiled = ca.tiled_decode(model, z, lab, tile=48, overlap=40, margin=20)
     torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=1e-4)
 
 
@@ -83,3 +84,26 @@ def test_tiling_argument_errors():
         ca.tiled_decode(model, z, tile=16, overlap=16)
     with pytest.raises(ca.ConfigError, match="margin"):
         ca.tiled_decode(model, z, tile=16, overlap=8, margin=6)
+
+
+@pytest.mark.parametrize("kind", ["vqgan", "hdr"])
+def test_tiled_decode_agrees_with_decode_stage_2_outputs_on_quantisation(kind, gen):
+    # Both snap to the codebook by default and both skip it with quantize=False, so for codebook
+    # latents and for arbitrary (e.g. diffusion-output) latents the two decode alike.
+    torch.manual_seed(1)
+    model = (ca.VQGAN(config=VQ) if kind == "vqgan" else ca.HDRAutoencoder(config=HDR)).eval()
+    f = model.downsample_factor
+    raw = torch.randn(1, 3, 96 // f, 24 // f, 32 // f, generator=gen)
+    codes = model.quantize(raw)[0]
+    with torch.no_grad():
+        for z in (codes, raw):
+            for q in (True, False):
+                whole = model.decode_stage_2_outputs(z, quantize=q)
+                tiled = ca.tiled_decode(model, z, tile=48, overlap=40, margin=16, quantize=q)
+                peak = float(whole.abs().max())
+                assert float((tiled - whole).abs().max()) < 1e-5 * peak, (q, kind)
+        # the flag matters for off-codebook latents, and not for codebook ones
+        d_raw = model.decode_stage_2_outputs(raw) - model.decode_stage_2_outputs(raw, quantize=False)
+        assert float(d_raw.abs().max()) > 1e-3
+        torch.testing.assert_close(ca.tiled_decode(model, codes, tile=48, overlap=40, margin=16),
+                                   ca.tiled_decode(model, codes, tile=48, overlap=40, margin=16, quantize=False))

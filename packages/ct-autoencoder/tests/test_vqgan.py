@@ -28,12 +28,13 @@ def _crops(abdomen, n: int, size: int, g: torch.Generator, window: ca.HUWindow) 
 def test_reconstruction_error_falls_steadily_on_real_ct(abdomen, gen):
     torch.manual_seed(0)
     model = ca.VQGAN(config=TINY_VQ)
-    opts = ca.make_optimizers(model)
+    disc = ca.Discriminators(config=TINY_VQ)
+    opts = ca.make_optimizers(model, disc)
     fixed = _crops(abdomen, 4, 16, torch.Generator().manual_seed(1), TINY_VQ.window)
     evals = []
     for step in range(150):
         x = _crops(abdomen, 2, 16, gen, TINY_VQ.window)
-        ca.training_step(model, x, opts, step=step, generator=gen)
+        ca.training_step(model, disc, x, opts, step=step, generator=gen)
         if step % 30 == 0 or step == 149:
             model.eval()
             with torch.no_grad():
@@ -77,16 +78,22 @@ def test_dead_codes_are_reinitialised_from_encoder_outputs(gen):
 
 def test_adversarial_terms_follow_the_schedule(gen):
     cfg = ca.VQGANConfig(**{**TINY_VQ.__dict__, "adversarial_start": 3})
-    model = ca.VQGAN(config=cfg)
+    model, disc = ca.VQGAN(config=cfg), ca.Discriminators(config=cfg)
     x = torch.rand(2, 1, 16, 16, 16, generator=gen) * 2 - 1
-    _, logs, out = model.generator_loss(x, step=2)
+    _, logs, out = ca.generator_loss(model, disc, x, step=2)
     assert "adv" not in logs
-    assert model.discriminator_loss(x, out.reconstruction, step=2)[0] is None
-    _, logs, out = model.generator_loss(x, step=3)
+    assert ca.discriminator_loss(disc, x, out.reconstruction, step=2)[0] is None
+    # before adversarial_start the discriminator may be omitted; after it, it is required
+    assert "adv" not in ca.generator_loss(model, None, x, step=2)[1]
+    with pytest.raises(ca.ConfigError, match="pass discriminator"):
+        ca.generator_loss(model, None, x, step=3)
+    _, logs, out = ca.generator_loss(model, disc, x, step=3)
     assert logs["adv"] > 0
-    d, _ = model.discriminator_loss(x, out.reconstruction, step=3)
+    d, _ = ca.discriminator_loss(disc, x, out.reconstruction, step=3)
     d.backward()
-    assert all(p.grad is not None for p in model.discriminator_parameters())
+    assert all(p.grad is not None for p in disc.parameters())
+    with pytest.raises(ca.ConfigError, match="built for a HDRAutoencoderConfig"):
+        ca.generator_loss(model, ca.Discriminators(config=ca.get_preset("hdr-demo")), x, step=3)
 
 
 def test_perceptual_loss_25d_is_zero_for_equal_inputs_and_positive_otherwise(gen):
@@ -101,7 +108,7 @@ def test_perceptual_loss_25d_is_zero_for_equal_inputs_and_positive_otherwise(gen
     assert float(ca.perceptual_loss_25d(x, torch.rand(2, 1, 8, 8, 8, generator=gen), feats, generator=gen)) > 0.01
     # used by the generator loss when a weight and an extractor are given
     cfg = ca.VQGANConfig(**{**TINY_VQ.__dict__, "perceptual_weight": 1.0})
-    _, logs, _ = ca.VQGAN(config=cfg).generator_loss(x * 2 - 1, features=feats, generator=gen)
+    _, logs, _ = ca.generator_loss(ca.VQGAN(config=cfg), None, x * 2 - 1, step=0, features=feats, generator=gen)
     assert logs["perc"] > 0
 
 
@@ -115,3 +122,30 @@ def test_vqgan_rejects_bad_inputs():
         model.encode_stage_2_inputs(torch.zeros(1, 1, 16, 16, 16, dtype=torch.int16))
     with pytest.raises(ca.InputShapeError, match="no label map"):
         model.encode_stage_2_inputs(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_fail_at_once_naming_the_input(bad):
+    vq = ca.VQGAN(config=TINY_VQ).eval()
+    hdr = ca.HDRAutoencoder(config=ca.get_preset("hdr-demo", crop_size=16)).eval()
+    x = torch.zeros(1, 1, 16, 16, 16)
+    x[0, 0, 3, 4, 5] = bad
+    allnan = torch.full((1, 1, 16, 16, 16), float("nan"))
+    for model in (vq, hdr):
+        for inp in (x, allnan):
+            with pytest.raises(ca.NonFiniteInputError, match=r"^x holds \d+ non-finite"):
+                model.encode_stage_2_inputs(inp)
+        with pytest.raises(ca.NonFiniteInputError, match="x holds"):
+            ca.tiled_encode(model, allnan, tile=16, overlap=0)
+        z = torch.zeros(1, 4, 8, 8, 8) if model is vq else torch.zeros(1, 4, 4, 4, 4)
+        z[0, 0, 0, 0, 0] = bad
+        with pytest.raises(ca.NonFiniteInputError, match=r"^z holds 1 non-finite"):
+            model.decode_stage_2_outputs(z)
+        with pytest.raises(ca.NonFiniteInputError, match=r"^z holds"):
+            ca.tiled_decode(model, z, tile=16, overlap=0)
+    hu = torch.full((2, 2), 40.0)
+    hu[1, 1] = bad
+    with pytest.raises(ca.NonFiniteInputError, match=r"^hu holds 1 non-finite"):
+        TINY_VQ.window.normalize(hu)
+    with pytest.raises(ca.NonFiniteInputError, match=r"^hu holds 1 non-finite"):
+        TINY_VQ.window.normalize(hu.numpy())

@@ -1,6 +1,18 @@
+import importlib.util
+import logging
+from pathlib import Path
+
 import numpy as np
-from report_bbox import BBox, Report, sample_report
-from report_bbox.bench import bbox_violation, benchmark_bboxes, main
+from report_bbox import BBox, Report, bbox_violation, benchmark_bboxes, sample_report
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "abdomen.py"
+
+
+def _script_main():
+    spec = importlib.util.spec_from_file_location("report_bbox_abdomen_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def synthetic_map():
@@ -47,9 +59,16 @@ def test_violation_detects_bad_boxes():
     )
 
 
-def test_cli_on_npy(tmp_path, capsys):
+def test_library_prints_nothing(capsys, caplog):
+    with caplog.at_level(logging.DEBUG):
+        benchmark_bboxes(synthetic_map(), (2.0, 2.0, 2.0), n_boxes=3, seed=0)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+
+
+def test_benchmark_script_on_npy(tmp_path, capsys):
     path = tmp_path / "organs.npy"
     np.save(path, synthetic_map())
-    assert main([str(path), "--spacing", "2", "2", "2", "--n", "5"]) == 0
+    assert _script_main()([str(path), "--spacing", "2", "2", "2", "--n", "5"]) == 0
     out = capsys.readouterr().out
     assert "liver" in out and "0 invalid" in out

@@ -98,7 +98,7 @@ def test_did_you_mean():
 
 
 def test_every_name_and_alias_round_trips():
-    from report_bbox.organs import _ALIASES
+    from report_bbox._organs import _ALIASES
 
     for name, organ in ORGANS.items():
         assert resolve_organ(name) == name

@@ -3,13 +3,13 @@ import pytest
 from report_bbox import (
     LESION_TYPES,
     ORGANS,
+    VOCABULARY,
     Report,
     ReportError,
     check_report_fits,
     rule_violations,
     sample_report,
 )
-from report_bbox.vocabulary import VOCABULARY
 
 FOURTEEN = {
     "gallstone",

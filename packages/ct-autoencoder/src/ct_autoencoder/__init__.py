@@ -3,31 +3,49 @@
 Public API:
 
 - Models: :class:`VQGAN` (LesionDiffusion), :class:`HDRAutoencoder` (GuideGen), both with
-  ``encode_stage_2_inputs`` / ``decode_stage_2_outputs`` for MONAI's ``LatentDiffusionInferer``.
-- Configs and presets: :class:`VQGANConfig`, :class:`HDRAutoencoderConfig`, :func:`vqgan_preset`,
-  :func:`hdr_preset`, :class:`HUWindow`.
-- Training: :func:`make_optimizers`, :func:`training_step`, :func:`perceptual_loss_25d`,
+  ``encode_stage_2_inputs`` / ``decode_stage_2_outputs`` for MONAI's ``LatentDiffusionInferer``
+  and a ``scale_factor`` (latent scale; :func:`measure_scale_factor`).
+- Configs and presets: :func:`get_preset`, :data:`PRESETS`, :class:`VQGANConfig`,
+  :class:`HDRAutoencoderConfig`, :class:`HUWindow` (``vqgan_preset`` / ``hdr_preset`` delegate to
+  ``get_preset``).
+- Training: :class:`Discriminators`, :func:`generator_loss`, :func:`discriminator_loss`,
+  :func:`make_optimizers`, :func:`training_step`, :func:`perceptual_loss_25d`,
   :class:`SliceFeatureExtractor`, :func:`codebook_stats`, :func:`reinit_dead_codes`.
 - Tiling: :func:`tiled_encode`, :func:`tiled_decode`, :func:`seam_ratio`.
-- Checkpoints: :func:`save_autoencoder`, :func:`load_autoencoder`, :func:`build_model`.
+- Checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint` (aliases ``save_autoencoder`` /
+  ``load_autoencoder``), :func:`build_model`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._checkpoint import build_model, load_autoencoder, save_autoencoder
+from ._checkpoint import (
+    build_model,
+    load_autoencoder,
+    load_checkpoint,
+    save_autoencoder,
+    save_checkpoint,
+)
 from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
+from ._discriminators import DiscriminatorOutput, Discriminators
 from ._hdr import HDRAutoencoder, HDRAutoencoderOutput, HDRWindow
 from ._losses import SliceFeatureExtractor, perceptual_loss_25d, random_slices
+from ._scale import measure_scale_factor
 from ._tiling import seam_ratio, tile_starts, tiled_decode, tiled_encode
-from ._training import Optimizers, make_optimizers, training_step
+from ._training import (
+    Optimizers,
+    discriminator_loss,
+    generator_loss,
+    make_optimizers,
+    training_step,
+)
 from ._vqgan import VQGAN, VQGANOutput
 from .config import (
-    HDR_PRESETS,
-    VQGAN_PRESETS,
+    PRESETS,
     HDRAutoencoderConfig,
     VQGANConfig,
     config_from_dict,
     config_to_dict,
+    get_preset,
     hdr_preset,
     vqgan_preset,
 )
@@ -36,6 +54,7 @@ from .exceptions import (
     CheckpointError,
     ConfigError,
     InputShapeError,
+    NonFiniteInputError,
     UnknownPresetError,
 )
 from .normalization import HUWindow
@@ -46,19 +65,21 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
-    "HDR_PRESETS",
+    "PRESETS",
     "VQGAN",
-    "VQGAN_PRESETS",
     "AutoencoderError",
     "CheckpointError",
     "CodebookStats",
     "ConfigError",
+    "DiscriminatorOutput",
+    "Discriminators",
     "HDRAutoencoder",
     "HDRAutoencoderConfig",
     "HDRAutoencoderOutput",
     "HDRWindow",
     "HUWindow",
     "InputShapeError",
+    "NonFiniteInputError",
     "Optimizers",
     "SliceFeatureExtractor",
     "UnknownPresetError",
@@ -69,13 +90,19 @@ __all__ = [
     "codebook_stats",
     "config_from_dict",
     "config_to_dict",
+    "discriminator_loss",
+    "generator_loss",
+    "get_preset",
     "hdr_preset",
     "load_autoencoder",
+    "load_checkpoint",
     "make_optimizers",
+    "measure_scale_factor",
     "perceptual_loss_25d",
     "random_slices",
     "reinit_dead_codes",
     "save_autoencoder",
+    "save_checkpoint",
     "seam_ratio",
     "tile_starts",
     "tiled_decode",

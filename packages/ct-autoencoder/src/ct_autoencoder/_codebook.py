@@ -4,6 +4,12 @@ A code is *dead* when its EMA cluster size (the exponentially averaged number of
 assigned to it per step) falls below a threshold. Dead codes are re-initialised from encoder
 outputs of the current batch, the standard remedy for codebook collapse (Dhariwal et al. 2020,
 "Jukebox", Sec. 3.2; Zeghidour et al. 2021, "SoundStream").
+
+Under ``torch.distributed`` (DDP) the codebook stays identical on every rank: MONAI's
+``EMAQuantizer`` all-reduces the EMA statistics (cluster sizes and summed vectors) inside its
+forward when a process group is initialised, so every rank applies the same EMA update and sees
+the same dead codes; :func:`reinit_dead_codes` then broadcasts rank 0's replacement vectors, so
+the revived codes are the same everywhere. Call it on every rank at the same step.
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from monai.networks.layers.vector_quantizer import EMAQuantizer
+
+from . import _random
 
 __all__ = ["CodebookStats", "codebook_stats", "reinit_dead_codes"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CodebookStats:
     """Usage of a codebook on one batch plus its EMA state.
 
@@ -70,17 +79,24 @@ def reinit_dead_codes(
         quantizer: MONAI ``EMAQuantizer`` (modified in place).
         encodings: Pre-quantisation encoder outputs ``(B, C, X, Y, Z)``, C = ``embedding_dim``.
         dead_threshold: EMA cluster size under which a code is dead.
-        generator: Random source for choosing the replacement vectors.
+        generator: Random source for choosing the replacement vectors (drawn on its device,
+            else on ``encodings``' device).
 
     Returns:
         Number of codes re-initialised.
+
+    Under an initialised ``torch.distributed`` process group, rank 0's
+    replacement vectors are broadcast, so every rank writes the same codes (the dead set is
+    already the same on every rank because the EMA statistics are all-reduced).
     """
     dead = (quantizer.ema_cluster_size < dead_threshold).nonzero().flatten()
     if dead.numel() == 0:
         return 0
     flat = encodings.detach().float().movedim(1, -1).reshape(-1, quantizer.embedding_dim)
-    pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator, device="cpu").to(flat.device)
-    new = flat[pick].to(quantizer.embedding.weight.dtype)
+    pick = _random.randint(flat.shape[0], (dead.numel(),), like=flat, generator=generator)
+    new = flat[pick].to(quantizer.embedding.weight.dtype).contiguous()
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(new, src=0)
     dead = dead.to(new.device)
     # EMA state: embedding = ema_w / cluster_size, so give each revived code unit mass.
     quantizer.ema_cluster_size[dead] = 1.0

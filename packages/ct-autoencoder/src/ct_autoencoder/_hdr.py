@@ -11,8 +11,13 @@ Written from the paper because the authors' code lacks it (authors-code.md 1.5):
   window drawn per sample and step from the intensity range of ``x``, learnable ``k`` and ``b``,
   and the L1 reconstruction loss under ``h`` (Eq. 8).
 - **Discriminators** on unwindowed images: a 2D frame discriminator on random slices and a 3D
-  volume discriminator; perceptual loss under ``h`` (Eq. 9) through a caller-supplied extractor.
+  volume discriminator (:class:`~ct_autoencoder.Discriminators`, a separate module);
+  perceptual loss under ``h`` (Eq. 9) through a caller-supplied extractor.
 - **Bottleneck**: EMA vector quantiser (the authors' final config) or diagonal Gaussian (KL).
+
+``forward`` returns everything the losses need (reconstruction, regulariser, and both images
+under the sampled window ``h``, so the learnable ``k`` and ``b`` are used inside ``forward`` and a
+DDP-wrapped model syncs their gradients).
 """
 
 from __future__ import annotations
@@ -21,18 +26,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.losses import PatchAdversarialLoss
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 from torch import nn
 
+from . import _random
 from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
 from ._inputs import check_image, check_labels, check_latent
-from ._losses import (
-    SliceFeatureExtractor,
-    make_patch_discriminator,
-    perceptual_loss_25d,
-    random_slices,
-)
+from ._scale import ScaleFactorMixin
 from .config import HDRAutoencoderConfig
 from .exceptions import ConfigError
 
@@ -74,7 +74,7 @@ class HDRWindow(nn.Module):
 
         Args:
             x: ``(B, 1, X, Y, Z)``.
-            generator: Random source (CPU generator).
+            generator: Random source; drawn on its device, else on ``x``'s device.
 
         Returns:
             ``(w_c, w_r)``, each ``(B, 1, 1, 1, 1)`` on ``x``'s device and dtype.
@@ -83,7 +83,7 @@ class HDRWindow(nn.Module):
         flat = x.detach().reshape(b, -1)
         lo, hi = flat.amin(1), flat.amax(1)
         rng = (hi - lo).clamp_min(1e-3)
-        u = torch.rand(2, b, generator=generator).to(device=x.device, dtype=x.dtype)
+        u = _random.rand((2, b), like=x, generator=generator)
         w_c = lo + u[0] * (hi - lo)
         w_r = rng * (self.min_radius + u[1] * (0.5 - self.min_radius))
         shape = (b, 1, 1, 1, 1)
@@ -202,7 +202,7 @@ class _Decoder(nn.Module):
         return self.conv_out(torch.cat([F.silu(self.norm_out(h)), pyramid[0]], 1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HDRAutoencoderOutput:
     """Result of :meth:`HDRAutoencoder.forward`.
 
@@ -212,6 +212,8 @@ class HDRAutoencoderOutput:
         latent: Quantised (``vq``) or sampled (``kl``) latent ``(B, C, X/f, Y/f, Z/f)``.
         encodings: Pre-bottleneck encodings (``vq``: ``(B, C, ...)``; ``kl``: the mean).
         indices: Code indices ``(B, X/f, Y/f, Z/f)`` (``vq``) or None.
+        windowed_input: ``h(x)`` under the window sampled in this forward (Eq. 7), ``(B, 1, X, Y, Z)``.
+        windowed_reconstruction: ``h(x_hat)`` under the same window.
     """
 
     reconstruction: torch.Tensor
@@ -219,16 +221,21 @@ class HDRAutoencoderOutput:
     latent: torch.Tensor
     encodings: torch.Tensor
     indices: torch.Tensor | None
+    windowed_input: torch.Tensor
+    windowed_reconstruction: torch.Tensor
 
 
-class HDRAutoencoder(nn.Module):
+class HDRAutoencoder(ScaleFactorMixin, nn.Module):
     """Anatomy-aware HDR autoencoder with pyramidal label conditioning, VQ or KL bottleneck.
 
+    The generator side only; its adversaries are :class:`~ct_autoencoder.Discriminators`.
+    ``scale_factor`` (from the config, 1.0 until measured) is the latent scale consumers use.
+
     Args:
-        config: :class:`~ct_autoencoder.config.HDRAutoencoderConfig` (see ``hdr_preset``).
+        config: :class:`~ct_autoencoder.config.HDRAutoencoderConfig` (see ``get_preset``).
 
     Example:
-        >>> model = HDRAutoencoder(config=hdr_preset("demo"))
+        >>> model = HDRAutoencoder(config=get_preset("hdr-demo"))
         >>> z = model.encode_stage_2_inputs(torch.zeros(1, 1, 32, 32, 32))  # (1, 4, 8, 8, 8)
     """
 
@@ -249,13 +256,6 @@ class HDRAutoencoder(nn.Module):
         self.window = HDRWindow(
             k_init=config.k_init, k_min=config.k_min, b_init=config.b_init, min_radius=config.min_window_radius
         )
-        self.frame_discriminator = make_patch_discriminator(
-            spatial_dims=2, channels=config.disc_channels, layers=config.disc_layers
-        )
-        self.volume_discriminator = make_patch_discriminator(
-            spatial_dims=3, channels=config.disc_channels, layers=config.disc_layers
-        )
-        self.adversarial_loss = PatchAdversarialLoss(criterion=config.adversarial_criterion)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -354,8 +354,10 @@ class HDRAutoencoder(nn.Module):
     def encode_stage_2_inputs(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents for a diffusion model: quantised codes (``vq``) or the posterior mean (``kl``).
 
+        Unscaled: a diffusion model works on ``z * scale_factor``.
+
         Args:
-            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
+            x: ``(B, 1, X, Y, Z)`` in [-1, 1], finite (NaN or inf raise NonFiniteInputError).
             labels: Optional label map ``(B, 1, X, Y, Z)``.
 
         Returns:
@@ -366,7 +368,19 @@ class HDRAutoencoder(nn.Module):
     def decode_stage_2_outputs(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, *, quantize: bool = True
     ) -> torch.Tensor:
-        """Decode diffusion-model latents (snapped to the codebook first for ``vq`` when ``quantize``)."""
+        """Decode diffusion-model latents (snapped to the codebook first for ``vq`` when ``quantize``).
+
+        :func:`~ct_autoencoder.tiled_decode` takes the same ``quantize`` flag and default.
+
+        Args:
+            z: Unscaled latents ``(B, latent_channels, x, y, z)`` (divide by ``scale_factor``).
+            labels: Optional label map at image resolution.
+            quantize: Snap to the nearest codes first (``vq`` only; ignored for ``kl``).
+
+        Returns:
+            ``(B, 1, f x, f y, f z)`` in the model range.
+        """
+        check_latent(z, channels=self.latent_channels)
         if quantize and self.quantizer is not None:
             z = self.quantize(z)[0]
         return self.decode(z, labels)
@@ -381,11 +395,15 @@ class HDRAutoencoder(nn.Module):
     ) -> HDRAutoencoderOutput:
         """Encode, bottleneck (EMA update in training mode / reparameterised sample) and decode.
 
+        Also samples the HDR window per sample (Eq. 7) and returns ``h(x)`` and ``h(x_hat)``, so
+        the L1 and perceptual terms (Eq. 8-9) need no further call into the model.
+
         Args:
             x: ``(B, 1, X, Y, Z)`` in [-1, 1].
             labels: Optional label map.
             drop_labels: Optional bool ``(B,)`` selecting samples encoded without their map.
-            generator: Random source of the KL sample.
+            generator: Random source of the KL sample and the window (drawn on its device, else
+                on ``x``'s device).
 
         Returns:
             :class:`HDRAutoencoderOutput`.
@@ -399,112 +417,18 @@ class HDRAutoencoder(nn.Module):
         else:
             mu, logvar = h.chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)
-            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
-            z = mu + torch.exp(0.5 * logvar) * eps if self.training else mu
+            if self.training:
+                z = mu + torch.exp(0.5 * logvar) * _random.randn(tuple(mu.shape), like=mu, generator=generator)
+            else:
+                z = mu
             reg = 0.5 * torch.sum(mu.pow(2) + logvar.exp() - 1.0 - logvar, dim=(1, 2, 3, 4)).mean()
             enc, idx = mu, None
-        return HDRAutoencoderOutput(self.decoder(z, pyr), reg, z, enc, idx)
-
-    # ----------------------------------------------------------------- losses
-    def generator_parameters(self) -> list[nn.Parameter]:
-        """Encoder, decoder, label embedding and the learnable window (k, b)."""
-        mods = [self.encoder, self.decoder, self.label_embedding, self.window]
-        return [p for m in mods for p in m.parameters() if p.requires_grad]
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        """Frame (2D) and volume (3D) discriminator parameters."""
-        return [*self.frame_discriminator.parameters(), *self.volume_discriminator.parameters()]
-
-    def adversarial_active(self, step: int) -> bool:
-        """Whether the adversarial terms are on at ``step``."""
-        c = self.config
-        return (c.frame_weight > 0 or c.volume_weight > 0) and step >= c.adversarial_start
-
-    def generator_loss(
-        self,
-        x: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        *,
-        step: int = 0,
-        features: SliceFeatureExtractor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float], HDRAutoencoderOutput]:
-        """Eq. (9) of GuideGen, generator side.
-
-        ``w_rec |h(x_hat) - h(x)|_1 + w_perc L_perc(h(x_hat), h(x)) + w_f L_adv(D_f(x_hat[i]))
-        + w_v L_adv(D_v(x_hat)) + reg`` with ``h`` drawn per sample (Eq. 7-8) and ``reg`` the
-        commitment loss (``vq``) or ``kl_weight * KL`` (``kl``). In training mode the label map of
-        each sample is dropped with probability ``label_dropout``.
-
-        Args:
-            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
-            labels: Optional label map.
-            step: Optimiser step (gates adversarial terms).
-            features: Optional 2D feature extractor for the perceptual term.
-            generator: Random source (windows, label dropout, slices, KL sample).
-
-        Returns:
-            ``(loss, logs, output)``.
-        """
-        cfg = self.config
-        drop = None
-        if labels is not None and self.training and cfg.label_dropout > 0:
-            drop = torch.rand(x.shape[0], generator=generator) < cfg.label_dropout
-        out = self(x, labels, drop_labels=drop, generator=generator)
+        rec = self.decoder(z, pyr)
         w_c, w_r = self.window.sample(x, generator=generator)
-        hx, hr = self.window(x, w_c, w_r), self.window(out.reconstruction, w_c, w_r)
-        rec = torch.mean(torch.abs(hr - hx))  # Eq. (8)
-        reg = out.regularization if self.quantizer is not None else cfg.kl_weight * out.regularization
-        loss = cfg.reconstruction_weight * rec + reg
-        logs = {"rec": float(rec.detach()), "reg": float(out.regularization.detach()),
-                "k": float(self.window.k.detach()), "b": float(self.window.b.detach())}
-        if features is not None and cfg.perceptual_weight > 0:
-            perc = perceptual_loss_25d(hr, hx, features, generator=generator)
-            loss = loss + cfg.perceptual_weight * perc
-            logs["perc"] = float(perc.detach())
-        if self.adversarial_active(step):
-            frames, _ = random_slices(out.reconstruction, cfg.num_frames, generator=generator)
-            adv_f = self.adversarial_loss(self.frame_discriminator(frames)[-1], target_is_real=True,
-                                          for_discriminator=False)
-            adv_v = self.adversarial_loss(self.volume_discriminator(out.reconstruction)[-1], target_is_real=True,
-                                          for_discriminator=False)
-            loss = loss + cfg.frame_weight * adv_f + cfg.volume_weight * adv_v
-            logs.update(adv_frame=float(adv_f.detach()), adv_volume=float(adv_v.detach()))
-        if out.indices is not None:
-            stats = self.codebook_stats(out.indices)
-            logs.update(perplexity=stats.perplexity, dead_codes=float(stats.dead))
-        logs["loss"] = float(loss.detach())
-        return loss, logs, out
-
-    def discriminator_loss(
-        self,
-        x: torch.Tensor,
-        reconstruction: torch.Tensor,
-        *,
-        step: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Frame and volume discriminator losses on unwindowed images (Eq. 9, last two terms).
-
-        Returns:
-            ``(loss, logs)``; loss is None before ``adversarial_start``.
-        """
-        if not self.adversarial_active(step):
-            return None, {}
-        x, r = x.detach(), reconstruction.detach()
-        both = torch.cat([x, r], 0)
-        frames, _ = random_slices(both, self.config.num_frames, generator=generator)
-        nf = x.shape[0] * self.config.num_frames
-        d = self.adversarial_loss
-        lf = self.frame_discriminator(frames)[-1]
-        loss_f = 0.5 * (d(lf[:nf], target_is_real=True, for_discriminator=True)
-                        + d(lf[nf:], target_is_real=False, for_discriminator=True))
-        lv = self.volume_discriminator(both)[-1]
-        b = x.shape[0]
-        loss_v = 0.5 * (d(lv[:b], target_is_real=True, for_discriminator=True)
-                        + d(lv[b:], target_is_real=False, for_discriminator=True))
-        loss = loss_f + loss_v
-        return loss, {"disc_frame": float(loss_f.detach()), "disc_volume": float(loss_v.detach())}
+        return HDRAutoencoderOutput(
+            reconstruction=rec, regularization=reg, latent=z, encodings=enc, indices=idx,
+            windowed_input=self.window(x, w_c, w_r), windowed_reconstruction=self.window(rec, w_c, w_r),
+        )
 
     # ----------------------------------------------------------------- codebook health
     def codebook_stats(self, indices: torch.Tensor) -> CodebookStats:

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from .exceptions import InputShapeError
+from .exceptions import InputShapeError, NonFiniteInputError
 
-__all__ = ["check_image", "check_labels", "check_latent"]
+__all__ = ["check_finite", "check_image", "check_labels", "check_latent"]
+
+
+def check_finite(x: torch.Tensor, *, name: str) -> None:
+    """Raise :class:`NonFiniteInputError` naming ``name`` if ``x`` holds NaN or inf (skipped on meta)."""
+    if x.device.type == "meta":
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise NonFiniteInputError(
+            f"{name} holds {int((~finite).sum())} non-finite value(s) (NaN or inf) of {x.numel()}; "
+            f"every voxel must be finite (normalise CT with config.window.normalize, fill missing voxels)"
+        )
 
 
 def check_image(x: object, *, factor: int, name: str = "x") -> torch.Tensor:
@@ -26,6 +38,7 @@ def check_image(x: object, *, factor: int, name: str = "x") -> torch.Tensor:
             f"{name} spatial size {tuple(x.shape[2:])} must be divisible by the downsampling factor {factor}; "
             f"pad or crop to e.g. {near}"
         )
+    check_finite(x, name=name)
     return x
 
 
@@ -37,6 +50,7 @@ def check_latent(z: object, *, channels: int, name: str = "z") -> torch.Tensor:
         raise InputShapeError(f"{name} must have shape (B, {channels}, x, y, z), got {tuple(z.shape)}")
     if not z.is_floating_point():
         raise InputShapeError(f"{name} must be floating point, got {z.dtype}")
+    check_finite(z, name=name)
     return z
 
 
@@ -53,6 +67,8 @@ def check_labels(labels: object, *, like: tuple[int, ...], num_classes: int) -> 
         raise InputShapeError(
             f"labels must have shape {(like[0], 1, *like[2:])} or {(like[0], *like[2:])}, got {tuple(labels.shape)}"
         )
+    if lab.device.type == "meta":  # shapes only: values cannot be inspected
+        return lab.long()
     if lab.is_floating_point():
         if not torch.equal(lab, lab.round()):
             raise InputShapeError("labels must hold integer class ids, got non-integer floats")

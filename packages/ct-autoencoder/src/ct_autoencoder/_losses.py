@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from monai.networks.nets import PatchDiscriminator
 
+from . import _random
+
 __all__ = [
     "SliceFeatureExtractor",
     "make_patch_discriminator",
@@ -41,7 +43,8 @@ def random_slices(
     Args:
         x: Volumes ``(B, C, X, Y, Z)``.
         num: Slices per volume.
-        generator: Random source (CPU generator).
+        generator: Random source; draws follow the package rule (on the generator's device, else
+            on ``x``'s device).
 
     Returns:
         ``(slices, picks)``: slices ``(B * num, C, H, W)`` and ``(axis, index)`` per slice. For cubic
@@ -51,11 +54,11 @@ def random_slices(
     b = x.shape[0]
     spatial = x.shape[2:]
     cubic = len(set(spatial)) == 1
-    shared_axis = int(torch.randint(0, 3, (1,), generator=generator))
+    shared_axis = int(_random.randint(3, (1,), like=x, generator=generator))
     out, picks = [], []
     for i in range(b):
-        axis = int(torch.randint(0, 3, (1,), generator=generator)) if cubic else shared_axis
-        idx = torch.randint(0, spatial[axis], (num,), generator=generator).tolist()
+        axis = int(_random.randint(3, (1,), like=x, generator=generator)) if cubic else shared_axis
+        idx = _random.randint(spatial[axis], (num,), like=x, generator=generator).tolist()
         for j in idx:
             out.append(x[i].select(axis + 1, j))
             picks.append((axis, j))
@@ -82,14 +85,14 @@ def perceptual_loss_25d(
             detached by the caller.
         features: Feature extractor (see :class:`SliceFeatureExtractor`).
         num_slices: Slices per axis per volume.
-        generator: Random source for slice positions.
+        generator: Random source for slice positions (drawn on its device, else on ``x``'s).
 
     Returns:
         Scalar loss (>= 0).
     """
     total = x.new_zeros(())
     for axis in range(3):
-        idx = torch.randint(0, x.shape[axis + 2], (num_slices,), generator=generator).to(x.device)
+        idx = _random.randint(x.shape[axis + 2], (num_slices,), like=x, generator=generator)
         xs = x.index_select(axis + 2, idx).movedim(axis + 2, 1).reshape(-1, 1, *_other(x.shape, axis))
         ys = y.index_select(axis + 2, idx).movedim(axis + 2, 1).reshape(-1, 1, *_other(y.shape, axis))
         fx, fy = features(xs), features(ys)

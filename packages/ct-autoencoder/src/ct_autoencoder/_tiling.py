@@ -7,6 +7,12 @@ pre-quantisation encodings and quantises once, so the codes are chosen on the bl
 
 Tiles are aligned to the downsampling factor, so a latent tile corresponds exactly to an image
 tile. Peak memory scales with the tile, not the volume; only the blended output is full size.
+
+Quantisation agrees with the models' own codec: ``tiled_decode(model, z)`` snaps ``z`` to the
+codebook first (``quantize=True``, the default of ``decode_stage_2_outputs`` too), so for any
+latent ``tiled_decode(model, z, quantize=q)`` equals ``model.decode_stage_2_outputs(z, quantize=q)``
+within the tiling tolerance. Quantisation is per latent voxel, so it is applied once to the
+whole latent before tiling. Latents are unscaled (divide a diffusion output by ``scale_factor``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from monai.data.utils import compute_importance_map
 from tqdm.auto import tqdm
 
+from ._inputs import check_image, check_latent
 from .exceptions import ConfigError, InputShapeError
 
 __all__ = ["TiledCodec", "seam_ratio", "tile_starts", "tiled_decode", "tiled_encode"]
@@ -132,7 +139,7 @@ def tiled_encode(
 
     Args:
         model: A :class:`TiledCodec` (VQGAN or HDRAutoencoder), in eval mode.
-        x: ``(B, 1, X, Y, Z)`` in [-1, 1]; sizes divisible by the downsampling factor.
+        x: ``(B, 1, X, Y, Z)`` in [-1, 1], finite; sizes divisible by the downsampling factor.
         labels: Optional label map of the same spatial size (HDR model only).
         tile: Image tile edge (multiple of the factor), e.g. the training crop.
         overlap: Image overlap between neighbouring tiles (multiple of the factor).
@@ -148,8 +155,7 @@ def tiled_encode(
     """
     f = model.downsample_factor
     _check_tiling(tile, overlap, f)
-    if x.ndim != 5:
-        raise InputShapeError(f"x must be (B, 1, X, Y, Z), got {tuple(x.shape)}")
+    check_image(x, factor=f)  # shape, dtype and finiteness, once for the whole volume
     lab = labels if labels is None or labels.ndim == 5 else labels.unsqueeze(1)
 
     def run(sl: tuple[slice, ...]) -> torch.Tensor:
@@ -173,18 +179,21 @@ def tiled_decode(
     overlap: int,
     sigma_scale: float = 0.125,
     margin: int | None = None,
+    quantize: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
     """Decode large latents tile by tile (tile and overlap given in image voxels).
 
     Args:
         model: A :class:`TiledCodec`, in eval mode.
-        z: Latents ``(B, C, x, y, z)`` (already quantised for VQ models).
+        z: Unscaled latents ``(B, C, x, y, z)``, finite.
         labels: Optional label map at image resolution ``(B, 1, f x, f y, f z)`` (HDR model only).
         tile: Image tile edge (multiple of the factor).
         overlap: Image overlap (multiple of the factor).
         sigma_scale: Gaussian sigma as a fraction of the tile.
         margin: Image voxels dropped at each tile edge inside the volume; default ``overlap // 4``.
+        quantize: Snap ``z`` to the codebook before decoding (VQ models; a KL model ignores it),
+            exactly as ``decode_stage_2_outputs(z, quantize=...)`` does, with the same default.
         progress: Show a tqdm bar.
 
     Returns:
@@ -192,8 +201,9 @@ def tiled_decode(
     """
     f = model.downsample_factor
     _check_tiling(tile, overlap, f)
-    if z.ndim != 5:
-        raise InputShapeError(f"z must be (B, C, x, y, z), got {tuple(z.shape)}")
+    check_latent(z, channels=model.latent_channels)
+    if quantize:
+        z = model.quantize(z)[0]
     lab = labels if labels is None or labels.ndim == 5 else labels.unsqueeze(1)
     if lab is not None and tuple(lab.shape[2:]) != tuple(s * f for s in z.shape[2:]):
         raise InputShapeError(

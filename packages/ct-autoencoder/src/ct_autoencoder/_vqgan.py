@@ -3,6 +3,10 @@
 Eq. 3: ``L_AE = ||x - x_hat||_2^2 + ||sg(z) - q(z)||^2 + ||sg(q(z)) - z||^2 + log D(x) + log(1 - D(x_hat))``.
 With MONAI's EMA codebook the codebook term is replaced by the EMA update (van den Oord et al.
 2017, App. A.1) and only the commitment term ``beta ||sg(q(z)) - z||^2`` carries a gradient.
+
+The model is the generator only: its ``forward`` returns everything the losses need, the
+discriminator is :class:`~ct_autoencoder.Discriminators`, and the GAN losses are the functions
+:func:`~ct_autoencoder.generator_loss` / :func:`~ct_autoencoder.discriminator_loss`.
 """
 
 from __future__ import annotations
@@ -10,21 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from monai.losses import PatchAdversarialLoss
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 from monai.networks.nets import VQVAE
 from torch import nn
 
 from ._codebook import CodebookStats, codebook_stats, reinit_dead_codes
 from ._inputs import check_image, check_latent
-from ._losses import SliceFeatureExtractor, make_patch_discriminator, perceptual_loss_25d
+from ._scale import ScaleFactorMixin
 from .config import VQGANConfig
 from .exceptions import InputShapeError
 
 __all__ = ["VQGAN", "VQGANOutput"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VQGANOutput:
     """Result of :meth:`VQGAN.forward`.
 
@@ -41,14 +44,17 @@ class VQGANOutput:
     encodings: torch.Tensor
 
 
-class VQGAN(nn.Module):
-    """3D VQ-GAN with an EMA codebook, a PatchGAN discriminator and an invertible HU window.
+class VQGAN(ScaleFactorMixin, nn.Module):
+    """3D VQ-GAN autoencoder (generator side) with an EMA codebook and an invertible HU window.
+
+    Its adversary is a separate :class:`~ct_autoencoder.Discriminators` module. ``scale_factor``
+    (from the config, 1.0 until measured) is the latent scale consumers diffuse with.
 
     Args:
-        config: :class:`~ct_autoencoder.config.VQGANConfig` (see ``vqgan_preset``).
+        config: :class:`~ct_autoencoder.config.VQGANConfig` (see ``get_preset``).
 
     Example:
-        >>> model = VQGAN(config=vqgan_preset("demo"))
+        >>> model = VQGAN(config=get_preset("vqgan-demo"))
         >>> z = model.encode_stage_2_inputs(torch.zeros(1, 1, 32, 32, 32))  # (1, 4, 16, 16, 16)
     """
 
@@ -64,10 +70,6 @@ class VQGAN(nn.Module):
             embedding_dim=config.embedding_dim, commitment_cost=config.commitment_cost,
             decay=config.ema_decay,
         )
-        self.discriminator = make_patch_discriminator(
-            spatial_dims=3, channels=config.disc_channels, layers=config.disc_layers
-        )
-        self.adversarial_loss = PatchAdversarialLoss(criterion=config.adversarial_criterion)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -132,12 +134,18 @@ class VQGAN(nn.Module):
     def encode_stage_2_inputs(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Quantised latents for a latent diffusion model (MONAI ``LatentDiffusionInferer`` contract).
 
+        The latents are unscaled: a diffusion model works on ``z * scale_factor`` (MONAI's
+        ``LatentDiffusionInferer(scale_factor=model.scale_factor)`` does this).
+
         Args:
-            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
+            x: ``(B, 1, X, Y, Z)`` in [-1, 1], finite.
             labels: Must be None.
 
         Returns:
             ``(B, embedding_dim, X/f, Y/f, Z/f)`` codebook vectors.
+
+        Raises:
+            InputShapeError: wrong shape or dtype; NonFiniteInputError: NaN or inf in ``x``.
         """
         return self.quantize(self.encode_pre_quant(x, labels))[0]
 
@@ -146,20 +154,27 @@ class VQGAN(nn.Module):
     ) -> torch.Tensor:
         """Decode latents from a diffusion model (snapped to the codebook first when ``quantize``).
 
+        :func:`~ct_autoencoder.tiled_decode` takes the same ``quantize`` flag with the same
+        default, so both decode a given latent the same way. Pass unscaled latents (divide a
+        diffusion model's output by ``scale_factor`` first).
+
         Args:
-            z: ``(B, embedding_dim, x, y, z)``.
+            z: ``(B, embedding_dim, x, y, z)``, finite.
             labels: Must be None.
             quantize: Snap to the nearest codes before decoding (as MONAI's ``VQVAE`` does).
 
         Returns:
             ``(B, 1, f x, f y, f z)`` in the model range.
         """
+        check_latent(z, channels=self.latent_channels)
         if quantize:
             z = self.quantize(z)[0]
         return self.decode(z, labels)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> VQGANOutput:
-        """Encode, quantise (EMA update in training mode) and decode.
+        """Encode, quantise (EMA update in training mode, all-reduced under DDP) and decode.
+
+        Everything the losses need comes out of here, so a DDP-wrapped model trains correctly.
 
         Args:
             x: ``(B, 1, X, Y, Z)`` in [-1, 1].
@@ -170,82 +185,7 @@ class VQGAN(nn.Module):
         """
         h = self.encode_pre_quant(x, labels)
         zq, qloss, idx = self.quantizer(h)
-        return VQGANOutput(self.vqvae.decode(zq), qloss, idx, h)
-
-    # ----------------------------------------------------------------- losses
-    def generator_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters of the autoencoder (the codebook is EMA-updated, not trained)."""
-        return [p for p in self.vqvae.parameters() if p.requires_grad]
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the PatchGAN discriminator."""
-        return list(self.discriminator.parameters())
-
-    def adversarial_active(self, step: int) -> bool:
-        """Whether the adversarial terms are on at optimiser step ``step``."""
-        return self.config.adversarial_weight > 0 and step >= self.config.adversarial_start
-
-    def generator_loss(
-        self,
-        x: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        *,
-        step: int = 0,
-        features: SliceFeatureExtractor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float], VQGANOutput]:
-        """Generator side of Eq. 3 (LesionDiffusion).
-
-        ``w_rec ||x - x_hat||^2 + beta ||sg(q(z)) - z||^2 + w_adv L_adv(D(x_hat), real)``, plus
-        ``w_perc L_perc`` (2.5D) when ``features`` is given.
-
-        Args:
-            x: ``(B, 1, X, Y, Z)`` in [-1, 1].
-            labels: Must be None.
-            step: Optimiser step (gates the adversarial term).
-            features: Optional 2D feature extractor for the perceptual term.
-            generator: Random source for perceptual slice positions.
-
-        Returns:
-            ``(loss, logs, output)``; logs hold floats ``rec``, ``quant``, ``adv``, ``perc``,
-            ``perplexity``, ``dead_codes``.
-        """
-        cfg = self.config
-        out = self(x, labels)
-        rec = torch.mean((out.reconstruction - x) ** 2)  # Eq. 3, first term
-        loss = cfg.reconstruction_weight * rec + out.quantization_loss
-        logs = {"rec": float(rec.detach()), "quant": float(out.quantization_loss.detach())}
-        if features is not None and cfg.perceptual_weight > 0:
-            perc = perceptual_loss_25d(out.reconstruction, x.detach(), features, generator=generator)
-            loss = loss + cfg.perceptual_weight * perc
-            logs["perc"] = float(perc.detach())
-        if self.adversarial_active(step):
-            logits = self.discriminator(out.reconstruction)[-1]
-            adv = self.adversarial_loss(logits, target_is_real=True, for_discriminator=False)
-            loss = loss + cfg.adversarial_weight * adv
-            logs["adv"] = float(adv.detach())
-        stats = self.codebook_stats(out.indices)
-        logs.update(perplexity=stats.perplexity, dead_codes=float(stats.dead))
-        logs["loss"] = float(loss.detach())
-        return loss, logs, out
-
-    def discriminator_loss(
-        self, x: torch.Tensor, reconstruction: torch.Tensor, *, step: int = 0
-    ) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Discriminator side of Eq. 3: ``L_adv(D(x), real) + L_adv(D(sg(x_hat)), fake)`` halved.
-
-        Returns:
-            ``(loss, logs)``; loss is None before ``adversarial_start``.
-        """
-        if not self.adversarial_active(step):
-            return None, {}
-        real = self.discriminator(x.detach())[-1]
-        fake = self.discriminator(reconstruction.detach())[-1]
-        loss = 0.5 * (
-            self.adversarial_loss(real, target_is_real=True, for_discriminator=True)
-            + self.adversarial_loss(fake, target_is_real=False, for_discriminator=True)
-        )
-        return loss, {"disc": float(loss.detach())}
+        return VQGANOutput(reconstruction=self.vqvae.decode(zq), quantization_loss=qloss, indices=idx, encodings=h)
 
     # ----------------------------------------------------------------- codebook health
     def codebook_stats(self, indices: torch.Tensor) -> CodebookStats:

@@ -1,4 +1,4 @@
-"""Frozen model configs and the named presets ``demo`` and ``paper``.
+"""Frozen model configs and the named presets, looked up with :func:`get_preset`.
 
 Sizes of the ``paper`` presets come from the papers and the authors' configs
 (``/shared/reference/authors-code.md`` sections 1.5 and 2.4):
@@ -10,12 +10,16 @@ Sizes of the ``paper`` presets come from the papers and the authors' configs
   ``paper_kl`` follows the shipped ``ae.yaml`` KL variant (widths 96/192/384, 4 latent channels).
 
 ``demo`` presets fit a 2-core CPU: 32^3 crops and a few thousand parameters per level.
+
+Preset names: ``vqgan-demo``, ``vqgan-paper``, ``vqgan-demo-soft-tissue``,
+``vqgan-paper-soft-tissue``, ``hdr-demo``, ``hdr-demo-kl``, ``hdr-paper``, ``hdr-paper-kl``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,12 +27,12 @@ from .exceptions import ConfigError, UnknownPresetError
 from .normalization import HUWindow
 
 __all__ = [
-    "HDR_PRESETS",
-    "VQGAN_PRESETS",
+    "PRESETS",
     "HDRAutoencoderConfig",
     "VQGANConfig",
     "config_from_dict",
     "config_to_dict",
+    "get_preset",
     "hdr_preset",
     "vqgan_preset",
 ]
@@ -48,6 +52,13 @@ def _check_criterion(value: str) -> None:
         near = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ConfigError(f"adversarial_criterion must be one of {allowed}, got {value!r}{hint}")
+
+
+def _check_scale_factor(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"scale_factor must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"scale_factor must be finite and > 0 (1 / std of the latents), got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +89,9 @@ class VQGANConfig:
             below this is dead.
         dead_code_interval: Re-initialise dead codes every this many training steps (0: never).
         learning_rate: Adam learning rate of generator and discriminator.
+        scale_factor: Latent scale, ``1 / std`` of the latents over training data (see
+            :func:`~ct_autoencoder.measure_scale_factor`); 1.0 until measured. Diffusion models
+            work on ``z * scale_factor`` and divide by it before decoding.
     """
 
     name: str
@@ -100,6 +114,7 @@ class VQGANConfig:
     dead_code_threshold: float = 1.0
     dead_code_interval: int = 100
     learning_rate: float = 1e-4
+    scale_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.channels or any(c <= 0 for c in self.channels):
@@ -124,6 +139,11 @@ class VQGANConfig:
             _check_positive(n, getattr(self, n), allow_zero=True)
         _check_positive("learning_rate", self.learning_rate)
         _check_criterion(self.adversarial_criterion)
+        _check_scale_factor(self.scale_factor)
+
+    def adversarial_active(self, step: int) -> bool:
+        """Whether the adversarial terms are on at optimiser step ``step``."""
+        return self.adversarial_weight > 0 and step >= self.adversarial_start
 
     @property
     def downsample_factor(self) -> int:
@@ -147,7 +167,9 @@ class HDRAutoencoderConfig:
         name: Preset name.
         channels: Width per level; there are ``len(channels) - 1`` stride-2 downsamplings.
         num_res_blocks: Residual blocks per level.
-        norm_groups: GroupNorm groups (must divide every width).
+        norm_groups: Groups of the per-voxel group norm; must divide every width and leave at
+            least 3 channels per group (it removes each group's mean and scale at every voxel,
+            so a 1-channel group carries nothing).
         bottleneck: ``vq`` (EMA codebook, the authors' final config) or ``kl`` (diagonal Gaussian).
         latent_channels: Latent channels.
         num_embeddings: Codebook size (``vq`` only).
@@ -179,6 +201,8 @@ class HDRAutoencoderConfig:
         dead_code_threshold: EMA cluster size below which a code is dead (``vq``).
         dead_code_interval: Re-initialise dead codes every this many steps (0: never).
         learning_rate: Adam learning rate.
+        scale_factor: Latent scale, ``1 / std`` of the latents over training data; 1.0 until
+            measured (see :class:`VQGANConfig`).
     """
 
     name: str
@@ -212,6 +236,7 @@ class HDRAutoencoderConfig:
     dead_code_threshold: float = 1.0
     dead_code_interval: int = 100
     learning_rate: float = 1e-4
+    scale_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.channels or any(c <= 0 for c in self.channels):
@@ -219,6 +244,15 @@ class HDRAutoencoderConfig:
         bad = [c for c in self.channels if c % self.norm_groups]
         if bad:
             raise ConfigError(f"norm_groups={self.norm_groups} must divide every width; {bad} do not")
+        thin = [c for c in self.channels if c // self.norm_groups < 3]
+        if thin:
+            ok = [g for g in range(1, min(self.channels) + 1)
+                  if all(c % g == 0 and c // g >= 3 for c in self.channels)]
+            raise ConfigError(
+                f"norm_groups={self.norm_groups} leaves fewer than 3 channels per group at widths {thin}; "
+                f"the per-voxel group norm removes each group's mean and scale, so 1 channel per group "
+                f"erases the signal and 2 keep only a sign. Use norm_groups in {ok or [1]}"
+            )
         if self.bottleneck not in ("vq", "kl"):
             near = difflib.get_close_matches(str(self.bottleneck), ("vq", "kl"), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -244,6 +278,11 @@ class HDRAutoencoderConfig:
             _check_positive(n, getattr(self, n), allow_zero=True)
         _check_positive("learning_rate", self.learning_rate)
         _check_criterion(self.adversarial_criterion)
+        _check_scale_factor(self.scale_factor)
+
+    def adversarial_active(self, step: int) -> bool:
+        """Whether the frame/volume adversarial terms are on at optimiser step ``step``."""
+        return (self.frame_weight > 0 or self.volume_weight > 0) and step >= self.adversarial_start
 
     @property
     def downsample_factor(self) -> int:
@@ -256,59 +295,95 @@ class HDRAutoencoderConfig:
         return (self.latent_channels, *(s // f for s in spatial))
 
 
-VQGAN_PRESETS: dict[str, VQGANConfig] = {
-    "demo": VQGANConfig(
-        name="demo", channels=(16, 32), strides=(2, 1), num_res_layers=1, num_embeddings=256,
+_SOFT_TISSUE = HUWindow(lower=-200.0, upper=300.0)
+
+PRESETS: dict[str, VQGANConfig | HDRAutoencoderConfig] = {
+    "vqgan-demo": VQGANConfig(
+        name="vqgan-demo", channels=(16, 32), strides=(2, 1), num_res_layers=1, num_embeddings=256,
         embedding_dim=4, crop_size=32, disc_channels=16, disc_layers=2, adversarial_weight=0.005,
         adversarial_start=200, dead_code_interval=50, learning_rate=1e-3,
     ),
-    "paper": VQGANConfig(
-        name="paper", channels=(96, 96, 96), strides=(2, 1, 1), num_res_layers=1, num_embeddings=2048,
-        embedding_dim=4, crop_size=128, adversarial_weight=0.01, adversarial_start=50_000,
-        perceptual_weight=1.0, disc_channels=64, disc_layers=3, learning_rate=1e-4,
+    "vqgan-paper": VQGANConfig(
+        name="vqgan-paper", channels=(96, 96, 96), strides=(2, 1, 1), num_res_layers=1,
+        num_embeddings=2048, embedding_dim=4, crop_size=128, adversarial_weight=0.01,
+        adversarial_start=50_000, perceptual_weight=1.0, disc_channels=64, disc_layers=3,
+        learning_rate=1e-4,
+    ),
+    "hdr-demo": HDRAutoencoderConfig(
+        name="hdr-demo", channels=(8, 16, 16), num_res_blocks=1, norm_groups=2, latent_channels=4,
+        num_embeddings=256, label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2,
+        num_frames=2, learning_rate=1e-3, adversarial_start=400, dead_code_interval=50,
+    ),
+    "hdr-demo-kl": HDRAutoencoderConfig(
+        name="hdr-demo-kl", channels=(8, 16, 16), num_res_blocks=1, norm_groups=2, bottleneck="kl",
+        latent_channels=4, label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2,
+        num_frames=2, learning_rate=1e-3, adversarial_start=400,
+    ),
+    "hdr-paper": HDRAutoencoderConfig(
+        name="hdr-paper", channels=(128, 128, 128), num_res_blocks=2, norm_groups=32,
+        latent_channels=8, num_embeddings=8192, crop_size=128, adversarial_start=20_000,
+        disc_channels=64, learning_rate=2e-5,
+    ),
+    "hdr-paper-kl": HDRAutoencoderConfig(
+        name="hdr-paper-kl", channels=(96, 192, 384), num_res_blocks=2, norm_groups=32,
+        bottleneck="kl", latent_channels=4, crop_size=128, adversarial_start=20_000,
+        disc_channels=64, learning_rate=2e-5,
     ),
 }
-
-HDR_PRESETS: dict[str, HDRAutoencoderConfig] = {
-    "demo": HDRAutoencoderConfig(
-        name="demo", channels=(8, 16, 16), num_res_blocks=1, norm_groups=4, latent_channels=4, num_embeddings=256,
-        label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2, num_frames=2, learning_rate=1e-3,
-        adversarial_start=400, dead_code_interval=50,
-    ),
-    "demo_kl": HDRAutoencoderConfig(
-        name="demo_kl", channels=(8, 16, 16), num_res_blocks=1, norm_groups=4, bottleneck="kl", latent_channels=4,
-        label_embed_dim=4, crop_size=32, disc_channels=16, disc_layers=2, num_frames=2, learning_rate=1e-3,
-        adversarial_start=400,
-    ),
-    "paper": HDRAutoencoderConfig(
-        name="paper", channels=(128, 128, 128), num_res_blocks=2, norm_groups=32, latent_channels=8,
-        num_embeddings=8192, crop_size=128, adversarial_start=20_000, disc_channels=64, learning_rate=2e-5,
-    ),
-    "paper_kl": HDRAutoencoderConfig(
-        name="paper_kl", channels=(96, 192, 384), num_res_blocks=2, norm_groups=32, bottleneck="kl",
-        latent_channels=4, crop_size=128, adversarial_start=20_000, disc_channels=64, learning_rate=2e-5,
-    ),
-}
+# Soft-tissue variants for LesionDiffusion's LINet: lesion density classes differ by 10-40 HU,
+# so a -200..300 HU window spends the model range on soft tissue. Voxels outside it (air, lung,
+# bone) are clipped by ``normalize`` and come back from the decoder at the window edge; paste
+# decoded crops back only inside the lesion neighbourhood.
+PRESETS["vqgan-demo-soft-tissue"] = dataclasses.replace(
+    PRESETS["vqgan-demo"], name="vqgan-demo-soft-tissue", window=_SOFT_TISSUE
+)
+PRESETS["vqgan-paper-soft-tissue"] = dataclasses.replace(
+    PRESETS["vqgan-paper"], name="vqgan-paper-soft-tissue", window=_SOFT_TISSUE
+)
 
 
-def _lookup(registry: dict[str, Any], name: str, what: str) -> Any:
+def get_preset(name: str, **overrides: Any) -> VQGANConfig | HDRAutoencoderConfig:
+    """Return the frozen config of preset ``name`` with ``overrides`` applied.
+
+    Args:
+        name: One of :data:`PRESETS` (e.g. ``"vqgan-demo"``, ``"hdr-paper-kl"``).
+        **overrides: Config fields to replace (e.g. ``crop_size=64``); the result is validated.
+
+    Returns:
+        A :class:`VQGANConfig` or :class:`HDRAutoencoderConfig`.
+
+    Raises:
+        UnknownPresetError: ``name`` is not registered (the message suggests the closest name).
+        ConfigError: an override key is not a field of the config (the message lists the fields),
+            or a value is out of range.
+    """
     if not isinstance(name, str):
-        raise ConfigError(f"{what} preset name must be a str, got {type(name).__name__}")
-    if name in registry:
-        return registry[name]
-    near = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.4)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise UnknownPresetError(f"unknown {what} preset {name!r}; available: {sorted(registry)}{hint}")
+        raise ConfigError(f"preset name must be a str, got {type(name).__name__}")
+    if name not in PRESETS:
+        near = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.4)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise UnknownPresetError(f"unknown preset {name!r}; available: {sorted(PRESETS)}{hint}")
+    cfg = PRESETS[name]
+    if not overrides:
+        return cfg
+    fields = sorted(f.name for f in dataclasses.fields(cfg))
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown override(s) {unknown} for preset {name!r} ({type(cfg).__name__}); "
+            f"allowed: {fields}"
+        )
+    return dataclasses.replace(cfg, **overrides)
 
 
-def vqgan_preset(name: str) -> VQGANConfig:
-    """Return the VQ-GAN preset ``name`` (``demo`` or ``paper``); unknown names suggest the closest."""
-    return _lookup(VQGAN_PRESETS, name, "VQ-GAN")
+def vqgan_preset(name: str, **overrides: Any) -> VQGANConfig:
+    """Same as ``get_preset(f"vqgan-{name}", **overrides)`` (kept for existing callers)."""
+    return get_preset("vqgan-" + str(name).replace("_", "-"), **overrides)  # type: ignore[return-value]
 
 
-def hdr_preset(name: str) -> HDRAutoencoderConfig:
-    """Return the HDR autoencoder preset ``name`` (``demo``, ``demo_kl``, ``paper``, ``paper_kl``)."""
-    return _lookup(HDR_PRESETS, name, "HDR autoencoder")
+def hdr_preset(name: str, **overrides: Any) -> HDRAutoencoderConfig:
+    """Same as ``get_preset(f"hdr-{name}", **overrides)`` (kept for existing callers)."""
+    return get_preset("hdr-" + str(name).replace("_", "-"), **overrides)  # type: ignore[return-value]
 
 
 _KINDS: dict[str, type] = {"VQGANConfig": VQGANConfig, "HDRAutoencoderConfig": HDRAutoencoderConfig}

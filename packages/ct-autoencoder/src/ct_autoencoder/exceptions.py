@@ -10,6 +10,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "InputShapeError",
+    "NonFiniteInputError",
     "UnknownPresetError",
 ]
 
@@ -35,3 +36,7 @@ class InputShapeError(AutoencoderError):
 
 class CheckpointError(AutoencoderError):
     """A checkpoint folder is missing files, is malformed, or does not match the config."""
+
+
+class NonFiniteInputError(AutoencoderError):
+    """An input tensor holds NaN or infinite values (rejected before any computation)."""

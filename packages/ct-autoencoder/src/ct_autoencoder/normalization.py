@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, NonFiniteInputError
 
 __all__ = ["HUWindow"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HUWindow:
     """Linear HU window ``[lower, upper] -> [-1, 1]``.
 
@@ -59,12 +59,26 @@ class HUWindow:
 
         Returns:
             Same type and shape, float, ``2 (hu - lower) / (upper - lower) - 1``, in [-1, 1] if ``clip``.
+
+        Raises:
+            NonFiniteInputError: ``hu`` holds NaN or infinite values (clipping would hide them).
         """
         if isinstance(hu, torch.Tensor):
             x = hu.float() if not hu.is_floating_point() else hu
+            if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise NonFiniteInputError(
+                    f"hu holds {bad} non-finite value(s) (NaN or inf) of {x.numel()}; CT intensities "
+                    f"must be finite Hounsfield units (fill or crop missing voxels first)"
+                )
             y = (x - self.lower) * (2.0 / self.width) - 1.0
             return y.clamp(-1.0, 1.0) if self.clip else y
         x = np.asarray(hu, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise NonFiniteInputError(
+                f"hu holds {int((~np.isfinite(x)).sum())} non-finite value(s) (NaN or inf) of {x.size}; "
+                f"CT intensities must be finite Hounsfield units (fill or crop missing voxels first)"
+            )
         y = (x - np.float32(self.lower)) * np.float32(2.0 / self.width) - np.float32(1.0)
         return np.clip(y, -1.0, 1.0) if self.clip else y
 

@@ -9,11 +9,15 @@ Public API:
   the TotalSegmentator v2 organ table.
 * :class:`ReportWriter`, :class:`OpenAIChatReportWriter`, :class:`FakeReportWriter` - report
   writers (LLM hook).
+* :func:`bbox_violation`, :func:`benchmark_bboxes`, :class:`BenchRow` - independent verification
+  and timing of placed boxes (the printed table is ``benchmarks/abdomen.py``).
+
+Import everything from ``report_bbox``; the submodules are implementation detail.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .bbox import (
+from ._bbox import (
     DEFAULT_BBOX_RULES,
     BBox,
     BBoxRules,
@@ -21,17 +25,7 @@ from .bbox import (
     sample_bbox,
     sample_report_and_bbox,
 )
-from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
-from .lesion_types import (
-    LESION_TYPES,
-    RULES,
-    LesionTypeSpec,
-    Rule,
-    lesion_type_name,
-    rule_violations,
-)
-from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
-from .organs import (
+from ._organs import (
     ORGAN_GROUPS,
     ORGANS,
     TOTALSEG_V1,
@@ -44,6 +38,17 @@ from .organs import (
     resolve_organ,
     v1_to_v2,
 )
+from ._verify import BenchRow, bbox_violation, benchmark_bboxes
+from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
+from .lesion_types import (
+    LESION_TYPES,
+    RULES,
+    LesionTypeSpec,
+    Rule,
+    lesion_type_name,
+    rule_violations,
+)
+from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
 from .report import LESION_ORGANS, Report, parse_size_mm
 from .sampling import check_report_fits, sample_report
 from .vocabulary import (
@@ -78,6 +83,7 @@ __all__ = [
     "BBox",
     "BBoxError",
     "BBoxRules",
+    "BenchRow",
     "FakeReportWriter",
     "LesionTypeSpec",
     "OpenAIChatReportWriter",
@@ -90,6 +96,8 @@ __all__ = [
     "ReportWriterError",
     "Rule",
     "__version__",
+    "bbox_violation",
+    "benchmark_bboxes",
     "canonical_value",
     "check_report_fits",
     "clear_bbox_cache",

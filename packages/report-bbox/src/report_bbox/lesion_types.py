@@ -37,8 +37,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from ._organs import ORGANS, resolve_organ
 from .exceptions import ReportError
-from .organs import ORGANS, resolve_organ
 
 __all__ = ["LESION_TYPES", "RULES", "LesionTypeSpec", "Rule", "lesion_type_name", "rule_violations"]
 

@@ -2,7 +2,7 @@
 
 A :class:`Report` holds the 11 template attributes (Lei et al., MICCAI 2025, Fig. 1) with values
 from the closed vocabulary of :mod:`report_bbox.vocabulary` and organs from
-:mod:`report_bbox.organs`. Sizes are millimetres along the x, y, z axes of the organ map, never
+:data:`~report_bbox.ORGANS`. Sizes are millimetres along the x, y, z axes of the organ map, never
 voxels. Validation happens on construction; every failure is a
 :class:`~report_bbox.exceptions.ReportError` naming the field, the value, the allowed values and
 the closest match.
@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from ._organs import ORGANS, TOTALSEG_V2, V1_TO_V2, resolve_organ
 from .exceptions import OrganError, ReportError
-from .organs import ORGANS, TOTALSEG_V2, V1_TO_V2, resolve_organ
 from .vocabulary import (
     ATTRIBUTES,
     IMAGE_ATTRIBUTES,
@@ -30,6 +30,8 @@ from .vocabulary import (
 )
 
 __all__ = ["LESION_ORGANS", "MAX_SIZE_MM", "Report", "parse_size_mm"]
+# ``KEY_ALIASES``, ``norm_key`` and ``validate_organ`` are shared with the sampler and the LLM
+# hook inside the package (not part of the public API, hence not in ``__all__``).
 
 LESION_ORGANS: tuple[str, ...] = tuple(n for n, o in ORGANS.items() if o.kind != "other")
 """Organs a report may name: every hollow or parenchymal organ of the organ table."""
@@ -37,7 +39,7 @@ LESION_ORGANS: tuple[str, ...] = tuple(n for n, o in ORGANS.items() if o.kind !=
 MAX_SIZE_MM = 500.0
 """Hard upper bound on any size axis (mm); organ-specific bounds are in the organ table."""
 
-_KEY_ALIASES: dict[str, str] = {
+KEY_ALIASES: dict[str, str] = {
     "relationship_with_adjacent_organs": "relationship_with_surrounding_organs",
     "relationship": "relationship_with_surrounding_organs",
     "surface": "surface_characteristics",
@@ -51,7 +53,7 @@ _KEY_ALIASES: dict[str, str] = {
 _KEYS = (*ATTRIBUTES, "lesion_type")
 
 
-def _norm_key(key: str) -> str:
+def norm_key(key: str) -> str:
     return re.sub(r"[\s\-]+", "_", key.strip().lower()).strip("_")
 
 
@@ -199,8 +201,8 @@ class Report(BaseModel):
         for raw_key, value in data.items():
             if not isinstance(raw_key, str):
                 raise ReportError(f"report keys must be strings, got {raw_key!r}")
-            key = _norm_key(raw_key)
-            key = _KEY_ALIASES.get(key, key)
+            key = norm_key(raw_key)
+            key = KEY_ALIASES.get(key, key)
             if key not in _KEYS:
                 suggestion = _closest(key, list(_KEYS))
                 raise ReportError(
@@ -222,7 +224,7 @@ class Report(BaseModel):
         for key, value in list(out.items()):
             if key in VOCABULARY:
                 out[key] = canonical_value(key, value)
-        out["organ"] = _validate_organ(out["organ"])
+        out["organ"] = validate_organ(out["organ"])
         out["size"] = parse_size_mm(out["size"])
         organ = ORGANS[out["organ"]]
         organ_type = f"{organ.kind} organ"
@@ -344,7 +346,7 @@ class Report(BaseModel):
                 )
             organ = TOTALSEG_V2[V1_TO_V2[v1]]
         else:
-            organ = _validate_organ(key)
+            organ = validate_organ(key)
         size_text = str(attrs.get("size", ""))
         nums = [float(n) for n in re.findall(_NUMBER, size_text)]
         if len(nums) != 3 and len(entry) >= 5:
@@ -459,7 +461,7 @@ class Report(BaseModel):
         return "; ".join(self.attribute_texts("image").values()) + "."
 
 
-def _validate_organ(value: object) -> str:
+def validate_organ(value: object) -> str:
     try:
         name = resolve_organ(value)  # type: ignore[arg-type]
     except OrganError as exc:
@@ -491,3 +493,7 @@ def _as_report_error(exc: ValidationError) -> ReportError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first.get("loc", ())) or None
     return ReportError(f"{field}: {first.get('msg')}", field=field, value=first.get("input"))
+
+
+# Old private spelling, still imported by ``llm.py`` until it imports ``validate_organ``.
+_validate_organ = validate_organ

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ._organs import ORGANS
 from .exceptions import ReportError
 from .lesion_types import LESION_TYPES, LesionTypeSpec, lesion_type_name, rule_violations
-from .organs import ORGANS
-from .report import _KEY_ALIASES, Report, _norm_key, _validate_organ, parse_size_mm
+from .report import KEY_ALIASES, Report, norm_key, parse_size_mm, validate_organ
 from .vocabulary import ATTRIBUTES, VOCABULARY, canonical_value
 
 __all__ = ["check_report_fits", "sample_report"]
@@ -36,10 +36,11 @@ _ORDER = (
 )
 
 
-def _normalize_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
+def normalize_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
+    """Canonical keys and values of a ``fixed`` attribute dict (shared with the LLM hook)."""
     out: dict[str, Any] = {}
     for raw, value in fixed.items():
-        key = _KEY_ALIASES.get(_norm_key(raw), _norm_key(raw))
+        key = KEY_ALIASES.get(norm_key(raw), norm_key(raw))
         if key not in ATTRIBUTES:
             raise ReportError(
                 f"cannot fix unknown attribute {raw!r}; attributes: {list(ATTRIBUTES)}",
@@ -50,7 +51,7 @@ def _normalize_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
         if key in VOCABULARY:
             out[key] = canonical_value(key, value)
         elif key == "organ":
-            out[key] = _validate_organ(value)
+            out[key] = validate_organ(value)
         else:
             out[key] = parse_size_mm(value)
     return out
@@ -117,9 +118,9 @@ def sample_report(
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    fixed_n = _normalize_fixed(fixed)
+    fixed_n = normalize_fixed(fixed)
     if organ is not None:
-        organ_name = _validate_organ(organ)
+        organ_name = validate_organ(organ)
         if "organ" in fixed_n and fixed_n["organ"] != organ_name:
             raise ReportError(
                 f"organ given twice with different values: {organ_name!r} and {fixed_n['organ']!r}",
@@ -197,3 +198,7 @@ def check_report_fits(report: Report, lesion_type: str | None = None) -> list[st
         fixed.update(organ=report.organ, size=report.size)
         out.extend(_incompatibilities(spec, fixed))
     return out
+
+
+# Old private spelling, still imported by ``llm.py`` until it imports ``normalize_fixed``.
+_normalize_fixed = normalize_fixed

@@ -14,7 +14,7 @@ organ_type                mask    hollow organ, parenchymal organ (follows from 
 lesion_location           mask    within the lumen of a hollow organ, wall thickening (hollow);
                                   within the parenchymal organ, protruding from the parenchymal
                                   organ (parenchymal)
-organ                     both    an organ of :mod:`report_bbox.organs` (hollow or parenchymal)
+organ                     both    an organ of :data:`~report_bbox.ORGANS` (hollow or parenchymal)
 size                      both    millimetres, three axes (x, y, z of the organ map)
 relationship_with_...     both    no close relationship with surrounding organs, close relationship
                                   with adjacent organs
@@ -193,7 +193,7 @@ VOCABULARY: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 """Attribute -> canonical value -> synonyms. ``organ`` and ``size`` are not listed: organs come
-from :mod:`report_bbox.organs`, sizes are numbers in mm."""
+from :data:`~report_bbox.ORGANS`, sizes are numbers in mm."""
 
 CATEGORICAL_ATTRIBUTES: tuple[str, ...] = tuple(VOCABULARY)
 """Attributes with a closed vocabulary (all but ``organ`` and ``size``)."""

@@ -41,8 +41,8 @@ id    GuideGen class               TotalSegmentator v2 classes
 from __future__ import annotations
 
 import numpy as np
-from report_bbox.organs import TOTALSEG_V1, TOTALSEG_V2
-from report_bbox.organs import V1_TO_V2 as _V1_TO_V2
+from report_bbox import TOTALSEG_V1, TOTALSEG_V2
+from report_bbox import V1_TO_V2 as _V1_TO_V2
 
 from ..exceptions import DataError
 

@@ -1,17 +1,14 @@
-"""Benchmark of report sampling + bbox placement on a real organ label map.
+"""Independent verification and benchmark of report sampling + bbox placement on an organ map.
 
-For every organ of the lesion-type table present in the map (or every lesion type, ``--by
-lesion_type``), sample ``n_boxes`` reports with their boxes, verify every placed box with
-:func:`bbox_violation` (full-volume distance transforms, independent of the sampler's cached
-crops), and time it.
-
-Run: ``python -m report_bbox.bench ORGANS.nii.gz`` (NIfTI needs ``pip install nibabel``) or
-``python -m report_bbox.bench ORGANS.npy --spacing 3 3 3``.
+:func:`bbox_violation` checks a box against its report's location rule with full-volume distance
+transforms (independent of the sampler's cached crops). :func:`benchmark_bboxes` samples
+``n_boxes`` reports with their boxes for every organ of the lesion-type table present in the map
+(or every lesion type), verifies every placed box and times it, returning rows; it prints
+nothing. The command-line table lives in ``benchmarks/abdomen.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,22 +18,22 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from .bbox import (
+from ._bbox import (
     DEFAULT_BBOX_RULES,
     BBox,
     BBoxRules,
-    _ellipsoid,
     clear_bbox_cache,
+    ellipsoid,
     sample_bbox,
     sample_report_and_bbox,
 )
+from ._organs import ORGANS, organ_ids
 from .exceptions import BBoxError
 from .lesion_types import LESION_TYPES
-from .organs import ORGANS, organ_ids
 from .report import Report
 from .sampling import sample_report
 
-__all__ = ["BenchRow", "bbox_violation", "benchmark_bboxes", "main"]
+__all__ = ["BenchRow", "bbox_violation", "benchmark_bboxes"]
 
 
 def bbox_violation(
@@ -66,7 +63,7 @@ def bbox_violation(
     shape = organ_labels.shape
     if any(v < 0 for v in box.lo) or any(h > n for h, n in zip(box.hi, shape, strict=True)):
         return f"box {box} leaves the image {shape}"
-    ell = _ellipsoid(box.size)
+    ell = ellipsoid(box.size)
     organ_b, d_in_b, d_out_b = organ[box.slices], d_in[box.slices], d_out[box.slices]
     c = box.center_voxel
     local = tuple(ci - li for ci, li in zip(c, box.lo, strict=True))
@@ -191,60 +188,3 @@ def benchmark_bboxes(
             BenchRow(name, organ, n_boxes, len(boxes), dict(failures), invalid, first, seconds, cpu)
         )
     return rows
-
-
-def _load(
-    path: str, spacing: Sequence[float] | None
-) -> tuple[np.ndarray, tuple[float, float, float]]:
-    if path.endswith((".nii", ".nii.gz")):
-        try:
-            import nibabel as nib
-        except ImportError:
-            raise SystemExit("reading NIfTI needs nibabel: pip install nibabel") from None
-        img = nib.as_closest_canonical(nib.load(path))
-        labels = np.asarray(img.dataobj).astype(np.int16)
-        sp = tuple(float(z) for z in img.header.get_zooms()[:3])
-        return labels, (sp if spacing is None else tuple(spacing))  # type: ignore[return-value]
-    labels = np.load(path)
-    if isinstance(labels, np.lib.npyio.NpzFile):
-        labels = labels[labels.files[0]]
-    if spacing is None:
-        raise SystemExit("--spacing SX SY SZ is required for .npy/.npz label maps")
-    return labels, tuple(float(s) for s in spacing)  # type: ignore[return-value]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: print per-lesion-type rates of report + bbox sampling on an organ map."""
-    parser = argparse.ArgumentParser(
-        prog="python -m report_bbox.bench", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("labels", help="organ label map (.nii/.nii.gz with nibabel, or .npy/.npz)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=None, help="voxel spacing in mm")
-    parser.add_argument("--n", type=int, default=1000, help="samples per organ / lesion type")
-    parser.add_argument("--by", choices=("organ", "lesion_type"), default="organ")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    labels, spacing = _load(args.labels, args.spacing)
-    t0 = time.perf_counter()
-    rows = benchmark_bboxes(labels, spacing, n_boxes=args.n, by=args.by, seed=args.seed)
-    total = time.perf_counter() - t0
-    print(f"label map {labels.shape} spacing {spacing} mm; {args.n} samples per {args.by}")
-    print(
-        f"{args.by:<20}{'organ':<17}{'placed':>8}{'invalid':>8}{'first s':>9}{'per s':>9}{'per cpu s':>11}  failures"
-    )
-    for r in rows:
-        fail = "; ".join(f"{n}x {k}" for k, n in r.failures.items()) or "-"
-        print(
-            f"{r.lesion_type:<20}{r.organ:<17}{r.placed:>8}{r.invalid:>8}{r.first_call_s:>9.3f}{r.rate:>9.0f}{r.cpu_rate:>11.0f}  {fail}"
-        )
-    placed = sum(r.placed for r in rows)
-    secs = sum(r.seconds + r.first_call_s for r in rows)
-    print(
-        f"total: {placed} boxes placed, {sum(r.invalid for r in rows)} invalid, "
-        f"{placed / secs:.0f} samples/s in sampling, {total:.1f} s wall including verification"
-    )
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -37,8 +37,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from ._organs import ORGANS, organ_ids
 from .exceptions import BBoxError
-from .organs import ORGANS, organ_ids
 from .report import Report
 
 __all__ = [
@@ -115,7 +115,7 @@ class BBox:
     def ellipsoid_mask(self, shape: Sequence[int]) -> np.ndarray:
         """Boolean array of ``shape``, True on the ellipsoid inscribed in the box (the lesion)."""
         mask = np.zeros(tuple(shape), dtype=bool)
-        ell = _ellipsoid(self.size)
+        ell = ellipsoid(self.size)
         region = mask[self.slices]
         region[...] = ell[tuple(slice(0, n) for n in region.shape)]
         return mask
@@ -163,7 +163,8 @@ DEFAULT_BBOX_RULES = BBoxRules()
 
 
 @lru_cache(maxsize=4096)
-def _ellipsoid(size: tuple[int, int, int]) -> np.ndarray:
+def ellipsoid(size: tuple[int, int, int]) -> np.ndarray:
+    """Boolean ellipsoid inscribed in a box of ``size`` voxels (shared with the verifier)."""
     grids = np.ogrid[tuple(slice(0, n) for n in size)]
     total = 0.0
     for g, n in zip(grids, size, strict=True):
@@ -230,7 +231,7 @@ class _OrganGeometry:
 
     def ellipsoid_check(self, box: BBox, want: str, margin_mm: float) -> bool:
         """Exact rule check of the inscribed ellipsoid against the organ (crop coordinates)."""
-        ell = _ellipsoid(box.size)
+        ell = ellipsoid(box.size)
         lo = np.array(box.lo) - self.origin
         hi = np.array(box.hi) - self.origin
         clo = np.maximum(lo, 0)
@@ -327,7 +328,7 @@ def _count(reasons: dict[str, int], key: str, k: int) -> None:
 def _probes(size: tuple[int, int, int]) -> np.ndarray:
     """Up to 64 voxels on the rim of the inscribed ellipsoid (offsets in the box), for a cheap
     vectorized necessary test before the exact check."""
-    ell = _ellipsoid(size)
+    ell = ellipsoid(size)
     rim = np.argwhere(ell & ~ndimage.binary_erosion(ell))
     if len(rim) > 64:
         rim = rim[np.linspace(0, len(rim) - 1, 64).astype(np.int64)]
