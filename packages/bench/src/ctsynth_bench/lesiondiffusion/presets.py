@@ -211,6 +211,7 @@ PRESETS: dict[str, LesionDiffusionPreset] = {
         codec="space_to_depth",
         steps=25,
         batch_size=8,
+        learning_rate=1e-3,
     ),
     "paper": LesionDiffusionPreset(
         name="paper",

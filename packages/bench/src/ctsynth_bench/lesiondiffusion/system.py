@@ -94,6 +94,8 @@ def _save_net(net: TextUNet, folder: Path, *, role: str, half: bool = False) -> 
 
 def _load_net(net: TextUNet, folder: Path, *, role: str, device: torch.device | str) -> TextUNet:
     cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
+    if (folder / "ema.safetensors").is_file():  # the training engine's averaged weights
+        w_path = folder / "ema.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise LesionDiffusionError(
             f"{folder}: missing config.json or model.safetensors of the {role} checkpoint"

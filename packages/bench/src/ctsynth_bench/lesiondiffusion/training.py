@@ -1,9 +1,10 @@
-"""Training the LMNet and LINet stages on a :class:`~.data.CropSet` (single process, time-bounded).
+"""Training LesionDiffusion's stages on model-space crops, on the shared training engine.
 
-:func:`train_diffusion_stage` runs AdamW with an EMA of the weights until ``max_steps`` or
-``minutes`` is reached, saving the EMA network (the one sampling uses) and the trainer state
-(``trainer.safetensors``: raw weights, optimizer moments, step) into ``out`` so a later call with
-``resume=True`` continues where it stopped.
+:func:`train_diffusion_stage` trains LMNet or LINet with ``ctsynth_bench.train.train`` (AdamW,
+EMA, gradient clipping, step/time budgets, exact resume, DDP under ``torchrun``): the stage folder
+``RUN/<stage>/`` holds ``model.safetensors`` + ``config.json`` (raw weights), ``ema.safetensors``
+(the averaged weights, which :class:`~.system.LesionDiffusionSystem` samples with), the trainer
+state and ``metrics.jsonl``. :func:`train_system` builds the crops and runs the stages in order.
 """
 
 from __future__ import annotations
@@ -12,23 +13,21 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from .data import CropSet, LesionCropDataset, collate
+from .data import CropSet, LesionCropDataset
 from .presets import LesionDiffusionPreset
-from .stages import EMA, TextUNet, diffusion_config, linet_stage_loss, lmnet_stage_loss
+from .stages import TextUNet, diffusion_config, linet_stage_loss, lmnet_stage_loss
 
-__all__ = ["crop_tokens", "train_diffusion_stage"]
+__all__ = ["STAGES", "build_training_crops", "crop_tokens", "train_diffusion_stage", "train_system"]
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["lmnet", "linet"]
+_SPATIAL = ("ct", "organs", "target", "bbox", "mask")
 
 
 def crop_tokens(
@@ -46,22 +45,35 @@ def crop_tokens(
     return out
 
 
-def _optim_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    flat: dict[str, torch.Tensor] = {}
-    for pi, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            flat[f"opt.{pi}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    return flat
+class _TokenCrops(torch.utils.data.Dataset):
+    """Crops with their attribute tokens: items of tensors only (engine-collatable, deterministic)."""
+
+    def __init__(self, crops: CropSet, tokens: torch.Tensor) -> None:
+        if tokens.shape[0] != len(crops):
+            raise ValueError(f"tokens hold {tokens.shape[0]} rows for {len(crops)} crops")
+        self.view = LesionCropDataset(crops, flip=False)
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.view[i]
+        out = {k: item[k] for k in _SPATIAL}
+        out["context"] = self.tokens[i]
+        return out
 
 
-def _load_optim_state(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in flat.items():
-        _, pi, k = key.split(".", 2)
-        state.setdefault(int(pi), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
+def _flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Flip the batch's volumes along random axes (drawn from ``generator``)."""
+    dims = [
+        d + 2
+        for d in range(3)
+        if bool(torch.rand((), generator=generator, device=generator.device) < 0.5)
+    ]
+    if not dims:
+        return batch
+    return {k: (v.flip(dims) if k in _SPATIAL else v) for k, v in batch.items()}
 
 
 def train_diffusion_stage(
@@ -77,126 +89,83 @@ def train_diffusion_stage(
     max_steps: int | None = None,
     seed: int = 0,
     resume: bool = False,
-    save_every_s: float = 300.0,
-    on_save: Callable[[TextUNet, int], None] | None = None,
+    checkpoint_every: int = 100,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train one diffusion stage; returns ``{"steps", "seconds", "loss"}`` (mean of the last 100).
+    """Train LMNet or LINet on the engine; returns ``{"steps", "seconds", "loss", "stopped_by"}``.
 
     Args:
         stage: ``"lmnet"`` or ``"linet"``.
-        net: the network (trained in place; its EMA copy is what gets saved).
+        net: the network (trained in place).
         crops: training crops.
         tokens: (N, 8, D) tokens of the crops (:func:`crop_tokens`; zeros = no text).
         preset: sizes, learning rate, batch size, EMA decay.
-        out: folder for ``<stage>/`` (EMA network) and ``<stage>_trainer.safetensors``.
+        out: the run folder (the stage writes ``out/<stage>/``).
         codec: LINet's codec.
-        minutes: wall-clock budget.
-        max_steps: step budget (total, counting resumed steps).
-        seed: data order, noise and dropout.
-        resume: continue from the trainer state in ``out`` if present.
-        save_every_s: checkpoint interval.
-        on_save: called with the EMA network and the step after each checkpoint.
-        progress: log every 50 steps at INFO.
+        minutes: wall-clock budget of this call.
+        max_steps: step budget (counted over resumes).
+        seed: data order, noise, dropout and flips.
+        resume: continue the stage's trainer state in ``out`` if there is one.
+        checkpoint_every: steps between checkpoints.
+        progress: tqdm bar.
     """
+    from ..train import TrainConfig, train
     from .system import _save_net
 
-    if minutes is None and max_steps is None:
-        raise ValueError("give minutes or max_steps (the training budget)")
+    if stage not in ("lmnet", "linet"):
+        raise ValueError(f"stage must be 'lmnet' or 'linet', got {stage!r}")
     if stage == "linet" and codec is None:
         raise ValueError("the linet stage needs the codec")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = next(net.parameters()).device
-    opt = torch.optim.AdamW(net.parameters(), lr=preset.learning_rate, weight_decay=0.0)
-    ema = EMA(net, decay=preset.ema_decay)
-    step = 0
-    state_path = out / f"{stage}_trainer.safetensors"
-    if resume and state_path.is_file():
-        st = load_file(str(state_path))
-        net.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("net.")})
-        ema.shadow.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("ema.")})
-        _load_optim_state(opt, {k: v for k, v in st.items() if k.startswith("opt.")})
-        step = int(st["step"].item())
-        ema.num_updates = step
-        log.info("%s: resumed at step %d", stage, step)
-    ds = LesionCropDataset(crops, flip=True, seed=seed)
     scheduler = diffusion_config(preset).ddpm()
-    g = torch.Generator(device="cpu").manual_seed(seed * 7919 + step)
-    losses: list[float] = []
-    t0 = last_save = time.monotonic()
 
-    def save() -> None:
-        _save_net(ema.shadow, out / stage, role=stage)
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        tensors.update(
-            {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.shadow.state_dict().items()}
-        )
-        tensors.update({k: v.cpu().contiguous() for k, v in _optim_state(opt).items()})
-        tensors["step"] = torch.tensor(step)
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, state_path)
-        (out / f"{stage}_log.json").write_text(
-            json.dumps(
-                {
-                    "step": step,
-                    "loss": float(np.mean(losses[-100:]) if losses else "nan"),
-                    "seconds": time.monotonic() - t0,
-                }
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator):
+        batch = _flip(batch, g)
+        if stage == "lmnet":
+            loss = lmnet_stage_loss(
+                model, batch, batch["context"], preset=preset, scheduler=scheduler, generator=g
             )
-        )
-        if on_save is not None:
-            on_save(ema.shadow, step)
+        else:
+            loss = linet_stage_loss(
+                model,
+                batch,
+                batch["context"],
+                preset=preset,
+                codec=codec,
+                scheduler=scheduler,
+                generator=g,
+            )
+        return loss, {}
 
-    net.train()
-    epoch = 0
-    while True:
-        ds.epoch = epoch
-        order = torch.randperm(len(ds), generator=g).tolist()
-        for j in range(0, len(order) - preset.batch_size + 1, preset.batch_size):
-            idx = order[j : j + preset.batch_size]
-            batch = collate([ds[i] for i in idx])
-            tens = {
-                k: v.to(dev)
-                for k, v in batch.items()
-                if isinstance(v, torch.Tensor) and k != "index"
-            }
-            ctx = tokens[idx].to(dev)
-            if stage == "lmnet":
-                loss = lmnet_stage_loss(
-                    net, tens, ctx, preset=preset, scheduler=scheduler, generator=g
-                )
-            else:
-                loss = linet_stage_loss(
-                    net, tens, ctx, preset=preset, codec=codec, scheduler=scheduler, generator=g
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            ema.update(net)
-            step += 1
-            losses.append(float(loss.detach()))
-            if progress and step % 50 == 0:
-                log.info(
-                    "%s step %d loss %.4f (%.0f s)",
-                    stage,
-                    step,
-                    np.mean(losses[-50:]),
-                    time.monotonic() - t0,
-                )
-            elapsed = time.monotonic() - t0
-            done = (max_steps is not None and step >= max_steps) or (
-                minutes is not None and elapsed >= 60 * minutes
-            )
-            if done or time.monotonic() - last_save >= save_every_s:
-                save()
-                last_save = time.monotonic()
-            if done:
-                net.eval()
-                return {"steps": step, "seconds": elapsed, "loss": float(np.mean(losses[-100:]))}
-        epoch += 1
+    config = TrainConfig(
+        max_steps=max_steps,
+        minutes=minutes,
+        batch_size=preset.batch_size,
+        lr=preset.learning_rate,
+        weight_decay=0.0,
+        ema_decay=preset.ema_decay,
+        grad_clip=1.0,
+        checkpoint_every=checkpoint_every,
+        log_every=10,
+        seed=seed,
+    )
+    res = train(
+        net,
+        loss_fn,
+        _TokenCrops(crops, tokens),
+        run_dir=out,
+        stage=stage,
+        config=config,
+        save_fn=lambda m, folder: _save_net(m, Path(folder), role=stage),
+        resume=resume,
+        progress=progress,
+    )
+    net.eval()
+    return {
+        "steps": res.step,
+        "seconds": res.seconds,
+        "loss": res.loss,
+        "stopped_by": res.stopped_by,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +203,8 @@ def build_training_crops(
     if data_dir is not None:
         parts.append(crops_from_dataset(data_dir, preset))
     real = template_lesion_crops(tmpl, preset)
-    if real:  # few real lesions: repeat them so flips show each one several times per epoch
-        parts.append(CropSet.stack(real * max(1, len(parts[0]) // 200 if parts else 1)))
+    if real:  # few real lesions: each is repeated 8 times (random flips make the copies differ)
+        parts.append(CropSet.stack(real * 8))
     if not parts:
         raise ValueError("no training crops: give --data or a positive number of independent crops")
     crops = parts[0]
