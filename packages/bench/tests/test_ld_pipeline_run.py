@@ -45,6 +45,9 @@ def test_run_makes_report_gallery_control_and_a_run_folder(untrained: Path, tmp_
     assert {"shape_passes", "density_passes", "ablation_holds", "per_case"} <= set(control)
     cases = sorted(p.stem for p in (out / "cases" / "reports").glob("*.json"))
     assert len(cases) == 14 and json.loads((out / "cases" / "dataset.json").read_text())["numTraining"] == 14
+    templates = {c: json.loads((out / "cases" / "reports" / f"{c}.json").read_text())["template"] for c in cases}
+    assert templates["lung_cancer"] == templates["esophageal_cancer"] == "chest"
+    assert templates["liver_cancer"] == "abdomen"
     info = json.loads((out / "bench_run.json").read_text())
     assert info["weights"].startswith("copied from")
     # the folder is a run: synth takes it

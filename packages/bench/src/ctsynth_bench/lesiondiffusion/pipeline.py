@@ -304,8 +304,7 @@ def check_organ_present(inp: CTInput, organ: str, *, min_voxels: int = 20) -> No
     count = int(np.isin(inp.organs, np.asarray(ids)).sum())
     if count < min_voxels:
         present = sorted(int(v) for v in np.unique(inp.organs) if v)
-        names = [report_bbox.TOTALSEG_V2.get(v, str(v)) if isinstance(report_bbox.TOTALSEG_V2, dict) else str(v)
-                 for v in present]
+        names = [report_bbox.TOTALSEG_V2.get(v, str(v)) for v in present]
         raise SynthesisError(f"organ {organ!r} (TotalSegmentator v2 ids {list(ids)}) is absent from the organ map of "
                              f"{inp.name} ({count} voxels); the map holds: {', '.join(names[:30]) or 'nothing'}")
 
@@ -765,7 +764,8 @@ def synthesize_cases(
     organ = source.organ_name()
     if organ is not None:
         check_organ_present(inp, organ)
-    place_lesion(source, inp, case_seeds(seed, 0)[0]) if source.writer is None else None  # fit check, no writes
+    if source.writer is None:  # the report fits (an LLM is not asked twice); nothing is written yet
+        place_lesion(source, inp, case_seeds(seed, 0)[0])
     root = Path(out)
     settings = batch_settings(system_info(system), inp, source, seed=seed, steps=steps, guidance=guidance,
                               prefix=prefix)
@@ -786,6 +786,7 @@ def synthesize_cases(
             summary.kept.append(case)
             continue
         rng, torch_seed = case_seeds(seed, i)
+        t0 = time.perf_counter()
         try:
             report, box = place_lesion(source, inp, rng)
         except SynthesisError as exc:
@@ -793,7 +794,9 @@ def synthesize_cases(
             summary.failed[case] = str(exc)
             continue
         gen = torch.Generator(device="cpu").manual_seed(torch_seed)
+        place_s = time.perf_counter() - t0
         result = synthesize_lesion(system, inp, report, box, generator=gen, steps=steps, guidance=guidance)
+        result.timings = {"place": place_s, **result.timings}
         meta = {"system": system_info(system),
                 "seeds": {"seed": int(seed), "case_index": i, "numpy": [int(seed), i], "torch": torch_seed},
                 "steps": steps if steps is not None else int(system.preset.steps),

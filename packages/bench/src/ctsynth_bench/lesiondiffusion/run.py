@@ -96,12 +96,12 @@ def _copy_system(root: Path, src: Path | None) -> None:
 
 
 def _template_for(lesion_type: str, inputs: dict[str, Any]) -> str | None:
+    """The template holding most of the lesion type's organ (the chest for lung, not the lung bases)."""
     organ = report_bbox.LESION_TYPES[lesion_type].organ
     ids = np.asarray(report_bbox.organ_ids(organ))
-    for name, inp in inputs.items():
-        if int(np.isin(inp.organs, ids).sum()) >= 50:
-            return name
-    return None
+    counts = {name: int(np.isin(inp.organs, ids).sum()) for name, inp in inputs.items()}
+    best = max(counts, key=lambda k: counts[k])
+    return best if counts[best] >= 50 else None
 
 
 def _caption(report: report_bbox.Report, measured: dict[str, Any]) -> str:
