@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         "--measure", type=int, default=30, help="held-out boxes of the control measurement"
     )
     ap.add_argument("--no-install", action="store_true", help="do not copy into the package data")
+    ap.add_argument(
+        "--install-only",
+        action="store_true",
+        help="skip data and training: measure the run in --work and install it",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     data, run = work / "lesions", work / "run"
     t0 = time.monotonic()
-    if len(list((data / "reports").glob("*.json"))) < args.n_cases:
+    train = not args.install_only
+    if train and len(list((data / "reports").glob("*.json"))) < args.n_cases:
         _wait(
             _bench(
                 "data",
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--no-progress",
             )
         )
-    if not (run / "crops.npz").is_file():
+    if train and not (run / "crops.npz").is_file():
         run.mkdir(parents=True, exist_ok=True)
         crops = build_training_crops(data, get_preset("demo"), independent=args.independent, seed=0)
         save_crops(crops, run / "crops.npz")
@@ -107,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         "--independent",
         str(args.independent),
     ]
-    _wait(
-        *(
-            _bench(*common, "--stages", s, "--minutes", str(args.minutes))
-            for s in ("lmnet", "linet")
+    if train:
+        _wait(
+            *(
+                _bench(*common, "--stages", s, "--minutes", str(args.minutes))
+                for s in ("lmnet", "linet")
+            )
         )
-    )
-    if args.vqgan_minutes > 0:
+    if train and args.vqgan_minutes > 0:
         _wait(_bench(*common, "--stages", "vqgan", "--minutes", str(args.vqgan_minutes)))
     system = LesionDiffusionSystem.load(run)
     res = measure_control(system, n=args.measure, seed=0)

@@ -248,6 +248,8 @@ def _delta_hu(hu: np.ndarray, mask: np.ndarray, foot: np.ndarray, organ: np.ndar
 
 
 def _one_sided_p(diff: np.ndarray) -> float:
+    if not np.isfinite(diff).all():
+        return float("nan")
     if np.allclose(diff, 0):
         return 1.0
     return float(stats.wilcoxon(diff, alternative="greater").pvalue)
@@ -277,6 +279,8 @@ def measure_control(
     guidance_linet: float | None = None,
     batch: int = 16,
     parts: Sequence[str] = ("shape", "density"),
+    threshold_variants: Sequence[float | str] = (),
+    null: bool = True,
 ) -> ControlResult:
     """Measure text control of ``system`` on ``n`` held-out boxes (see the module docstring).
 
@@ -290,6 +294,9 @@ def measure_control(
         guidance_linet: LINet CFG scale (default: the preset's).
         batch: boxes per network call.
         parts: which checks to run (``"shape"``, ``"density"``).
+        null: also run the null-context ablation (NaN when skipped).
+        threshold_variants: other LMNet thresholds to score on the same outputs (recorded in
+            ``per_case["threshold_variants"]``; the headline numbers use the preset's).
 
     Returns:
         :class:`ControlResult` (a skipped part holds NaN).
@@ -308,8 +315,8 @@ def measure_control(
     def gen(tag: int, j: int) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + tag * 10_007 + j)
 
-    def run_lmnet(reports: list[report_bbox.Report], text: bool, tag: int) -> list[np.ndarray]:
-        masks = []
+    def run_lmnet(reports: list[report_bbox.Report], text: bool, tag: int) -> list[torch.Tensor]:
+        probs = []
         for j in range(0, len(boxes), batch):
             bb = boxes[j : j + batch]
             ctx = torch.cat([system.tokens(r, "mask", text=text) for r in reports[j : j + batch]])
@@ -324,9 +331,8 @@ def measure_control(
                 steps=steps,
                 guidance=g_lm,
             )
-            for k, b in enumerate(bb):
-                masks.append(system_binarize(system, prob[k : k + 1], b))
-        return masks
+            probs.extend(prob[k : k + 1].cpu() for k in range(len(bb)))
+        return probs
 
     def run_linet(reports: list[report_bbox.Report], text: bool, tag: int) -> list[float]:
         deltas = []
@@ -363,29 +369,53 @@ def measure_control(
     if "shape" in parts:
         rr = [_with(b.report, shape="round-like") for b in boxes]
         ri = [_with(b.report, shape="irregular") for b in boxes]
-        m_r, m_i = run_lmnet(rr, True, 1), run_lmnet(ri, True, 1)  # same tag: same noise
-        s_r = np.array([_sphericity(m) for m in m_r])
-        s_i = np.array([_sphericity(m) for m in m_i])
-        diff = s_r - s_i
-        sph_r, sph_i, gap = float(s_r.mean()), float(s_i.mean()), float(diff.mean())
-        p_shape, right = _one_sided_p(diff), float((diff > 0).mean())
-        n_r, n_i = (
-            run_lmnet(rr, False, 2),
-            run_lmnet(ri, False, 3),
-        )  # null context, independent noise
-        nd = np.array([_sphericity(a) - _sphericity(b) for a, b in zip(n_r, n_i, strict=True)])
-        null_gap, null_p = float(nd.mean()), _one_sided_p(nd)
-        errs = [
-            _size_error(m, b.bbox[0, 0].numpy())
-            for m, b in zip(m_r + m_i, boxes + boxes, strict=True)
-        ]
-        size_ok = float(np.mean(np.array(errs) <= 0.3))
-        per.update(
-            sphericity_round=s_r.tolist(),
-            sphericity_irregular=s_i.tolist(),
-            size_error=errs,
-            null_sphericity_diff=nd.tolist(),
+        p_r, p_i = run_lmnet(rr, True, 1), run_lmnet(ri, True, 1)  # same tag: same noise
+        # null context, independent noise (see the module docstring)
+        n_r, n_i = (run_lmnet(rr, False, 2), run_lmnet(ri, False, 3)) if null else (p_r, p_i)
+        variants = {}
+        for th in dict.fromkeys([p.lmnet_threshold, *threshold_variants]):
+            m_r = [system_binarize(system, q, b, th) for q, b in zip(p_r, boxes, strict=True)]
+            m_i = [system_binarize(system, q, b, th) for q, b in zip(p_i, boxes, strict=True)]
+            s_r = np.array([_sphericity(m) for m in m_r])
+            s_i = np.array([_sphericity(m) for m in m_i])
+            diff = s_r - s_i
+            nd = np.array(
+                [
+                    _sphericity(system_binarize(system, a, b, th))
+                    - _sphericity(system_binarize(system, c, b, th))
+                    for a, c, b in zip(n_r, n_i, boxes, strict=True)
+                ]
+                if null
+                else [np.nan]
+            )
+            errs = [
+                _size_error(m, b.bbox[0, 0].numpy())
+                for m, b in zip(m_r + m_i, boxes + boxes, strict=True)
+            ]
+            variants[str(th)] = {
+                "sphericity_round": float(s_r.mean()),
+                "sphericity_irregular": float(s_i.mean()),
+                "gap": float(diff.mean()),
+                "p": _one_sided_p(diff),
+                "pairs_right": float((diff > 0).mean()),
+                "null_gap": float(nd.mean()),
+                "null_p": _one_sided_p(nd),
+                "size_within_30": float(np.mean(np.array(errs) <= 0.3)),
+                "per_round": s_r.tolist(),
+                "per_irregular": s_i.tolist(),
+                "size_error": errs,
+                "null_diff": nd.tolist(),
+            }
+        v = variants[str(p.lmnet_threshold)]
+        sph_r, sph_i, gap, p_shape, right = (
+            v["sphericity_round"],
+            v["sphericity_irregular"],
+            v["gap"],
+            v["p"],
+            v["pairs_right"],
         )
+        null_gap, null_p, size_ok = v["null_gap"], v["null_p"], v["size_within_30"]
+        per["threshold_variants"] = variants
 
     # ---- LINet density
     dh: dict[str, float] = {}
@@ -398,7 +428,10 @@ def measure_control(
         for k, dens in enumerate(DENSITIES):
             reps = [_with(b.report, density=dens) for b in boxes]
             vals[dens] = np.array(run_linet(reps, True, 10))  # same noise for all three prompts
-            nvals[dens] = np.array(run_linet(reps, False, 20 + k))  # null: independent noise
+            if null:  # null context: independent noise per prompt
+                nvals[dens] = np.array(run_linet(reps, False, 20 + k))
+            else:
+                nvals[dens] = np.full(len(boxes), np.nan)
         dh = {k: float(v.mean()) for k, v in vals.items()}
         ndh = {k: float(v.mean()) for k, v in nvals.items()}
 
@@ -441,11 +474,18 @@ def measure_control(
     )
 
 
-def system_binarize(system: Any, prob: torch.Tensor, box: HeldOutBox) -> np.ndarray:
-    """Binarize one LMNet probability map as the system does (volume-matched, largest component)."""
+def system_binarize(
+    system: Any, prob: torch.Tensor, box: HeldOutBox, threshold: float | str | None = None
+) -> np.ndarray:
+    """Binarize one LMNet probability map as the system does (threshold, largest component)."""
     from .stages import binarize
 
-    m = binarize(prob.cpu(), system.target_voxels(box.report, box.bbox))[0, 0].numpy().astype(bool)
+    th = system.preset.lmnet_threshold if threshold is None else threshold
+    m = (
+        binarize(prob.cpu(), system.target_voxels(box.report, box.bbox), th)[0, 0]
+        .numpy()
+        .astype(bool)
+    )
     if not m.any():  # keep the statistic defined: an empty mask counts as one voxel at the centre
         m = np.zeros(m.shape, bool)
         m[tuple(s // 2 for s in m.shape)] = True

@@ -70,6 +70,8 @@ class LesionDiffusionPreset:
         eta: DDIM eta.
         guidance: classifier-free guidance scale of LINet.
         lmnet_guidance: classifier-free guidance scale of LMNet.
+        lmnet_threshold: ``"volume"`` (threshold swept for the volume of the ellipsoid inscribed
+            in the box, the paper's rule) or a fixed threshold in (0, 1) on LMNet's output.
         cond_drop_prob: condition dropout in training.
         lmnet_gamma: weight of the whole-crop term of Eq. (2).
         batch_size: training batch size per process.
@@ -102,6 +104,7 @@ class LesionDiffusionPreset:
     eta: float = 0.0
     guidance: float = 2.5
     lmnet_guidance: float = 3.0
+    lmnet_threshold: float | str = "volume"
     cond_drop_prob: float = 0.15
     lmnet_gamma: float = 0.001
     batch_size: int = 8
@@ -134,6 +137,12 @@ class LesionDiffusionPreset:
             )
         if not 1 <= self.steps <= self.num_train_timesteps:
             raise PresetError(f"steps must be in [1, {self.num_train_timesteps}], got {self.steps}")
+        if self.lmnet_threshold != "volume" and not (
+            isinstance(self.lmnet_threshold, float) and 0.0 < self.lmnet_threshold < 1.0
+        ):
+            raise PresetError(
+                f"lmnet_threshold must be 'volume' or a number in (0, 1), got {self.lmnet_threshold!r}"
+            )
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise PresetError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         for name in ("lmnet", "linet"):

@@ -390,10 +390,17 @@ def lmnet_sample(
     return prob.float() * box_region(bbox.to(prob.device).float())
 
 
-def binarize(prob: torch.Tensor, target_voxels: float) -> torch.Tensor:
-    """Volume-matched threshold + largest component of one (1, 1, S, S, S) probability map."""
+def binarize(
+    prob: torch.Tensor, target_voxels: float, threshold: float | str = "volume"
+) -> torch.Tensor:
+    """Threshold + largest component of one (1, 1, S, S, S) probability map.
+
+    ``threshold="volume"`` sweeps 0.9 -> 0.3 for the volume closest to ``target_voxels`` (the
+    paper's rule); a number in (0, 1) is a fixed threshold (the network decides the volume).
+    """
+    th: Any = threshold if threshold == "volume" else float(threshold)
     m = binarize_mask(
-        prob[0, 0].cpu().numpy(), threshold="volume", target_volume=max(float(target_voxels), 1.0)
+        prob[0, 0].cpu().numpy(), threshold=th, target_volume=max(float(target_voxels), 1.0)
     )
     return torch.from_numpy(m.astype("uint8"))[None, None]
 

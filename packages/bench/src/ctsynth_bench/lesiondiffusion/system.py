@@ -362,7 +362,7 @@ class LesionDiffusionSystem:
                 steps=steps,
                 guidance=guidance,
             )
-            m = binarize(prob, self.target_voxels(report, bbox))
+            m = binarize(prob, self.target_voxels(report, bbox), self.preset.lmnet_threshold)
             if m.any():
                 return m.to(organs.device)
             log.info("LMNet attempt %d gave an empty mask; retrying with fresh noise", attempt + 1)
