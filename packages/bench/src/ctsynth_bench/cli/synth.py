@@ -41,6 +41,10 @@ def check_run_folder(run: str | Path | None) -> Path:
     folder = shipped_dir() if run is None else Path(run)
     what = "the shipped demo system" if run is None else f"run folder {folder}"
     if not folder.is_dir():
+        if run is None:
+            raise SynthesisError("the shipped demo weights are not installed (no _weights/lesiondiffusion_demo in "
+                                 "ctsynth_bench); pass --run RUN, a folder made by 'bench run lesiondiffusion "
+                                 "--train' or 'bench train lesiondiffusion'")
         raise SynthesisError(f"{what} does not exist")
     man = folder / MANIFEST
     if not man.is_file():

@@ -63,6 +63,7 @@ class RunSummary:
     control: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 def check_out(out: str | Path) -> Path:
@@ -251,6 +252,11 @@ def write_report_md(s: RunSummary, system_ident: dict[str, Any]) -> Path:
              f"System: **{s.weights}** (preset `{system_ident['preset']}`, text encoder "
              f"`{system_ident['text_encoder']}`); run folder `{s.out}`.", "",
              "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items()) + ".", ""]
+    if s.train:
+        stages = s.train.get("stages", {})
+        done = ", ".join(f"{k} {v.get('steps', '?')} steps" if isinstance(v, dict) else k for k, v in stages.items())
+        lines += [f"Trained from scratch here on {s.train.get('crops', '?')} training crops: {done}; "
+                  f"{s.seconds.get('train', float('nan')) / 60:.1f} min in all.", ""]
     if c:
         pf = c["pair_fractions"]
         npf = c["null_pair_fractions"]
@@ -330,6 +336,7 @@ def run_lesiondiffusion(
     root = check_out(out)
     root.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+    train_report: dict[str, Any] = {}
     t0 = time.perf_counter()
     if train:
         from .presets import get_preset
@@ -368,6 +375,6 @@ def run_lesiondiffusion(
     figures.update(control_figures(control, root / "figures"))
     seconds["control"] = time.perf_counter() - t0
     summary = RunSummary(out=root, report=root / "report.md", weights=weights, gallery=pngs, figures=figures,
-                         control=control, seconds=seconds, failed=failed)
+                         control=control, seconds=seconds, failed=failed, train=train_report)
     write_report_md(summary, ident)
     return summary
