@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -123,7 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     if train and args.vqgan_minutes > 0:
         _wait(_bench(*common, "--stages", "vqgan", "--minutes", str(args.vqgan_minutes)))
     system = LesionDiffusionSystem.load(run)
-    res = measure_control(system, n=args.measure, seed=0)
+    # Sampling settings (DDIM steps, eta, guidance, LMNet threshold) are not part of training:
+    # take the current demo preset's.
+    demo = get_preset("demo")
+    system.preset = dataclasses.replace(
+        system.preset,
+        steps=demo.steps,
+        eta=demo.eta,
+        guidance=demo.guidance,
+        lmnet_guidance=demo.lmnet_guidance,
+        lmnet_threshold=demo.lmnet_threshold,
+    )
+    res = measure_control(system, n=args.measure, seed=0, threshold_variants=(0.5,))
     (run / "control.json").write_text(json.dumps(res.to_dict(), indent=1))
     print(res.summary())
     if args.no_install:
@@ -180,7 +192,7 @@ one thread each, through `bench train lesiondiffusion --preset demo`).
 - Text: all-MiniLM-L6-v2 (`minilm`), one standardised token per report attribute (8 mask attributes for LMNet,
   8 image attributes for LINet), by cross-attention and by an MLP of the flattened tokens added to the timestep
   embedding; condition dropout 0.15; classifier-free guidance {res.guidance_lmnet:g} (LMNet), {res.guidance_linet:g} (LINet);
-  {res.steps} DDIM steps (eta 0). EMA weights, stored as float16.
+  {res.steps} DDIM steps (eta 1, predicted x0 clipped to the data range). EMA weights, stored as float16.
 
 ## Data
 {len(crops["source"])} model-space crops: {", ".join(f"{k} {v}" for k, v in sorted(sources.items()))}.

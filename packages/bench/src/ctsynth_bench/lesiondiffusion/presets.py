@@ -219,6 +219,7 @@ PRESETS: dict[str, LesionDiffusionPreset] = {
         num_head_channels=16,
         codec="space_to_depth",
         steps=25,
+        eta=1.0,
         batch_size=8,
         learning_rate=1e-3,
     ),

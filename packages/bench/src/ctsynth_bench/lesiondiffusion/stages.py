@@ -156,8 +156,17 @@ def build_linet(p: LesionDiffusionPreset) -> TextUNet:
     return TextUNet(_unet_config(p, "linet", c + 1, c))
 
 
-def diffusion_config(p: LesionDiffusionPreset, *, guidance: float | None = None) -> DiffusionConfig:
-    """The schedule and sampler settings of a preset."""
+def diffusion_config(
+    p: LesionDiffusionPreset, *, guidance: float | None = None, clip_sample: float | None = None
+) -> DiffusionConfig:
+    """The schedule and sampler settings of a preset.
+
+    ``clip_sample`` clamps the predicted x_0 at every sampling step to the data range (LMNet:
+    1, the mask's range; LINet on space-to-depth: the scaled latent's range). Without it, the first
+    steps of a briefly trained network (x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), with
+    sqrt(abar) = 0.012 at t = T) overshoot the range tenfold and the trajectory never recovers
+    (measured: lesions saturated at the HU window's edge).
+    """
     return DiffusionConfig(
         num_train_timesteps=p.num_train_timesteps,
         schedule=p.schedule,
@@ -165,6 +174,7 @@ def diffusion_config(p: LesionDiffusionPreset, *, guidance: float | None = None)
         eta=p.eta,
         guidance_scale=p.guidance if guidance is None else guidance,
         cond_drop_prob=p.cond_drop_prob,
+        clip_sample=clip_sample,
     )
 
 
@@ -366,7 +376,9 @@ def lmnet_sample(
     region; with ``lmnet_factor`` 2 the result is upsampled trilinearly to the crop grid.
     """
     cond, region, _ = lmnet_inputs(preset, organs, target, bbox)
-    dc = diffusion_config(preset, guidance=preset.lmnet_guidance if guidance is None else guidance)
+    dc = diffusion_config(
+        preset, guidance=preset.lmnet_guidance if guidance is None else guidance, clip_sample=1.0
+    )
     sampler = InpaintingSampler(
         scheduler=dc.inpainting_ddim(),
         num_inference_steps=steps or preset.steps,
@@ -471,7 +483,8 @@ def linet_sample(
     prm = next(model.parameters())
     z0 = codec.encode(ct.to(prm.device)) * codec.scale_factor
     m = resize_mask(mask.to(prm.device).float(), tuple(z0.shape[2:]))
-    dc = diffusion_config(preset, guidance=guidance)
+    clip = codec.scale_factor if isinstance(codec, SpaceToDepthCodec) else None
+    dc = diffusion_config(preset, guidance=guidance, clip_sample=clip)
     sampler = InpaintingSampler(
         scheduler=dc.inpainting_ddim(),
         num_inference_steps=steps or preset.steps,
