@@ -194,6 +194,17 @@ def _montage(pngs: list[Path], out: Path, *, columns: int = 2) -> Path:
     return out
 
 
+def _sphericity_pairs(control: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-box sphericities (round-like, irregular) of the headline threshold, from ``per_case``."""
+    per = control.get("per_case", {})
+    if per.get("sphericity_round"):
+        return np.asarray(per["sphericity_round"]), np.asarray(per["sphericity_irregular"])
+    for v in per.get("threshold_variants", {}).values():  # the variant the headline numbers come from
+        if v.get("per_round") and np.isclose(v.get("sphericity_round"), control.get("sphericity_round")):
+            return np.asarray(v["per_round"]), np.asarray(v["per_irregular"])
+    return None
+
+
 def control_figures(control: dict[str, Any], root: Path) -> dict[str, Path]:
     """Sphericity scatter (round-like vs irregular, same noise) and density bars (text vs no text)."""
     import matplotlib
@@ -205,11 +216,12 @@ def control_figures(control: dict[str, Any], root: Path) -> dict[str, Path]:
     figs: dict[str, Path] = {}
     per = control.get("per_case", {})
     root.mkdir(parents=True, exist_ok=True)
-    if per.get("sphericity_round"):
+    pairs = _sphericity_pairs(control)
+    if pairs is not None:
         fig = Figure(figsize=(4.6, 4.4))
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        r, i = np.asarray(per["sphericity_round"]), np.asarray(per["sphericity_irregular"])
+        r, i = pairs
         ax.scatter(r, i, s=14, c="#1f77b4")
         lo, hi = float(min(r.min(), i.min())) - 0.02, float(max(r.max(), i.max())) + 0.02
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
