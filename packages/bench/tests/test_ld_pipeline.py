@@ -235,3 +235,18 @@ def test_ranks_split_cases_and_together_make_the_whole_set(tmp_path: Path) -> No
     assert r0.written == ["ld_00000", "ld_00002"] and r1.written == ["ld_00001"]
     assert _contents(tmp_path / "one") == _contents(tmp_path / "two")
     assert one.written == ["ld_00000", "ld_00001", "ld_00002"]
+
+
+def test_reports_from_a_writer_are_used_per_case(tmp_path: Path) -> None:
+    """The --llm path: each case asks the writer (here report-bbox's offline FakeReportWriter)."""
+    inp = load_ct_input(*_files("abdomen"))
+    answer = _report(density="hyperdense").to_dict()
+    answer.pop("lesion_type")
+    writer = report_bbox.FakeReportWriter(answers=[answer, answer])
+    src = ReportSource(lesion_type="liver_cancer", writer=writer)
+    summary = synthesize_cases(FakeLesionSystem(), inp, src, out=tmp_path / "llm", n=2, seed=1)
+    assert summary.written == ["ld_00000", "ld_00001"] and len(writer.requests) == 2
+    assert writer.requests[0].lesion_type == "liver_cancer"
+    for case in summary.written:
+        assert _sidecar(tmp_path / "llm", case)["report"]["density"] == "hyperdense"
+    assert json.loads((tmp_path / "llm" / "synth.json").read_text())["source"]["writer"] == "FakeReportWriter"
