@@ -42,12 +42,20 @@ class FakeLesionSystem:
         self.preset = preset or FakePreset()
         self.calls: list[dict] = []
 
-    def sample_mask(self, *, organs, target_organ, bbox, report, generator, steps=None, guidance=None, text=True):
+    def sample_mask(
+        self, *, organs, target_organ, bbox, report, generator, steps=None, guidance=None, text=True
+    ):
         s = self.preset.crop_size
         for t in (organs, target_organ, bbox):
             assert tuple(t.shape) == (1, 1, s, s, s)
-        assert organs.dtype == torch.int64 and target_organ.dtype == torch.bool and bbox.dtype == torch.bool
-        self.calls.append({"fn": "sample_mask", "report": report, "bbox": bbox.clone(), "text": text})
+        assert (
+            organs.dtype == torch.int64
+            and target_organ.dtype == torch.bool
+            and bbox.dtype == torch.bool
+        )
+        self.calls.append(
+            {"fn": "sample_mask", "report": report, "bbox": bbox.clone(), "text": text}
+        )
         box = bbox[0, 0].numpy()
         idx = np.argwhere(box)
         lo, hi = idx.min(0), idx.max(0) + 1

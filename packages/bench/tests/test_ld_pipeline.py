@@ -52,7 +52,9 @@ def test_real_case_geometry_kept_and_outside_bit_identical(tmp_path: Path, name:
     ct_path, org_path = _files(name)
     inp = load_ct_input(ct_path, org_path)
     out = tmp_path / "set"
-    summary = synthesize_cases(FakeLesionSystem(), inp, ReportSource(organ=ORGAN_OF[name]), out=out, n=2, seed=3)
+    summary = synthesize_cases(
+        FakeLesionSystem(), inp, ReportSource(organ=ORGAN_OF[name]), out=out, n=2, seed=3
+    )
     assert summary.written == ["ld_00000", "ld_00001"]
     case = load_case(name)
     src = nib.load(ct_path)
@@ -67,7 +69,9 @@ def test_real_case_geometry_kept_and_outside_bit_identical(tmp_path: Path, name:
         organs = np.asarray(nib.load(out / "organs" / f"{cid}.nii.gz").dataobj)
         assert lesion.any() and set(np.unique(lesion)) == {0, 1}
         footprint = blend_weights(lesion, dilation=1, feather=2) > 0
-        assert np.array_equal(ct[~footprint], case.ct[~footprint])  # bit-identical outside the paste
+        assert np.array_equal(
+            ct[~footprint], case.ct[~footprint]
+        )  # bit-identical outside the paste
         assert not np.array_equal(ct[lesion > 0], case.ct[lesion > 0])  # and the lesion is new
         ids = report_bbox.organ_ids(ORGAN_OF[name])
         assert np.isin(organs[lesion > 0], ids).all()  # organ map and lesion agree
@@ -76,7 +80,9 @@ def test_real_case_geometry_kept_and_outside_bit_identical(tmp_path: Path, name:
         assert meta["system"]["text_encoder"] == "fake-encoder" and meta["system"]["run"] is None
         assert meta["seeds"]["case_index"] == int(cid[-5:]) and "torch" in meta["seeds"]
         measured = meta["measured"]
-        assert measured["volume_ml"] == pytest.approx(lesion.sum() * np.prod(case.spacing) / 1000, rel=1e-6)
+        assert measured["volume_ml"] == pytest.approx(
+            lesion.sum() * np.prod(case.spacing) / 1000, rel=1e-6
+        )
         assert {"extent_mm", "sphericity", "delta_hu", "hu_std"} <= set(measured)
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["numTraining"] == 2
@@ -107,8 +113,12 @@ def test_non_ras_input_keeps_voxel_order(tmp_path: Path) -> None:
 
 
 def _report(**changes) -> report_bbox.Report:
-    base = report_bbox.sample_report(np.random.default_rng(0), lesion_type="liver_cancer", size=24,
-                                     lesion_location="within the parenchymal organ")
+    base = report_bbox.sample_report(
+        np.random.default_rng(0),
+        lesion_type="liver_cancer",
+        size=24,
+        lesion_location="within the parenchymal organ",
+    )
     return report_bbox.Report.from_dict({**base.to_dict(), **changes})
 
 
@@ -120,8 +130,14 @@ def test_report_density_reaches_the_ct_and_text_off_removes_it() -> None:
         report = _report(density=density)
         box = place_lesion(ReportSource(report=report), inp, np.random.default_rng(1))[1]
         for text in (True, False):
-            res = synthesize_lesion(FakeLesionSystem(), inp, report, box, generator=torch.Generator().manual_seed(0),
-                                    text=text)
+            res = synthesize_lesion(
+                FakeLesionSystem(),
+                inp,
+                report,
+                box,
+                generator=torch.Generator().manual_seed(0),
+                text=text,
+            )
             means[density, text] = float(res.hu[res.mask > 0].mean())
     assert means["hyperdense", True] - means["hypodense", True] > 50
     assert abs(means["hyperdense", False] - means["hypodense", False]) < 1e-3
@@ -132,9 +148,14 @@ def test_box_and_organ_map_reach_the_system() -> None:
     inp = ct_input_from_arrays(case.ct, case.organs, case.affine, name="abdomen")
     report = _report()
     system = FakeLesionSystem()
-    boxes = [place_lesion(ReportSource(report=report), inp, np.random.default_rng(s))[1] for s in (1, 2)]
+    boxes = [
+        place_lesion(ReportSource(report=report), inp, np.random.default_rng(s))[1] for s in (1, 2)
+    ]
     assert boxes[0] != boxes[1]
-    results = [synthesize_lesion(system, inp, report, b, generator=torch.Generator().manual_seed(0)) for b in boxes]
+    results = [
+        synthesize_lesion(system, inp, report, b, generator=torch.Generator().manual_seed(0))
+        for b in boxes
+    ]
     assert results[0].region != results[1].region  # the lesion goes where the box is
     for res, box in zip(results, boxes, strict=True):
         full = np.zeros(case.ct.shape, bool)
@@ -165,8 +186,12 @@ def test_unusable_inputs_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(SynthesisError, match=r"pancreas.*absent"):
         synthesize_cases(FakeLesionSystem(), inp, ReportSource(organ="pancreas"), out=out)
-    huge = report_bbox.sample_report(np.random.default_rng(0), lesion_type="pancreas_cyst", size=[40, 40, 40],
-                                     lesion_location="within the parenchymal organ")
+    huge = report_bbox.sample_report(
+        np.random.default_rng(0),
+        lesion_type="pancreas_cyst",
+        size=[40, 40, 40],
+        lesion_location="within the parenchymal organ",
+    )
     inp_a = load_ct_input(ct_a, org_a)
     with pytest.raises(SynthesisError, match="cannot fit"):
         synthesize_cases(FakeLesionSystem(), inp_a, ReportSource(report=huge), out=out)
@@ -230,8 +255,12 @@ def test_ranks_split_cases_and_together_make_the_whole_set(tmp_path: Path) -> No
     inp = load_ct_input(*_files("abdomen"))
     src = ReportSource(lesion_type="kidney_cyst")
     one = synthesize_cases(FakeLesionSystem(), inp, src, out=tmp_path / "one", n=3, seed=5)
-    r0 = synthesize_cases(FakeLesionSystem(), inp, src, out=tmp_path / "two", n=3, seed=5, rank=0, world=2)
-    r1 = synthesize_cases(FakeLesionSystem(), inp, src, out=tmp_path / "two", n=3, seed=5, rank=1, world=2)
+    r0 = synthesize_cases(
+        FakeLesionSystem(), inp, src, out=tmp_path / "two", n=3, seed=5, rank=0, world=2
+    )
+    r1 = synthesize_cases(
+        FakeLesionSystem(), inp, src, out=tmp_path / "two", n=3, seed=5, rank=1, world=2
+    )
     assert r0.written == ["ld_00000", "ld_00002"] and r1.written == ["ld_00001"]
     assert _contents(tmp_path / "one") == _contents(tmp_path / "two")
     assert one.written == ["ld_00000", "ld_00001", "ld_00002"]
@@ -249,4 +278,7 @@ def test_reports_from_a_writer_are_used_per_case(tmp_path: Path) -> None:
     assert writer.requests[0].lesion_type == "liver_cancer"
     for case in summary.written:
         assert _sidecar(tmp_path / "llm", case)["report"]["density"] == "hyperdense"
-    assert json.loads((tmp_path / "llm" / "synth.json").read_text())["source"]["writer"] == "FakeReportWriter"
+    assert (
+        json.loads((tmp_path / "llm" / "synth.json").read_text())["source"]["writer"]
+        == "FakeReportWriter"
+    )

@@ -35,13 +35,45 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(run: Path, out: Path, *extra: str, ct: tuple[Path, Path] = ABD) -> list[str]:
-    return ["-q", "synth", "lesiondiffusion", "--run", str(run), "--ct", str(ct[0]), "--organs", str(ct[1]),
-            "--steps", "2", "--threads", "1", "--out", str(out), *extra]
+    return [
+        "-q",
+        "synth",
+        "lesiondiffusion",
+        "--run",
+        str(run),
+        "--ct",
+        str(ct[0]),
+        "--organs",
+        str(ct[1]),
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-def test_synth_writes_the_dataset(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synth_writes_the_dataset(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    assert main(_args(run_dir, out, "--lesion-type", "liver_cyst", "--set", "density=hypodense", "--n", "2")) == 0
+    assert (
+        main(
+            _args(
+                run_dir,
+                out,
+                "--lesion-type",
+                "liver_cyst",
+                "--set",
+                "density=hypodense",
+                "--n",
+                "2",
+            )
+        )
+        == 0
+    )
     assert "wrote 2" in capsys.readouterr().out
     src = nib.load(ABD[0])
     for case in ("ld_00000", "ld_00001"):
@@ -55,8 +87,12 @@ def test_synth_writes_the_dataset(run_dir: Path, tmp_path: Path, capsys: pytest.
 
 
 def _bad_report(tmp_path: Path) -> Path:
-    rep = report_bbox.sample_report(np.random.default_rng(0), lesion_type="pancreas_cyst", size=[40, 40, 40],
-                                    lesion_location="within the parenchymal organ")
+    rep = report_bbox.sample_report(
+        np.random.default_rng(0),
+        lesion_type="pancreas_cyst",
+        size=[40, 40, 40],
+        lesion_location="within the parenchymal organ",
+    )
     path = tmp_path / "big.json"
     path.write_text(rep.to_json())
     return path
@@ -92,20 +128,31 @@ def test_unusable_input_is_one_line_exit_2_nothing_written(
         "n_zero": (["--organ", "liver", "--n", "0"], ABD, run_dir),
         "bad_set": (["--organ", "liver", "--set", "density"], ABD, run_dir),
         "bad_value": (["--organ", "liver", "--set", "density=hypodens"], ABD, run_dir),
-        "two_sources": (["--report", str(_bad_report(tmp_path)), "--llm", "http://127.0.0.1:9/v1"], ABD, run_dir),
+        "two_sources": (
+            ["--report", str(_bad_report(tmp_path)), "--llm", "http://127.0.0.1:9/v1"],
+            ABD,
+            run_dir,
+        ),
         "no_source": ([], ABD, run_dir),
         "missing_ct": (["--organ", "liver"], (tmp_path / "nope.nii.gz", ABD[1]), run_dir),
     }[case]
     rc = main(_args(extra[2], out, *extra[0], ct=extra[1]))
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("bench: error:") and len(err.splitlines()) == 1 and message in err, err
+    assert (
+        rc == 2
+        and err.startswith("bench: error:")
+        and len(err.splitlines()) == 1
+        and message in err
+    ), err
     assert not out.exists()
 
 
 def test_checks_run_before_torch_is_imported(run_dir: Path, tmp_path: Path) -> None:
-    code = ("import sys; from ctsynth_bench.cli.main import main; "
-            f"rc = main({_args(run_dir, tmp_path / 'o', '--organ', 'pancreas', ct=CHEST)!r}); "
-            "print(rc, 'torch' in sys.modules)")
+    code = (
+        "import sys; from ctsynth_bench.cli.main import main; "
+        f"rc = main({_args(run_dir, tmp_path / 'o', '--organ', 'pancreas', ct=CHEST)!r}); "
+        "print(rc, 'torch' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.split() == ["2", "False"], res.stdout + res.stderr
 
@@ -126,13 +173,19 @@ def test_n_k_resumes_after_sigkill(run_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "ctsynth_bench.cli.main",
-                *_args(run_dir, out, "--lesion-type", "kidney_cyst", "--n", "3", "--seed", "4")]
+        return [
+            sys.executable,
+            "-m",
+            "ctsynth_bench.cli.main",
+            *_args(run_dir, out, "--lesion-type", "kidney_cyst", "--n", "3", "--seed", "4"),
+        ]
 
     full = tmp_path / "full"
     subprocess.run(cmd(full), check=True, timeout=600, env=env, capture_output=True)
     part = tmp_path / "part"
-    proc = subprocess.Popen(cmd(part), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(part), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 300
         while not (part / "reports" / "ld_00000.json").exists():
@@ -160,7 +213,9 @@ def test_data_reports_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "--organs" in capsys.readouterr().err
 
 
-def test_torchrun_ranks_split_the_batch(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchrun_ranks_split_the_batch(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     extra = ("--lesion-type", "gallstone", "--n", "3", "--seed", "9")
     assert main(_args(run_dir, one, *extra)) == 0

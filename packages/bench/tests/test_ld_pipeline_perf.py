@@ -27,9 +27,15 @@ def test_make_ct_keeps_the_field_of_view() -> None:
 
     case = load_case("abdomen")
     corner = lambda aff, shape: aff @ np.array([*(np.asarray(shape) - 0.5), 1.0])  # noqa: E731
-    assert np.allclose(corner(small.affine, small.ct.shape), corner(case.affine, case.ct.shape), atol=1e-6)
-    assert np.allclose(small.affine @ [-0.5, -0.5, -0.5, 1], case.affine @ [-0.5, -0.5, -0.5, 1], atol=1e-6)
-    assert small.ct.dtype == np.int16 and set(np.unique(small.organs)) <= set(np.unique(case.organs))
+    assert np.allclose(
+        corner(small.affine, small.ct.shape), corner(case.affine, case.ct.shape), atol=1e-6
+    )
+    assert np.allclose(
+        small.affine @ [-0.5, -0.5, -0.5, 1], case.affine @ [-0.5, -0.5, -0.5, 1], atol=1e-6
+    )
+    assert small.ct.dtype == np.int16 and set(np.unique(small.organs)) <= set(
+        np.unique(case.organs)
+    )
 
 
 def test_perf_reports_stages_scaling_overhead_and_memory() -> None:
@@ -43,7 +49,9 @@ def test_perf_reports_stages_scaling_overhead_and_memory() -> None:
     for stages in (r.stages_small, r.stages_large):
         assert set(stages) == {"place", "crop", "mask", "inpaint", "paste", "write"}
         assert all(v > 0 for v in stages.values())
-    assert r.synth_small_s == pytest.approx(sum(v for k, v in r.stages_small.items() if k != "write"))
+    assert r.synth_small_s == pytest.approx(
+        sum(v for k, v in r.stages_small.items() if k != "write")
+    )
     assert r.ratio == pytest.approx(r.synth_large_s / r.synth_small_s)
     assert r.stages_large["write"] > r.stages_small["write"]  # writing the whole CT does scale
     assert all(v > 0 for v in r.network_s.values())

@@ -22,7 +22,9 @@ def rule_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ctsynth_bench.rulesynth import load_templates, synthesize_dataset
 
     root = tmp_path_factory.mktemp("rule") / "set"
-    synthesize_dataset(root, n=42, templates=load_templates(["abdomen", "chest"]), seed=0, deform=False)
+    synthesize_dataset(
+        root, n=42, templates=load_templates(["abdomen", "chest"]), seed=0, deform=False
+    )
     return root
 
 
@@ -35,7 +37,9 @@ def test_derived_reports_agree_with_the_generating_reports(rule_set: Path) -> No
         assert doc["derived"] is True and "enhancement_status" in doc["left_out"]
         assert "enhancement_status" not in doc["report"]  # not measurable: left out, not invented
         gen = json.loads((rule_set / "reports" / f"{case}.json").read_text())
-        assert doc["report"]["size"] == pytest.approx(gen["report"]["size"], abs=0.11)  # realised extent
+        assert doc["report"]["size"] == pytest.approx(
+            gen["report"]["size"], abs=0.11
+        )  # realised extent
         derived[case] = doc["categories"]
         truth[case] = generating_categories(gen["report"], gen["lesion_type"])
     rates = agreement(derived, truth)
@@ -53,15 +57,23 @@ def test_nnunet_layout_with_organ_folder_and_no_reports(rule_set: Path, tmp_path
     shutil.copytree(rule_set / "labelsTr", nn / "labelsTr")
     organs = tmp_path / "ts"
     shutil.copytree(rule_set / "organs", organs)
-    (nn / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
-                                                 "file_ending": ".nii.gz"}))
+    (nn / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "lesion": 1},
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     summary = derive_reports(nn, layout="nnunet", organs=organs)
     assert summary.out == nn / "reports" and len(summary.written) == 42
     a = json.loads((nn / "reports" / "synth_00000.json").read_text())
     gen = json.loads((rule_set / "reports" / "synth_00000.json").read_text())
     assert a["derived"] is True and a["case"] == "synth_00000"
     assert a["report"]["organ"] == gen["report"]["organ"] and a["report"]["size"] == pytest.approx(
-        gen["report"]["size"], abs=0.11)
+        gen["report"]["size"], abs=0.11
+    )
     with pytest.raises(ReportsError, match="--organs"):
         derive_reports(nn, layout="nnunet")
     with pytest.raises(ReportsError, match="does not exist"):
@@ -82,12 +94,21 @@ def test_density_and_shape_follow_the_image() -> None:
         img = ct.copy()
         img[ball] += delta
         out[name] = derive_report(img, ball, organs, (1.5, 1.5, 1.5))
-    assert {k: v.categories["density"] for k, v in out.items()} == {"hypo": "hypo", "hyper": "hyper", "iso": "iso"}
-    assert out["iso"].categories["shape"] == "round" and out["iso"].categories["location"] == "within"
+    assert {k: v.categories["density"] for k, v in out.items()} == {
+        "hypo": "hypo",
+        "hyper": "hyper",
+        "iso": "iso",
+    }
+    assert (
+        out["iso"].categories["shape"] == "round" and out["iso"].categories["location"] == "within"
+    )
     bumpy = ball.copy()
     for axis in range(3):
-        spike = (np.abs(g[(axis + 1) % 3] - 24) <= 1) & (np.abs(g[(axis + 2) % 3] - 24) <= 1) & (
-            np.abs(g[axis] - 24) <= 15)
+        spike = (
+            (np.abs(g[(axis + 1) % 3] - 24) <= 1)
+            & (np.abs(g[(axis + 2) % 3] - 24) <= 1)
+            & (np.abs(g[axis] - 24) <= 15)
+        )
         bumpy |= spike
     assert derive_report(ct, bumpy, organs, (1.5, 1.5, 1.5)).categories["shape"] == "irregular"
     with pytest.raises(ReportsError, match="empty"):

@@ -38,22 +38,55 @@ def test_run_makes_report_gallery_control_and_a_run_folder(untrained: Path, tmp_
     for key in ("gallery", "sphericity", "density"):
         assert s.figures[key].is_file(), key
     md = s.report.read_text()
-    for needle in ("Does it follow its report?", "text removed (ablation)", "sphericity", "hypo<iso",
-                   "figures/gallery.png", "figures/sphericity.png", "figures/density.png"):
+    for needle in (
+        "Does it follow its report?",
+        "text removed (ablation)",
+        "sphericity",
+        "hypo<iso",
+        "figures/gallery.png",
+        "figures/sphericity.png",
+        "figures/density.png",
+    ):
         assert needle in md, needle
     control = json.loads((out / "control.json").read_text())
     assert {"shape_passes", "density_passes", "ablation_holds", "per_case"} <= set(control)
     cases = sorted(p.stem for p in (out / "cases" / "reports").glob("*.json"))
-    assert len(cases) == 14 and json.loads((out / "cases" / "dataset.json").read_text())["numTraining"] == 14
-    templates = {c: json.loads((out / "cases" / "reports" / f"{c}.json").read_text())["template"] for c in cases}
+    assert (
+        len(cases) == 14
+        and json.loads((out / "cases" / "dataset.json").read_text())["numTraining"] == 14
+    )
+    templates = {
+        c: json.loads((out / "cases" / "reports" / f"{c}.json").read_text())["template"]
+        for c in cases
+    }
     assert templates["lung_cancer"] == templates["esophageal_cancer"] == "chest"
     assert templates["liver_cancer"] == "abdomen"
     info = json.loads((out / "bench_run.json").read_text())
     assert info["weights"].startswith("copied from")
     # the folder is a run: synth takes it
-    ct, organs = bundled_dir() / "abdomen" / "ct.nii.gz", bundled_dir() / "abdomen" / "organs.nii.gz"
-    rc = main(["-q", "synth", "lesiondiffusion", "--run", str(out), "--ct", str(ct), "--organs", str(organs),
-               "--organ", "kidney", "--steps", "2", "--out", str(tmp_path / "syn")])
+    ct, organs = (
+        bundled_dir() / "abdomen" / "ct.nii.gz",
+        bundled_dir() / "abdomen" / "organs.nii.gz",
+    )
+    rc = main(
+        [
+            "-q",
+            "synth",
+            "lesiondiffusion",
+            "--run",
+            str(out),
+            "--ct",
+            str(ct),
+            "--organs",
+            str(organs),
+            "--organ",
+            "kidney",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "syn"),
+        ]
+    )
     assert rc == 0
     meta = json.loads((tmp_path / "syn" / "reports" / "ld_00000.json").read_text())
     assert meta["system"]["run"] == str(out) and meta["system"]["weights"].startswith("copied from")

@@ -42,22 +42,28 @@ def check_run_folder(run: str | Path | None) -> Path:
     what = "the shipped demo system" if run is None else f"run folder {folder}"
     if not folder.is_dir():
         if run is None:
-            raise SynthesisError("the shipped demo weights are not installed (no _weights/lesiondiffusion_demo in "
-                                 "ctsynth_bench); pass --run RUN, a folder made by 'bench run lesiondiffusion "
-                                 "--train' or 'bench train lesiondiffusion'")
+            raise SynthesisError(
+                "the shipped demo weights are not installed (no _weights/lesiondiffusion_demo in "
+                "ctsynth_bench); pass --run RUN, a folder made by 'bench run lesiondiffusion "
+                "--train' or 'bench train lesiondiffusion'"
+            )
         raise SynthesisError(f"{what} does not exist")
     man = folder / MANIFEST
     if not man.is_file():
         others = sorted(p.name for p in folder.glob("*.json"))[:4]
         hint = f" (it holds {', '.join(others)})" if others else ""
-        raise SynthesisError(f"{what} is not a LesionDiffusion run: no {MANIFEST}{hint}; make one with "
-                             "'bench run lesiondiffusion --out DIR' or 'bench train lesiondiffusion'")
+        raise SynthesisError(
+            f"{what} is not a LesionDiffusion run: no {MANIFEST}{hint}; make one with "
+            "'bench run lesiondiffusion --out DIR' or 'bench train lesiondiffusion'"
+        )
     try:
         fmt = json.loads(man.read_text()).get("format")
     except (json.JSONDecodeError, AttributeError):
         raise SynthesisError(f"{man} is not a valid JSON manifest") from None
     if fmt != MANIFEST_FORMAT:
-        raise SynthesisError(f"{man}: format {fmt!r}, expected {MANIFEST_FORMAT!r} (a run of another system?)")
+        raise SynthesisError(
+            f"{man}: format {fmt!r}, expected {MANIFEST_FORMAT!r} (a run of another system?)"
+        )
     return folder
 
 
@@ -68,8 +74,11 @@ def identity_of(run: str | Path | None) -> dict[str, Any]:
     folder = check_run_folder(run)
     man = json.loads((folder / MANIFEST).read_text())
     preset = man.get("preset", {})
-    return system_identity(None if run is None else folder, str(preset.get("name")),
-                           str(man.get("text_encoder", preset.get("text_encoder"))))
+    return system_identity(
+        None if run is None else folder,
+        str(preset.get("name")),
+        str(man.get("text_encoder", preset.get("text_encoder"))),
+    )
 
 
 def load_system(run: str | Path | None, *, device: str = "cpu") -> Any:
@@ -102,10 +111,14 @@ def report_source(args: argparse.Namespace) -> Any:
     fixed = _parse_sets(args.set)
     given = [name for name, v in (("--report", args.report), ("--llm", args.llm)) if v]
     if len(given) > 1:
-        raise SynthesisError("give one of --report, --llm or --organ/--lesion-type, not both " + " and ".join(given))
+        raise SynthesisError(
+            "give one of --report, --llm or --organ/--lesion-type, not both " + " and ".join(given)
+        )
     if args.report:
         if args.organ or args.lesion_type or fixed:
-            raise SynthesisError("--report takes the whole report; drop --organ, --lesion-type and --set")
+            raise SynthesisError(
+                "--report takes the whole report; drop --organ, --lesion-type and --set"
+            )
         path = Path(args.report)
         if not path.is_file():
             raise SynthesisError(f"--report {path} does not exist")
@@ -117,14 +130,20 @@ def report_source(args: argparse.Namespace) -> Any:
     try:
         if args.llm:
             writer = report_bbox.OpenAIChatReportWriter(base_url=args.llm, model=args.llm_model)
-            source = ReportSource(lesion_type=args.lesion_type, organ=args.organ, fixed=fixed, writer=writer)
+            source = ReportSource(
+                lesion_type=args.lesion_type, organ=args.organ, fixed=fixed, writer=writer
+            )
         elif args.organ or args.lesion_type:
             source = ReportSource(lesion_type=args.lesion_type, organ=args.organ, fixed=fixed)
         else:
-            raise SynthesisError("say what to make: --report R.json, --organ O / --lesion-type T [--set ATTR=VALUE], "
-                                 "or --llm URL")
+            raise SynthesisError(
+                "say what to make: --report R.json, --organ O / --lesion-type T [--set ATTR=VALUE], "
+                "or --llm URL"
+            )
         # the choices must make a report at all (vocabulary, type, contradictions)
-        report_bbox.sample_report(np.random.default_rng(0), lesion_type=args.lesion_type, organ=args.organ, **fixed)
+        report_bbox.sample_report(
+            np.random.default_rng(0), lesion_type=args.lesion_type, organ=args.organ, **fixed
+        )
     except (report_bbox.ReportError, report_bbox.OrganError, report_bbox.ReportWriterError) as exc:
         raise SynthesisError(str(exc).splitlines()[0]) from None
     return source
@@ -157,8 +176,18 @@ def _cmd_synth_lesiondiffusion(args: argparse.Namespace) -> int:
     if source.writer is None:
         place_lesion(source, inp, case_seeds(args.seed, 0)[0])  # the report fits (no writes)
     out = Path(args.out)
-    prepare_output(out, batch_settings(identity_of(args.run), inp, source, seed=args.seed, steps=args.steps,
-                                       guidance=args.guidance, prefix="ld_"))
+    prepare_output(
+        out,
+        batch_settings(
+            identity_of(args.run),
+            inp,
+            source,
+            seed=args.seed,
+            steps=args.steps,
+            guidance=args.guidance,
+            prefix="ld_",
+        ),
+    )
     import torch  # after every check: loading the system is the first heavy step
 
     if args.threads:
@@ -169,12 +198,24 @@ def _cmd_synth_lesiondiffusion(args: argparse.Namespace) -> int:
 
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     system = load_system(args.run, device=device)
-    summary = synthesize_cases(system, inp, source, out=out, n=args.n, seed=args.seed, steps=args.steps,
-                               guidance=args.guidance, rank=rank, world=world,
-                               progress=not args.quiet and rank == 0)
+    summary = synthesize_cases(
+        system,
+        inp,
+        source,
+        out=out,
+        n=args.n,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        rank=rank,
+        world=world,
+        progress=not args.quiet and rank == 0,
+    )
     where = f" (rank {rank} of {world})" if world > 1 else ""
-    print(f"{out}: wrote {len(summary.written)}, kept {len(summary.kept)} finished, failed {len(summary.failed)}"
-          f"{where}; CT imagesTr/, lesion labelsTr/, organs/, reports/")
+    print(
+        f"{out}: wrote {len(summary.written)}, kept {len(summary.kept)} finished, failed {len(summary.failed)}"
+        f"{where}; CT imagesTr/, lesion labelsTr/, organs/, reports/"
+    )
     for case, why in summary.failed.items():
         print(f"  {case}: {why}", file=sys.stderr)
     if summary.timings and summary.written:
@@ -185,24 +226,34 @@ def _cmd_synth_lesiondiffusion(args: argparse.Namespace) -> int:
 
 def _add_lesiondiffusion(sub: argparse._SubParsersAction, description: str) -> None:
     p = sub.add_parser(
-        "lesiondiffusion", help=description,
+        "lesiondiffusion",
+        help=description,
         description="Synthesize lesions into a real CT: report -> box in the organ -> LMNet mask -> LINet "
         "inpainting on a crop -> feathered paste. The output CT keeps the input's affine, shape and header; "
         "voxels outside the paste are bit-identical. --n K is resumable and split across torchrun ranks.",
     )
-    p.add_argument("--run", help="run folder (bench run/train lesiondiffusion); default: the shipped demo system")
+    p.add_argument(
+        "--run",
+        help="run folder (bench run/train lesiondiffusion); default: the shipped demo system",
+    )
     p.add_argument("--ct", required=True, help="CT NIfTI (HU)")
-    p.add_argument("--organs", required=True, help="TotalSegmentator v2 organ map NIfTI on the CT's grid")
+    p.add_argument(
+        "--organs", required=True, help="TotalSegmentator v2 organ map NIfTI on the CT's grid"
+    )
     p.add_argument("--report", help="report JSON (report_bbox.Report fields)")
     p.add_argument("--organ", help="organ name (e.g. liver, kidney_left, lung)")
     p.add_argument("--lesion-type", help="lesion type (e.g. liver_cancer, kidney_cyst)")
-    p.add_argument("--set", action="append", metavar="ATTR=VALUE", help="fix a report attribute (repeatable)")
+    p.add_argument(
+        "--set", action="append", metavar="ATTR=VALUE", help="fix a report attribute (repeatable)"
+    )
     p.add_argument("--llm", metavar="URL", help="OpenAI-compatible endpoint that writes the report")
     p.add_argument("--llm-model", help="model name for --llm (default $REPORT_BBOX_LLM_MODEL)")
     p.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale (default: the preset's)"
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output dataset folder (nnU-Net layout)")
@@ -213,8 +264,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench synth <system>`` for each registered system that implements it."""
     from ..systems import SYSTEMS
 
-    parser = sub.add_parser("synth", help="synthesize with a full system (lesiondiffusion)",
-                            description="Synthesize with a full system; see 'bench synth SYSTEM -h'.")
+    parser = sub.add_parser(
+        "synth",
+        help="synthesize with a full system (lesiondiffusion)",
+        description="Synthesize with a full system; see 'bench synth SYSTEM -h'.",
+    )
     parser.set_defaults(group_parser=parser)
     systems = parser.add_subparsers(dest="system", metavar="SYSTEM")
     for name, system in SYSTEMS.items():

@@ -84,19 +84,30 @@ def make_ct(shape: tuple[int, int, int]) -> CTInput:
 
     case = load_case("abdomen")
     zoom = np.asarray(shape, dtype=np.float64) / np.asarray(case.ct.shape)
-    ct = ndimage.zoom(case.ct.astype(np.float32), zoom, order=1, output=np.float32, grid_mode=True, mode="nearest")
-    organs = ndimage.zoom(case.organs.astype(np.uint8), zoom, order=0, grid_mode=True, mode="nearest")
+    ct = ndimage.zoom(
+        case.ct.astype(np.float32), zoom, order=1, output=np.float32, grid_mode=True, mode="nearest"
+    )
+    organs = ndimage.zoom(
+        case.organs.astype(np.uint8), zoom, order=0, grid_mode=True, mode="nearest"
+    )
     affine = case.affine.copy()
     affine[:3, :3] = case.affine[:3, :3] / zoom[None, :]
     # keep the field of view: voxel corners stay where they were
     affine[:3, 3] = case.affine[:3, 3] + case.affine[:3, :3] @ (0.5 / zoom - 0.5)
-    return ct_input_from_arrays(np.rint(ct).astype(np.int16), organs, affine, name=f"abdomen_{'x'.join(map(str, shape))}")
+    return ct_input_from_arrays(
+        np.rint(ct).astype(np.int16), organs, affine, name=f"abdomen_{'x'.join(map(str, shape))}"
+    )
 
 
 def _fixed_report() -> report_bbox.Report:
-    return report_bbox.sample_report(np.random.default_rng(0), lesion_type="liver_cancer", size=[30, 26, 24],
-                                     lesion_location="within the parenchymal organ", density="hypodense",
-                                     shape="round-like")
+    return report_bbox.sample_report(
+        np.random.default_rng(0),
+        lesion_type="liver_cancer",
+        size=[30, 26, 24],
+        lesion_location="within the parenchymal organ",
+        density="hypodense",
+        shape="round-like",
+    )
 
 
 class _NetTimer:
@@ -106,7 +117,10 @@ class _NetTimer:
         self.total = 0.0
         self._t0 = 0.0
         self._device = device
-        self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+        self._handles = [
+            module.register_forward_pre_hook(self._pre),
+            module.register_forward_hook(self._post),
+        ]
 
     def _sync(self) -> None:
         import torch
@@ -127,8 +141,16 @@ class _NetTimer:
             h.remove()
 
 
-def _one(system: Any, inp: CTInput, report: report_bbox.Report, *, seed: int, steps: int | None,
-         guidance: float | None, write_to: Path | None) -> dict[str, float]:
+def _one(
+    system: Any,
+    inp: CTInput,
+    report: report_bbox.Report,
+    *,
+    seed: int,
+    steps: int | None,
+    guidance: float | None,
+    write_to: Path | None,
+) -> dict[str, float]:
     import torch
 
     t0 = time.perf_counter()
@@ -144,8 +166,15 @@ def _one(system: Any, inp: CTInput, report: report_bbox.Report, *, seed: int, st
     return times
 
 
-def run_perf(system: Any, *, steps: int | None = None, guidance: float | None = None, repeats: int = 3,
-             library_check: bool = True, progress: bool = False) -> PerfResult:
+def run_perf(
+    system: Any,
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    repeats: int = 3,
+    library_check: bool = True,
+    progress: bool = False,
+) -> PerfResult:
     """Measure the system (see the module docstring); ``repeats`` timed lesions per CT size."""
     import resource
 
@@ -159,17 +188,29 @@ def run_perf(system: Any, *, steps: int | None = None, guidance: float | None = 
     report = _fixed_report()
     cts = {"small": make_ct(SMALL_SHAPE), "large": make_ct(LARGE_SHAPE)}
     out: dict[str, dict[str, list[float]]] = {k: {s: [] for s in STAGES} for k in cts}
-    timers = {"mask": _NetTimer(system.lmnet, device), "inpaint": _NetTimer(system.linet, device)} if hasattr(
-        system, "lmnet") else {}
+    timers = (
+        {"mask": _NetTimer(system.lmnet, device), "inpaint": _NetTimer(system.linet, device)}
+        if hasattr(system, "lmnet")
+        else {}
+    )
     net_total = {"mask": 0.0, "inpaint": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
-        _one(system, cts["small"], report, seed=0, steps=steps, guidance=guidance, write_to=None)  # warm-up
+        _one(
+            system, cts["small"], report, seed=0, steps=steps, guidance=guidance, write_to=None
+        )  # warm-up
         for r in range(repeats):
             for name, inp in cts.items():  # interleaved, so load changes hit both sizes alike
                 for t in timers.values():
                     t.total = 0.0
-                times = _one(system, inp, report, seed=r, steps=steps, guidance=guidance,
-                             write_to=Path(tmp) / name)
+                times = _one(
+                    system,
+                    inp,
+                    report,
+                    seed=r,
+                    steps=steps,
+                    guidance=guidance,
+                    write_to=Path(tmp) / name,
+                )
                 for k, v in times.items():
                     out[name][k].append(v)
                 if name == "small":
@@ -183,8 +224,10 @@ def run_perf(system: Any, *, steps: int | None = None, guidance: float | None = 
     synth = {name: sum(med[name][k] for k in STAGES if k != "write") for name in med}
     total = {name: synth[name] + med[name].get("write", 0.0) for name in med}
     network = {k: v / repeats for k, v in net_total.items()}
-    overhead = {k: (statistics.mean(out["small"][k]) / network[k]) if network.get(k) else float("nan")
-                for k in ("mask", "inpaint")}
+    overhead = {
+        k: (statistics.mean(out["small"][k]) / network[k]) if network.get(k) else float("nan")
+        for k in ("mask", "inpaint")
+    }
     # memory: one synthesis per size under tracemalloc (timings above were taken without it)
     peaks: dict[str, int] = {}
     if device.type == "cuda":
@@ -198,19 +241,37 @@ def run_perf(system: Any, *, steps: int | None = None, guidance: float | None = 
     if library_check:
         from lesion_inpaint.benchmark import benchmark_sampler
 
-        lib = float(benchmark_sampler(preset="demo", model="linet", steps=5, repeats=2, device=device,
-                                      generator=torch.Generator().manual_seed(0)).overhead_ratio)
+        lib = float(
+            benchmark_sampler(
+                preset="demo",
+                model="linet",
+                steps=5,
+                repeats=2,
+                device=device,
+                generator=torch.Generator().manual_seed(0),
+            ).overhead_ratio
+        )
     preset = system.preset
     return PerfResult(
-        device=str(device), system=system_info(system),
+        device=str(device),
+        system=system_info(system),
         steps=int(steps if steps is not None else preset.steps),
-        guidance=float(guidance if guidance is not None else preset.guidance), repeats=repeats,
-        stages_small=med["small"], stages_large=med["large"], synth_small_s=synth["small"],
-        synth_large_s=synth["large"], ratio=synth["large"] / synth["small"],
-        ratio_with_write=total["large"] / total["small"], network_s=network, sampler_overhead=overhead,
-        library_sampler_overhead=lib, peak_numpy_bytes=peaks,
+        guidance=float(guidance if guidance is not None else preset.guidance),
+        repeats=repeats,
+        stages_small=med["small"],
+        stages_large=med["large"],
+        synth_small_s=synth["small"],
+        synth_large_s=synth["large"],
+        ratio=synth["large"] / synth["small"],
+        ratio_with_write=total["large"] / total["small"],
+        network_s=network,
+        sampler_overhead=overhead,
+        library_sampler_overhead=lib,
+        peak_numpy_bytes=peaks,
         peak_rss_bytes=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-        cuda_peak_bytes=int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+        cuda_peak_bytes=int(torch.cuda.max_memory_allocated(device))
+        if device.type == "cuda"
+        else None,
         shapes={k: list(v.ct.shape) for k, v in cts.items()},
     )
 
@@ -218,21 +279,31 @@ def run_perf(system: Any, *, steps: int | None = None, guidance: float | None = 
 def format_table(r: PerfResult) -> str:
     """The result as a plain-text table (what ``bench perf`` prints)."""
     mb = 1024 * 1024
-    lines = [f"LesionDiffusion perf on {r.device}: {r.system['weights']} ({r.system['preset']} preset), "
-             f"{r.steps} DDIM steps, guidance {r.guidance:g}, median of {r.repeats}",
-             f"{'stage':<10}{'128^3 s':>10}{'512x512x300 s':>16}"]
+    lines = [
+        f"LesionDiffusion perf on {r.device}: {r.system['weights']} ({r.system['preset']} preset), "
+        f"{r.steps} DDIM steps, guidance {r.guidance:g}, median of {r.repeats}",
+        f"{'stage':<10}{'128^3 s':>10}{'512x512x300 s':>16}",
+    ]
     for k in STAGES:
-        lines.append(f"{k:<10}{r.stages_small.get(k, float('nan')):>10.3f}{r.stages_large.get(k, float('nan')):>16.3f}")
+        lines.append(
+            f"{k:<10}{r.stages_small.get(k, float('nan')):>10.3f}{r.stages_large.get(k, float('nan')):>16.3f}"
+        )
     lines += [
         f"{'synthesis':<10}{r.synth_small_s:>10.3f}{r.synth_large_s:>16.3f}",
         f"large / small CT, synthesis: {r.ratio:.3f} (goal <= 1.2); with writing the CT: {r.ratio_with_write:.2f}",
         "sampler overhead over the bare networks: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in r.sampler_overhead.items()) + " (goal <= 1.05)"
-        + (f"; lesion_inpaint.benchmark_sampler (LINet demo): {r.library_sampler_overhead:.3f}"
-           if r.library_sampler_overhead is not None else ""),
+        + ", ".join(f"{k} {v:.3f}" for k, v in r.sampler_overhead.items())
+        + " (goal <= 1.05)"
+        + (
+            f"; lesion_inpaint.benchmark_sampler (LINet demo): {r.library_sampler_overhead:.3f}"
+            if r.library_sampler_overhead is not None
+            else ""
+        ),
         "peak numpy memory per synthesis: "
         + ", ".join(f"{k} {v / mb:.1f} MiB" for k, v in r.peak_numpy_bytes.items())
         + f"; process peak RSS {r.peak_rss_bytes / mb:.0f} MiB"
-        + (f"; CUDA peak {r.cuda_peak_bytes / mb:.0f} MiB" if r.cuda_peak_bytes is not None else ""),
+        + (
+            f"; CUDA peak {r.cuda_peak_bytes / mb:.0f} MiB" if r.cuda_peak_bytes is not None else ""
+        ),
     ]
     return "\n".join(lines)

@@ -82,15 +82,32 @@ class LesionSystem(Protocol):
     text_encoder_id: str
     run_dir: Path | None
 
-    def sample_mask(self, *, organs: torch.Tensor, target_organ: torch.Tensor, bbox: torch.Tensor,
-                    report: report_bbox.Report, generator: torch.Generator, steps: int | None = None,
-                    guidance: float | None = None, text: bool = True) -> torch.Tensor:
+    def sample_mask(
+        self,
+        *,
+        organs: torch.Tensor,
+        target_organ: torch.Tensor,
+        bbox: torch.Tensor,
+        report: report_bbox.Report,
+        generator: torch.Generator,
+        steps: int | None = None,
+        guidance: float | None = None,
+        text: bool = True,
+    ) -> torch.Tensor:
         """uint8 lesion mask inside ``bbox``; organs int64, target_organ and bbox bool."""
         ...
 
-    def inpaint(self, *, ct: torch.Tensor, mask: torch.Tensor, report: report_bbox.Report,
-                generator: torch.Generator, steps: int | None = None, guidance: float | None = None,
-                text: bool = True) -> torch.Tensor:
+    def inpaint(
+        self,
+        *,
+        ct: torch.Tensor,
+        mask: torch.Tensor,
+        report: report_bbox.Report,
+        generator: torch.Generator,
+        steps: int | None = None,
+        guidance: float | None = None,
+        text: bool = True,
+    ) -> torch.Tensor:
         """float32 HU crop; equal to ``ct`` away from ``mask``."""
         ...
 
@@ -165,7 +182,9 @@ def _read(path: Path, what: str) -> tuple[np.ndarray, Any]:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise SynthesisError(f"{what} {path} is not a readable NIfTI file ({type(exc).__name__})") from None
+        raise SynthesisError(
+            f"{what} {path} is not a readable NIfTI file ({type(exc).__name__})"
+        ) from None
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
@@ -173,7 +192,9 @@ def _read(path: Path, what: str) -> tuple[np.ndarray, Any]:
     return np.asarray(arr), img
 
 
-def load_ct_input(ct: str | os.PathLike[str], organs: str | os.PathLike[str], *, name: str | None = None) -> CTInput:
+def load_ct_input(
+    ct: str | os.PathLike[str], organs: str | os.PathLike[str], *, name: str | None = None
+) -> CTInput:
     """Read and check a CT and its TotalSegmentator v2 organ map (NIfTI files).
 
     Raises:
@@ -184,37 +205,63 @@ def load_ct_input(ct: str | os.PathLike[str], organs: str | os.PathLike[str], *,
     ct_arr, ct_img = _read(ct_path, "CT")
     org_arr, org_img = _read(organs_path, "organ map")
     if ct_arr.shape != org_arr.shape:
-        raise SynthesisError(f"CT {ct_path.name} {ct_arr.shape} and organ map {organs_path.name} "
-                             f"{org_arr.shape} have different shapes; they must share one voxel grid")
+        raise SynthesisError(
+            f"CT {ct_path.name} {ct_arr.shape} and organ map {organs_path.name} "
+            f"{org_arr.shape} have different shapes; they must share one voxel grid"
+        )
     if not np.allclose(ct_img.affine, org_img.affine, atol=AFFINE_ATOL, rtol=0):
         worst = float(np.abs(ct_img.affine - org_img.affine).max())
-        raise SynthesisError(f"CT {ct_path.name} and organ map {organs_path.name} have different affines "
-                             f"(largest difference {worst:.4g} mm, allowed {AFFINE_ATOL}); resample the map "
-                             "onto the CT grid")
+        raise SynthesisError(
+            f"CT {ct_path.name} and organ map {organs_path.name} have different affines "
+            f"(largest difference {worst:.4g} mm, allowed {AFFINE_ATOL}); resample the map "
+            "onto the CT grid"
+        )
     if org_arr.dtype.kind == "f":
         if not np.all(np.isfinite(org_arr)) or np.any(org_arr != np.round(org_arr)):
-            raise SynthesisError(f"organ map {organs_path.name} holds non-integer values; "
-                                 "expected TotalSegmentator v2 class ids")
+            raise SynthesisError(
+                f"organ map {organs_path.name} holds non-integer values; "
+                "expected TotalSegmentator v2 class ids"
+            )
     org_arr = org_arr.astype(np.int16) if org_arr.dtype.kind == "f" else org_arr
     if org_arr.min() < 0 or org_arr.max() > 255:
-        raise SynthesisError(f"organ map {organs_path.name} holds ids {org_arr.min()}..{org_arr.max()}; "
-                             "TotalSegmentator v2 ids are 0..117")
+        raise SynthesisError(
+            f"organ map {organs_path.name} holds ids {org_arr.min()}..{org_arr.max()}; "
+            "TotalSegmentator v2 ids are 0..117"
+        )
     if not np.all(np.isfinite(ct_arr)) or float(ct_arr.min()) > -200 or float(ct_arr.max()) > 32767:
-        raise SynthesisError(f"CT {ct_path.name} does not look like HU (range {float(ct_arr.min()):g}.."
-                             f"{float(ct_arr.max()):g}; expected air below -200 HU)")
+        raise SynthesisError(
+            f"CT {ct_path.name} does not look like HU (range {float(ct_arr.min()):g}.."
+            f"{float(ct_arr.max()):g}; expected air below -200 HU)"
+        )
     affine = np.asarray(ct_img.affine, dtype=np.float64)
     base = ct_path.name.removesuffix(".gz").removesuffix(".nii")
-    return CTInput(name=name or base, ct=ct_arr, organs=org_arr, affine=affine, header=ct_img.header,
-                   organs_header=org_img.header, ornt=_orientation(affine))
+    return CTInput(
+        name=name or base,
+        ct=ct_arr,
+        organs=org_arr,
+        affine=affine,
+        header=ct_img.header,
+        organs_header=org_img.header,
+        ornt=_orientation(affine),
+    )
 
 
-def ct_input_from_arrays(ct: np.ndarray, organs: np.ndarray, affine: np.ndarray, *, name: str) -> CTInput:
+def ct_input_from_arrays(
+    ct: np.ndarray, organs: np.ndarray, affine: np.ndarray, *, name: str
+) -> CTInput:
     """A :class:`CTInput` from in-memory arrays (e.g. ``data.load_case``); no header to copy."""
     if ct.shape != organs.shape or ct.ndim != 3:
         raise SynthesisError(f"CT {ct.shape} and organ map {organs.shape} must be 3D of one shape")
     aff = np.asarray(affine, dtype=np.float64)
-    return CTInput(name=name, ct=np.asarray(ct), organs=np.asarray(organs), affine=aff, header=None,
-                   organs_header=None, ornt=_orientation(aff))
+    return CTInput(
+        name=name,
+        ct=np.asarray(ct),
+        organs=np.asarray(organs),
+        affine=aff,
+        header=None,
+        organs_header=None,
+        ornt=_orientation(aff),
+    )
 
 
 # ------------------------------------------------------------------------------------ report
@@ -239,10 +286,16 @@ class ReportSource:
     writer: Any = None
 
     def __post_init__(self) -> None:
-        if self.report is not None and (self.writer is not None or self.lesion_type or self.organ or self.fixed):
-            raise SynthesisError("give either a report or choices (lesion type, organ, --set) / an LLM, not both")
+        if self.report is not None and (
+            self.writer is not None or self.lesion_type or self.organ or self.fixed
+        ):
+            raise SynthesisError(
+                "give either a report or choices (lesion type, organ, --set) / an LLM, not both"
+            )
         if self.report is None and self.writer is None and not (self.lesion_type or self.organ):
-            raise SynthesisError("no report: give a report file, an organ or lesion type, or an LLM writer")
+            raise SynthesisError(
+                "no report: give a report file, an organ or lesion type, or an LLM writer"
+            )
 
     def organ_name(self) -> str | None:
         """The organ the reports will name, where it is known before drawing."""
@@ -251,14 +304,20 @@ class ReportSource:
         if self.organ is not None:
             return report_bbox.resolve_organ(self.organ)
         if self.lesion_type is not None:
-            return report_bbox.LESION_TYPES[report_bbox.lesion_type_name(self.lesion_type)].organs[0]
+            return report_bbox.LESION_TYPES[report_bbox.lesion_type_name(self.lesion_type)].organs[
+                0
+            ]
         return None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (the resume check compares it)."""
         if self.report is not None:
             return {"report": self.report.to_dict()}
-        out: dict[str, Any] = {"lesion_type": self.lesion_type, "organ": self.organ, "fixed": dict(self.fixed)}
+        out: dict[str, Any] = {
+            "lesion_type": self.lesion_type,
+            "organ": self.organ,
+            "fixed": dict(self.fixed),
+        }
         if self.writer is not None:
             out["writer"] = type(self.writer).__name__
             out["writer_url"] = getattr(self.writer, "url", None)
@@ -269,13 +328,18 @@ class ReportSource:
         if self.report is not None:
             return self.report
         if self.writer is not None:
-            req = report_bbox.ReportRequest(lesion_type=self.lesion_type, organ=self.organ, fixed=dict(self.fixed))
+            req = report_bbox.ReportRequest(
+                lesion_type=self.lesion_type, organ=self.organ, fixed=dict(self.fixed)
+            )
             return self.writer.write(req)
-        return report_bbox.sample_report(rng, lesion_type=self.lesion_type, organ=self.organ, **dict(self.fixed))
+        return report_bbox.sample_report(
+            rng, lesion_type=self.lesion_type, organ=self.organ, **dict(self.fixed)
+        )
 
 
-def _organ_region(organs_ras: np.ndarray, ids: Sequence[int], margin: np.ndarray, *, slab: int = 16
-                  ) -> tuple[slice, ...] | None:
+def _organ_region(
+    organs_ras: np.ndarray, ids: Sequence[int], margin: np.ndarray, *, slab: int = 16
+) -> tuple[slice, ...] | None:
     """Bounding region of the organ ids, grown by ``margin`` voxels per axis, or ``None`` if absent.
 
     The map is scanned in slabs of ``slab`` z-slices, so the temporary masks stay small on a big CT.
@@ -283,7 +347,7 @@ def _organ_region(organs_ras: np.ndarray, ids: Sequence[int], margin: np.ndarray
     ids_arr = np.asarray(ids)
     spans: list[list[int]] = [[], [], []]
     for z0 in range(0, organs_ras.shape[2], slab):
-        block = organs_ras[:, :, z0:z0 + slab]
+        block = organs_ras[:, :, z0 : z0 + slab]
         hit = np.isin(block, ids_arr) if len(ids_arr) > 1 else block == ids_arr[0]
         if not hit.any():
             continue
@@ -294,8 +358,13 @@ def _organ_region(organs_ras: np.ndarray, ids: Sequence[int], margin: np.ndarray
             spans[ax] += [int(nz[0]) + off, int(nz[-1]) + off]
     if not spans[0]:
         return None
-    return tuple(slice(max(0, min(sp) - int(margin[ax])), min(organs_ras.shape[ax], max(sp) + 1 + int(margin[ax])))
-                 for ax, sp in enumerate(spans))
+    return tuple(
+        slice(
+            max(0, min(sp) - int(margin[ax])),
+            min(organs_ras.shape[ax], max(sp) + 1 + int(margin[ax])),
+        )
+        for ax, sp in enumerate(spans)
+    )
 
 
 def check_organ_present(inp: CTInput, organ: str, *, min_voxels: int = 20) -> None:
@@ -305,8 +374,10 @@ def check_organ_present(inp: CTInput, organ: str, *, min_voxels: int = 20) -> No
     if count < min_voxels:
         present = sorted(int(v) for v in np.unique(inp.organs) if v)
         names = [report_bbox.TOTALSEG_V2.get(v, str(v)) for v in present]
-        raise SynthesisError(f"organ {organ!r} (TotalSegmentator v2 ids {list(ids)}) is absent from the organ map of "
-                             f"{inp.name} ({count} voxels); the map holds: {', '.join(names[:30]) or 'nothing'}")
+        raise SynthesisError(
+            f"organ {organ!r} (TotalSegmentator v2 ids {list(ids)}) is absent from the organ map of "
+            f"{inp.name} ({count} voxels); the map holds: {', '.join(names[:30]) or 'nothing'}"
+        )
 
 
 #: Boxes are placed on the organ map subsampled (integer strides) to about this spacing, so the
@@ -316,7 +387,9 @@ PLACEMENT_SPACING_MM = 2.0
 
 def placement_strides(spacing: Sequence[float]) -> np.ndarray:
     """Integer stride per axis that brings ``spacing`` closest to :data:`PLACEMENT_SPACING_MM` (>= 1)."""
-    return np.maximum(1, np.rint(PLACEMENT_SPACING_MM / np.asarray(spacing, dtype=np.float64))).astype(int)
+    return np.maximum(
+        1, np.rint(PLACEMENT_SPACING_MM / np.asarray(spacing, dtype=np.float64))
+    ).astype(int)
 
 
 def place_lesion(
@@ -342,12 +415,20 @@ def place_lesion(
         except (report_bbox.ReportError, report_bbox.ReportWriterError) as exc:
             raise SynthesisError(f"report: {exc}") from None
         ids = report_bbox.organ_ids(report.organ)
-        margin = np.ceil(report_bbox.ORGANS[report.organ].max_lesion_mm / spacing).astype(int) + 2 * stride
+        margin = (
+            np.ceil(report_bbox.ORGANS[report.organ].max_lesion_mm / spacing).astype(int)
+            + 2 * stride
+        )
         region = _organ_region(organs_ras, ids, margin)
         if region is None:
-            raise SynthesisError(f"organ {report.organ!r} (ids {list(ids)}) is absent from the organ map of {inp.name}")
-        sub = np.ascontiguousarray(organs_ras[tuple(slice(r.start, r.stop, int(k)) for r, k in zip(region, stride,
-                                                                                                   strict=True))])
+            raise SynthesisError(
+                f"organ {report.organ!r} (ids {list(ids)}) is absent from the organ map of {inp.name}"
+            )
+        sub = np.ascontiguousarray(
+            organs_ras[
+                tuple(slice(r.start, r.stop, int(k)) for r, k in zip(region, stride, strict=True))
+            ]
+        )
         try:
             box = report_bbox.sample_bbox(report, sub, tuple(spacing * stride), rng)
         except report_bbox.BBoxError as exc:
@@ -377,7 +458,9 @@ class ModelGrid:
     step: np.ndarray  # (3,) float, CT voxels per model voxel
 
     @classmethod
-    def around(cls, center: Sequence[float], ct_spacing: Sequence[float], spacing_mm: float, size: int) -> ModelGrid:
+    def around(
+        cls, center: Sequence[float], ct_spacing: Sequence[float], spacing_mm: float, size: int
+    ) -> ModelGrid:
         step = float(spacing_mm) / np.asarray(ct_spacing, dtype=np.float64)
         start = np.asarray(center, dtype=np.float64) - (size - 1) / 2.0 * step
         return cls(size=int(size), spacing_mm=float(spacing_mm), start=start, step=step)
@@ -390,9 +473,19 @@ class ModelGrid:
         out_shape = (self.size,) * 3
         if np.any(hi <= lo):
             return np.full(out_shape, cval, dtype=np.float32)
-        sub = np.asarray(volume[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], dtype=np.float32)
-        return ndimage.affine_transform(sub, self.step, offset=self.start - lo, output_shape=out_shape,
-                                        order=order, mode="constant", cval=cval, prefilter=False)
+        sub = np.asarray(
+            volume[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], dtype=np.float32
+        )
+        return ndimage.affine_transform(
+            sub,
+            self.step,
+            offset=self.start - lo,
+            output_shape=out_shape,
+            order=order,
+            mode="constant",
+            cval=cval,
+            prefilter=False,
+        )
 
     def box_mask(self, box: report_bbox.BBox) -> np.ndarray:
         """bool (S, S, S): model voxels whose centre lies in the box's CT voxels."""
@@ -405,16 +498,32 @@ class ModelGrid:
             axes.append(inside)
         return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
 
-    def to_ct(self, array: np.ndarray, region: tuple[slice, ...], *, order: int, mode: str, cval: float = 0.0
-              ) -> np.ndarray:
+    def to_ct(
+        self,
+        array: np.ndarray,
+        region: tuple[slice, ...],
+        *,
+        order: int,
+        mode: str,
+        cval: float = 0.0,
+    ) -> np.ndarray:
         """Resample a model-grid array onto the CT voxels of ``region``."""
         lo = np.array([s.start for s in region], dtype=np.float64)
         shape = tuple(s.stop - s.start for s in region)
-        return ndimage.affine_transform(np.asarray(array, np.float32), 1.0 / self.step,
-                                        offset=(lo - self.start) / self.step, output_shape=shape, order=order,
-                                        mode=mode, cval=cval, prefilter=False)
+        return ndimage.affine_transform(
+            np.asarray(array, np.float32),
+            1.0 / self.step,
+            offset=(lo - self.start) / self.step,
+            output_shape=shape,
+            order=order,
+            mode=mode,
+            cval=cval,
+            prefilter=False,
+        )
 
-    def ct_region(self, lo_j: np.ndarray, hi_j: np.ndarray, shape: Sequence[int], pad: int) -> tuple[slice, ...]:
+    def ct_region(
+        self, lo_j: np.ndarray, hi_j: np.ndarray, shape: Sequence[int], pad: int
+    ) -> tuple[slice, ...]:
         """CT voxel region covering model voxels ``lo_j..hi_j`` (inclusive) plus ``pad`` voxels."""
         a = self.start + lo_j * self.step
         b = self.start + hi_j * self.step
@@ -501,14 +610,28 @@ def synthesize_lesion(
 
     timings["crop"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mask_t = system.sample_mask(organs=t5(org_m, torch.int64), target_organ=t5(target, torch.bool),
-                                bbox=t5(bbox_m, torch.bool), report=report, generator=generator, steps=steps,
-                                guidance=guidance, text=text)
+    mask_t = system.sample_mask(
+        organs=t5(org_m, torch.int64),
+        target_organ=t5(target, torch.bool),
+        bbox=t5(bbox_m, torch.bool),
+        report=report,
+        generator=generator,
+        steps=steps,
+        guidance=guidance,
+        text=text,
+    )
     mask_m = (mask_t.detach().to("cpu")[0, 0].numpy() > 0).astype(np.uint8)
     timings["mask"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hu_t = system.inpaint(ct=t5(ct_m, torch.float32), mask=t5(mask_m, torch.uint8), report=report,
-                          generator=generator, steps=steps, guidance=guidance, text=text)
+    hu_t = system.inpaint(
+        ct=t5(ct_m, torch.float32),
+        mask=t5(mask_m, torch.uint8),
+        report=report,
+        generator=generator,
+        steps=steps,
+        guidance=guidance,
+        text=text,
+    )
     hu_m = hu_t.detach().to("cpu", torch.float32)[0, 0].numpy()
     timings["inpaint"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -523,12 +646,26 @@ def synthesize_lesion(
         mask_ct[np.unravel_index(int(np.argmax(soft)), soft.shape)] = True
     hu_ct = grid.to_ct(hu_m, region, order=1, mode="nearest")
     original = np.asarray(ct_ras[region], dtype=np.float32)
-    pasted = paste_back(original, hu_ct, mask_ct.astype(np.uint8), offset=(0, 0, 0),
-                        dilation=PASTE_DILATION, feather=PASTE_FEATHER)
+    pasted = paste_back(
+        original,
+        hu_ct,
+        mask_ct.astype(np.uint8),
+        offset=(0, 0, 0),
+        dilation=PASTE_DILATION,
+        feather=PASTE_FEATHER,
+    )
     changed = blend_weights(mask_ct, dilation=PASTE_DILATION, feather=PASTE_FEATHER) > 0
     timings["paste"] = time.perf_counter() - t0
-    return LesionResult(report=report, box=box, region=region, hu=pasted, mask=mask_ct.astype(np.uint8),
-                        changed=changed, model_spacing_mm=m, timings=timings)
+    return LesionResult(
+        report=report,
+        box=box,
+        region=region,
+        hu=pasted,
+        mask=mask_ct.astype(np.uint8),
+        changed=changed,
+        model_spacing_mm=m,
+        timings=timings,
+    )
 
 
 def _out_dtype(ct: np.ndarray) -> np.dtype:
@@ -537,7 +674,12 @@ def _out_dtype(ct: np.ndarray) -> np.dtype:
         if ct.size == 0 or (int(ct.min()) >= -32768 and int(ct.max()) <= 32767):
             return np.dtype(np.int16)
         return np.dtype(np.float32)
-    if np.all(np.isfinite(ct)) and np.all(ct == np.round(ct)) and ct.min() >= -32768 and ct.max() <= 32767:
+    if (
+        np.all(np.isfinite(ct))
+        and np.all(ct == np.round(ct))
+        and ct.min() >= -32768
+        and ct.max() <= 32767
+    ):
         return np.dtype(np.int16)
     return np.dtype(np.float32)
 
@@ -586,7 +728,11 @@ def _save_like(path: Path, array: np.ndarray, affine: np.ndarray, header: Any) -
 
     from ..data import save_nifti
 
-    hdr = header if isinstance(header, nib.Nifti1Header) and not isinstance(header, nib.Nifti2Header) else None
+    hdr = (
+        header
+        if isinstance(header, nib.Nifti1Header) and not isinstance(header, nib.Nifti2Header)
+        else None
+    )
     save_nifti(path, array, affine, dtype=array.dtype, header=hdr)
 
 
@@ -594,7 +740,9 @@ def _save_like(path: Path, array: np.ndarray, affine: np.ndarray, header: Any) -
 RUN_INFO = "bench_run.json"
 
 
-def system_identity(run_dir: str | os.PathLike[str] | None, preset_name: str, text_encoder_id: str) -> dict[str, Any]:
+def system_identity(
+    run_dir: str | os.PathLike[str] | None, preset_name: str, text_encoder_id: str
+) -> dict[str, Any]:
     """Sidecar identity of a system: run folder (``None``: the shipped one), weights, preset, text encoder."""
     weights = "shipped demo"
     if run_dir is not None:
@@ -605,46 +753,83 @@ def system_identity(run_dir: str | os.PathLike[str] | None, preset_name: str, te
                 weights = str(json.loads(info.read_text()).get("weights", weights))
             except json.JSONDecodeError:
                 pass
-    return {"run": str(run_dir) if run_dir is not None else None, "weights": weights, "preset": preset_name,
-            "text_encoder": text_encoder_id}
+    return {
+        "run": str(run_dir) if run_dir is not None else None,
+        "weights": weights,
+        "preset": preset_name,
+        "text_encoder": text_encoder_id,
+    }
 
 
 def system_info(system: LesionSystem) -> dict[str, Any]:
     """:func:`system_identity` of a loaded system."""
     preset = system.preset
-    return system_identity(getattr(system, "run_dir", None), str(getattr(preset, "name", type(preset).__name__)),
-                           system.text_encoder_id)
+    return system_identity(
+        getattr(system, "run_dir", None),
+        str(getattr(preset, "name", type(preset).__name__)),
+        system.text_encoder_id,
+    )
 
 
 def _location_class(report: report_bbox.Report) -> str:
-    return {"within the parenchymal organ": "within", "protruding from the parenchymal organ": "protruding",
-            "within the lumen of a hollow organ": "lumen", "wall thickening": "wall"}[report.lesion_location]
+    return {
+        "within the parenchymal organ": "within",
+        "protruding from the parenchymal organ": "protruding",
+        "within the lumen of a hollow organ": "lumen",
+        "wall thickening": "wall",
+    }[report.lesion_location]
 
 
-def realised_measurements(inp: CTInput, ct_out: np.ndarray, lesion: np.ndarray, organs: np.ndarray,
-                          report: report_bbox.Report) -> dict[str, Any]:
+def realised_measurements(
+    inp: CTInput,
+    ct_out: np.ndarray,
+    lesion: np.ndarray,
+    organs: np.ndarray,
+    report: report_bbox.Report,
+) -> dict[str, Any]:
     """Measure the written lesion with the rule-based set's measurements (``bench data lesions --stats``)."""
     from .reports import measure_lesion
 
-    vals = measure_lesion(inp.ras(ct_out), inp.ras(lesion), inp.ras(organs), inp.spacing,
-                          organ=report.organ, location=_location_class(report))
+    vals = measure_lesion(
+        inp.ras(ct_out),
+        inp.ras(lesion),
+        inp.ras(organs),
+        inp.spacing,
+        organ=report.organ,
+        location=_location_class(report),
+    )
     return vals
 
 
-def write_case(root: Path, case: str, inp: CTInput, result: LesionResult, meta: Mapping[str, Any]) -> dict[str, Any]:
+def write_case(
+    root: Path, case: str, inp: CTInput, result: LesionResult, meta: Mapping[str, Any]
+) -> dict[str, Any]:
     """Write one case atomically, the report sidecar last (it marks the case finished)."""
     ct, lesion, organs = apply_result(inp, result)
     _save_like(root / "imagesTr" / f"{case}_0000.nii.gz", ct, inp.affine, inp.header)
-    _save_like(root / "labelsTr" / f"{case}.nii.gz", lesion, inp.affine, inp.organs_header or inp.header)
+    _save_like(
+        root / "labelsTr" / f"{case}.nii.gz", lesion, inp.affine, inp.organs_header or inp.header
+    )
     org_dtype = np.uint8 if int(organs.max()) < 256 else np.int16
-    _save_like(root / "organs" / f"{case}.nii.gz", organs.astype(org_dtype), inp.affine,
-               inp.organs_header or inp.header)
+    _save_like(
+        root / "organs" / f"{case}.nii.gz",
+        organs.astype(org_dtype),
+        inp.affine,
+        inp.organs_header or inp.header,
+    )
     measured = realised_measurements(inp, ct, lesion, organs, result.report)
-    sidecar = {"case": case, "lesion_type": result.report.lesion_type, "template": inp.name,
-               "text": result.report.text(), "report": result.report.to_dict(),
-               "box": {**result.box.to_dict(), "axes": "RAS voxel indices"},
-               "measured": measured, "model_spacing_mm": result.model_spacing_mm,
-               "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, **meta}
+    sidecar = {
+        "case": case,
+        "lesion_type": result.report.lesion_type,
+        "template": inp.name,
+        "text": result.report.text(),
+        "report": result.report.to_dict(),
+        "box": {**result.box.to_dict(), "axes": "RAS voxel indices"},
+        "measured": measured,
+        "model_spacing_mm": result.model_spacing_mm,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        **meta,
+    }
     atomic_json(root / "reports" / f"{case}.json", sidecar)
     return sidecar
 
@@ -655,11 +840,19 @@ def write_dataset_json(root: Path) -> dict[str, Any]:
 
     reports = sorted((root / "reports").glob("*.json"))
     counts = Counter(str(json.loads(p.read_text()).get("lesion_type")) for p in reports)
-    desc = {"name": "ctsynth LesionDiffusion lesions",
-            "description": "Lesions synthesized by LesionDiffusion into real CT (ctsynth-bench).",
-            "channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
-            "numTraining": len(reports), "file_ending": ".nii.gz", "lesion_types": dict(sorted(counts.items())),
-            "extra_folders": {"organs": "TotalSegmentator v2 organ map", "reports": "structured report JSON"}}
+    desc = {
+        "name": "ctsynth LesionDiffusion lesions",
+        "description": "Lesions synthesized by LesionDiffusion into real CT (ctsynth-bench).",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(reports),
+        "file_ending": ".nii.gz",
+        "lesion_types": dict(sorted(counts.items())),
+        "extra_folders": {
+            "organs": "TotalSegmentator v2 organ map",
+            "reports": "structured report JSON",
+        },
+    }
     atomic_json(root / "dataset.json", desc)
     return desc
 
@@ -680,7 +873,10 @@ class SynthSummary:
 
 def case_seeds(seed: int, index: int) -> tuple[np.random.Generator, int]:
     """Case ``index``'s numpy generator (report, box) and torch seed (model noise), from ``seed`` alone."""
-    torch_seed = int(np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    torch_seed = int(
+        np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1, dtype=np.uint64)[0]
+        >> 1
+    )
     return np.random.default_rng([int(seed), int(index)]), torch_seed
 
 
@@ -707,11 +903,28 @@ def check_options(*, n: int, seed: int, steps: int | None, guidance: float | Non
         raise SynthesisError(f"--guidance must be a finite number >= 0, got {guidance!r}")
 
 
-def batch_settings(identity: Mapping[str, Any], inp: CTInput, source: ReportSource, *, seed: int,
-                   steps: int | None, guidance: float | None, prefix: str) -> dict[str, Any]:
+def batch_settings(
+    identity: Mapping[str, Any],
+    inp: CTInput,
+    source: ReportSource,
+    *,
+    seed: int,
+    steps: int | None,
+    guidance: float | None,
+    prefix: str,
+) -> dict[str, Any]:
     """What a batch folder records in ``synth.json`` (a resumed batch must match it)."""
-    return {"format": FORMAT_VERSION, "system": dict(identity), "ct": inp.name, "ct_fingerprint": inp.fingerprint(),
-            "source": source.describe(), "seed": int(seed), "steps": steps, "guidance": guidance, "prefix": prefix}
+    return {
+        "format": FORMAT_VERSION,
+        "system": dict(identity),
+        "ct": inp.name,
+        "ct_fingerprint": inp.fingerprint(),
+        "source": source.describe(),
+        "seed": int(seed),
+        "steps": steps,
+        "guidance": guidance,
+        "prefix": prefix,
+    }
 
 
 def prepare_output(root: Path, settings: Mapping[str, Any]) -> None:
@@ -723,13 +936,21 @@ def prepare_output(root: Path, settings: Mapping[str, Any]) -> None:
         except json.JSONDecodeError:
             raise SynthesisError(f"{manifest} is not valid JSON; use another --out") from None
         if old != json.loads(json.dumps(dict(settings))):
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(json.dumps(settings.get(k))))
-            raise SynthesisError(f"{root} holds cases made with other settings (differs in: {', '.join(diff)}); "
-                                 "use the same options to resume, or another --out")
+            diff = sorted(
+                k
+                for k in set(old) | set(settings)
+                if old.get(k) != json.loads(json.dumps(settings.get(k)))
+            )
+            raise SynthesisError(
+                f"{root} holds cases made with other settings (differs in: {', '.join(diff)}); "
+                "use the same options to resume, or another --out"
+            )
     elif root.exists() and not root.is_dir():
         raise SynthesisError(f"{root} exists and is not a folder")
     elif root.exists() and any(root.iterdir()):
-        raise SynthesisError(f"{root} is not empty and holds no synth.json; use an empty or new --out")
+        raise SynthesisError(
+            f"{root} is not empty and holds no synth.json; use an empty or new --out"
+        )
 
 
 def synthesize_cases(
@@ -767,8 +988,9 @@ def synthesize_cases(
     if source.writer is None:  # the report fits (an LLM is not asked twice); nothing is written yet
         place_lesion(source, inp, case_seeds(seed, 0)[0])
     root = Path(out)
-    settings = batch_settings(system_info(system), inp, source, seed=seed, steps=steps, guidance=guidance,
-                              prefix=prefix)
+    settings = batch_settings(
+        system_info(system), inp, source, seed=seed, steps=steps, guidance=guidance, prefix=prefix
+    )
     prepare_output(root, settings)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "synth.json").exists():  # every rank writes the same bytes atomically
@@ -795,12 +1017,21 @@ def synthesize_cases(
             continue
         gen = torch.Generator(device="cpu").manual_seed(torch_seed)
         place_s = time.perf_counter() - t0
-        result = synthesize_lesion(system, inp, report, box, generator=gen, steps=steps, guidance=guidance)
+        result = synthesize_lesion(
+            system, inp, report, box, generator=gen, steps=steps, guidance=guidance
+        )
         result.timings = {"place": place_s, **result.timings}
-        meta = {"system": system_info(system),
-                "seeds": {"seed": int(seed), "case_index": i, "numpy": [int(seed), i], "torch": torch_seed},
-                "steps": steps if steps is not None else int(system.preset.steps),
-                "guidance": guidance if guidance is not None else float(system.preset.guidance)}
+        meta = {
+            "system": system_info(system),
+            "seeds": {
+                "seed": int(seed),
+                "case_index": i,
+                "numpy": [int(seed), i],
+                "torch": torch_seed,
+            },
+            "steps": steps if steps is not None else int(system.preset.steps),
+            "guidance": guidance if guidance is not None else float(system.preset.guidance),
+        }
         write_case(root, case, inp, result, meta)
         summary.written.append(case)
         for k, v in result.timings.items():

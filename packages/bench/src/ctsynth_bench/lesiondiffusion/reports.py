@@ -95,7 +95,12 @@ def _group(organ: str) -> str | None:
 
 
 def measure_lesion(
-    ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacing: Sequence[float], *, organ: str,
+    ct: np.ndarray,
+    lesion: np.ndarray,
+    organs: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    organ: str,
     location: Literal["within", "protruding", "lumen", "wall"] = "within",
 ) -> dict[str, Any]:
     """Measure one lesion as ``bench data lesions --stats`` does, plus its extent and HU spread.
@@ -132,21 +137,35 @@ def measure_lesion(
         from shape_metrics import sphericity
 
         vals = ct_c[m_c].astype(np.float64)
-        out.update(volume_ml=float(m.sum()) * float(np.prod(sp)) / 1000.0,
-                   sphericity=float(sphericity(m_c, sp)) if m.sum() >= 30 else None,
-                   mean_hu=float(np.median(vals)), delta_hu=None)
+        out.update(
+            volume_ml=float(m.sum()) * float(np.prod(sp)) / 1000.0,
+            sphericity=float(sphericity(m_c, sp)) if m.sum() >= 30 else None,
+            mean_hu=float(np.median(vals)),
+            delta_hu=None,
+        )
     else:
         # measure_case reads only the spec's organ and location; the other categories are unused.
         ltype = next(t for t in LESION_TYPES if organ_of(t) == group)
-        probe = LesionSpec(lesion_type=ltype, organ=group, shape="round", density="iso",  # type: ignore[arg-type]
-                           variation="homogeneous", margin="well_defined", enhancement="non_contrast",
-                           location=location, features=(), size_mm=tuple(extent))  # type: ignore[arg-type]
+        probe = LesionSpec(
+            lesion_type=ltype,
+            organ=group,
+            shape="round",
+            density="iso",  # type: ignore[arg-type]
+            variation="homogeneous",
+            margin="well_defined",
+            enhancement="non_contrast",
+            location=location,
+            features=(),
+            size_mm=tuple(extent),
+        )  # type: ignore[arg-type]
         out.update(measure_case(ct_c, m_c.astype(np.uint8), org_c, sp, probe).values)
     din = ndimage.distance_transform_edt(m_c)
     core = m_c & (din >= 2)
     core = core if core.sum() >= 4 else m_c
     vals = ct_c[core].astype(np.float64)
-    out["hu_std"] = float(1.4826 * np.median(np.abs(vals - np.median(vals)))) if vals.size >= 4 else None
+    out["hu_std"] = (
+        float(1.4826 * np.median(np.abs(vals - np.median(vals)))) if vals.size >= 4 else None
+    )
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in out.items()}
 
 
@@ -173,8 +192,14 @@ class DerivedReport:
     components: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"derived": True, "report": dict(self.attributes), "categories": dict(self.categories),
-                "measured": dict(self.measured), "left_out": dict(self.left_out), "components": self.components}
+        return {
+            "derived": True,
+            "report": dict(self.attributes),
+            "categories": dict(self.categories),
+            "measured": dict(self.measured),
+            "left_out": dict(self.left_out),
+            "components": self.components,
+        }
 
 
 def _organ_of(lesion: np.ndarray, organs: np.ndarray) -> str | None:
@@ -187,7 +212,10 @@ def _organ_of(lesion: np.ndarray, organs: np.ndarray) -> str | None:
     name = report_bbox.TOTALSEG_V2.get(top)
     if name is None:
         return None
-    for group, members in report_bbox.ORGAN_GROUPS.items():  # lobes -> lung, sides kept as report organs
+    for (
+        group,
+        members,
+    ) in report_bbox.ORGAN_GROUPS.items():  # lobes -> lung, sides kept as report organs
         if name in members and group in ("lung",):
             return group
     return name if name in report_bbox.LESION_ORGANS else None
@@ -205,11 +233,17 @@ def _location(lesion: np.ndarray, organs: np.ndarray, organ: str) -> str | None:
     return "protruding" if outside >= PROTRUDING_SHELL_FRACTION else None
 
 
-_LOCATION_TEXT = {"within": "within the parenchymal organ", "protruding": "protruding from the parenchymal organ",
-                  "lumen": "within the lumen of a hollow organ", "wall": "wall thickening"}
+_LOCATION_TEXT = {
+    "within": "within the parenchymal organ",
+    "protruding": "protruding from the parenchymal organ",
+    "lumen": "within the lumen of a hollow organ",
+    "wall": "wall thickening",
+}
 
 
-def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacing: Sequence[float]) -> DerivedReport:
+def derive_report(
+    ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacing: Sequence[float]
+) -> DerivedReport:
     """Derive the measurable report attributes of the largest lesion component (RAS arrays).
 
     Raises:
@@ -233,8 +267,11 @@ def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacin
     hollow = report_bbox.is_hollow(organ)
     loc = _location(m_c, org_c, organ)
     meas = measure_lesion(ct_c, m_c, org_c, sp, organ=organ, location=loc or "within")  # type: ignore[arg-type]
-    attrs: dict[str, Any] = {"organ": organ, "organ_type": "hollow organ" if hollow else "parenchymal organ",
-                             "size": meas["extent_mm"]}
+    attrs: dict[str, Any] = {
+        "organ": organ,
+        "organ_type": "hollow organ" if hollow else "parenchymal organ",
+        "size": meas["extent_mm"],
+    }
     group = _group(organ) or organ
     cats: dict[str, str] = {"organ": group}
     left: dict[str, str] = {}
@@ -259,14 +296,19 @@ def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacin
             left["shape"] = "too few voxels for shape descriptors"
     elif hollow and loc == "wall":
         protrusion = sph >= PROTRUSION_SPHERICITY and (sol is None or sol >= PROTRUSION_SOLIDITY)
-        shape = ("protrusion into the lumen", "protrusion") if protrusion else (
-            "irregular wall thickening", "wall_thickening")
+        shape = (
+            ("protrusion into the lumen", "protrusion")
+            if protrusion
+            else ("irregular wall thickening", "wall_thickening")
+        )
     elif sph >= ROUND_SPHERICITY and (sol is None or sol >= ROUND_SOLIDITY):
         shape = ("round-like", "round")
     elif sph < ROUND_SPHERICITY or (sol is not None and sol < IRREGULAR_SOLIDITY):
         shape = ("irregular", "irregular")
     else:
-        left["shape"] = f"sphericity {sph:.2f}, solidity {sol:.2f}: between round-like and irregular"
+        left["shape"] = (
+            f"sphericity {sph:.2f}, solidity {sol:.2f}: between round-like and irregular"
+        )
     if shape:
         attrs["shape"], cats["shape"] = shape
     # density
@@ -275,13 +317,22 @@ def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacin
     if stone:
         density = ("hyperdense", "stone")
     elif group == "lung" and mean_hu is not None:
-        density = ("ground-glass opacity", "ground_glass") if mean_hu <= GROUND_GLASS_HU else (
-            "isodense soft-tissue mass", "soft_tissue")
+        density = (
+            ("ground-glass opacity", "ground_glass")
+            if mean_hu <= GROUND_GLASS_HU
+            else ("isodense soft-tissue mass", "soft_tissue")
+        )
     elif delta is None:
         left["density"] = "no organ reference HU"
-    elif not hollow and homogeneous and mean_hu is not None and FLUID_HU[0] <= mean_hu <= FLUID_HU[1]:
+    elif (
+        not hollow and homogeneous and mean_hu is not None and FLUID_HU[0] <= mean_hu <= FLUID_HU[1]
+    ):
         density = ("fluid-like hypodense", "fluid")
-    elif ratio is not None and ratio >= MIXED_STD_RATIO and MIXED_DELTA_HU[0] <= delta <= MIXED_DELTA_HU[1]:
+    elif (
+        ratio is not None
+        and ratio >= MIXED_STD_RATIO
+        and MIXED_DELTA_HU[0] <= delta <= MIXED_DELTA_HU[1]
+    ):
         density = ("mixed density", "mixed")
     elif delta < -DENSITY_DELTA_HU:
         density = ("hypodense", "hypo")
@@ -302,8 +353,12 @@ def derive_report(ct: np.ndarray, lesion: np.ndarray, organs: np.ndarray, spacin
         attrs["surface_characteristics"] = "well-defined margin" if well else "ill-defined margin"
         cats["margin"] = "well_defined" if well else "ill_defined"
     else:
-        left["surface_characteristics"] = "edge contrast not measurable (hollow organ or low contrast)"
-    return DerivedReport(attributes=attrs, categories=cats, measured=meas, left_out=left, components=int(count))
+        left["surface_characteristics"] = (
+            "edge contrast not measurable (hollow organ or low contrast)"
+        )
+    return DerivedReport(
+        attributes=attrs, categories=cats, measured=meas, left_out=left, components=int(count)
+    )
 
 
 # ------------------------------------------------------------------------------- datasets
@@ -319,8 +374,11 @@ class DeriveSummary:
 
 
 def derive_reports(
-    root: str | os.PathLike[str], *, layout: Literal["ours", "nnunet"] = "ours",
-    organs: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str],
+    *,
+    layout: Literal["ours", "nnunet"] = "ours",
+    organs: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> DeriveSummary:
     """Derive a report for every case of a lesion dataset and write ``<out>/<case>.json``.
@@ -347,13 +405,23 @@ def derive_reports(
     if not root.is_dir():
         raise ReportsError(f"dataset folder {root} does not exist")
     if layout == "nnunet" and organs is None:
-        raise ReportsError("--layout nnunet needs --organs DIR (TotalSegmentator maps named like the cases)")
+        raise ReportsError(
+            "--layout nnunet needs --organs DIR (TotalSegmentator maps named like the cases)"
+        )
     if organs is not None and not Path(organs).is_dir():
         raise ReportsError(f"organs folder {organs} does not exist")
-    cases = data.load_lesion_dataset(root) if layout == "ours" else data.load_nnunet_dataset(root, organs=organs)
+    cases = (
+        data.load_lesion_dataset(root)
+        if layout == "ours"
+        else data.load_nnunet_dataset(root, organs=organs)
+    )
     if not cases:
         raise ReportsError(f"{root} holds no case in the {layout} layout")
-    dest = Path(out) if out is not None else root / ("derived_reports" if layout == "ours" else "reports")
+    dest = (
+        Path(out)
+        if out is not None
+        else root / ("derived_reports" if layout == "ours" else "reports")
+    )
     summary = DeriveSummary(out=dest)
     for case in tqdm(cases, desc="deriving", disable=not progress):
         loaded = case.load() if hasattr(case, "load") else case
@@ -361,14 +429,21 @@ def derive_reports(
         try:
             if loaded.organs is None or loaded.lesion is None:
                 raise ReportsError("needs a lesion mask and an organ map")
-            rep = derive_report(np.asarray(loaded.ct, np.float32), np.asarray(loaded.lesion), np.asarray(loaded.organs),
-                                loaded.spacing)
+            rep = derive_report(
+                np.asarray(loaded.ct, np.float32),
+                np.asarray(loaded.lesion),
+                np.asarray(loaded.organs),
+                loaded.spacing,
+            )
         except (ReportsError, ValueError) as exc:
             summary.failed[name] = str(exc)
             log.warning("case %s: no report (%s)", name, exc)
             continue
-        doc = {"case": name, **rep.to_dict(),
-               "method": "measured from the mask, CT and organ map (ctsynth_bench.lesiondiffusion.reports)"}
+        doc = {
+            "case": name,
+            **rep.to_dict(),
+            "method": "measured from the mask, CT and organ map (ctsynth_bench.lesiondiffusion.reports)",
+        }
         atomic_json(dest / f"{name}.json", doc)
         summary.written.append(name)
     return summary
@@ -387,8 +462,9 @@ def _coarse(key: str, value: str, organ: str | None) -> str:
     return COARSE.get(key, {}).get(value, value)
 
 
-def agreement(derived: Mapping[str, Mapping[str, str]], generating: Mapping[str, Mapping[str, str]]
-              ) -> dict[str, tuple[int, int]]:
+def agreement(
+    derived: Mapping[str, Mapping[str, str]], generating: Mapping[str, Mapping[str, str]]
+) -> dict[str, tuple[int, int]]:
     """Per category: ``(agreeing, compared)`` over cases present in both (only derived categories count)."""
     out: dict[str, list[int]] = {}
     for case, cats in derived.items():
@@ -399,7 +475,10 @@ def agreement(derived: Mapping[str, Mapping[str, str]], generating: Mapping[str,
             if key not in truth:
                 continue
             row = out.setdefault(key, [0, 0])
-            row[0] += int(_coarse(key, value, cats.get("organ")) == _coarse(key, truth[key], truth.get("organ")))
+            row[0] += int(
+                _coarse(key, value, cats.get("organ"))
+                == _coarse(key, truth[key], truth.get("organ"))
+            )
             row[1] += 1
     return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
@@ -408,11 +487,20 @@ def generating_categories(report: Mapping[str, Any], lesion_type: str) -> dict[s
     """The rule-based synthesizer's canonical categories of a generating report (for :func:`agreement`)."""
     from ..rulesynth._rules import spec_from_report
 
-    rep = report if isinstance(report, report_bbox.Report) else report_bbox.Report.from_dict(
-        {k: v for k, v in report.items() if k != "text"})
+    rep = (
+        report
+        if isinstance(report, report_bbox.Report)
+        else report_bbox.Report.from_dict({k: v for k, v in report.items() if k != "text"})
+    )
     spec = spec_from_report(rep, lesion_type=lesion_type)
-    cats = {"organ": spec.organ, "location": spec.location, "shape": spec.shape, "density": spec.density,
-            "variation": spec.variation, "margin": spec.margin}
+    cats = {
+        "organ": spec.organ,
+        "location": spec.location,
+        "shape": spec.shape,
+        "density": spec.density,
+        "variation": spec.variation,
+        "margin": spec.margin,
+    }
     if spec.density == "stone":  # rendered homogeneous with a sharp edge whatever the report says
         cats["variation"], cats["margin"] = "homogeneous", "well_defined"
     if spec.features and spec.variation == "homogeneous":

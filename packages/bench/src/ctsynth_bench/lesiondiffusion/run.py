@@ -72,8 +72,10 @@ def check_out(out: str | Path) -> Path:
     if root.exists() and not root.is_dir():
         raise RunError(f"--out {root} exists and is not a folder")
     if root.is_dir() and any(root.iterdir()) and not (root / RUN_INFO).is_file():
-        raise RunError(f"--out {root} is not empty and is not a 'bench run lesiondiffusion' folder "
-                       f"(no {RUN_INFO}); use a new folder")
+        raise RunError(
+            f"--out {root} is not empty and is not a 'bench run lesiondiffusion' folder "
+            f"(no {RUN_INFO}); use a new folder"
+        )
     return root
 
 
@@ -83,8 +85,10 @@ def _copy_system(root: Path, src: Path | None) -> None:
 
     src = shipped_weights_dir() if src is None else Path(src)
     if not (src / MANIFEST).is_file():
-        raise RunError(f"no LesionDiffusion system to copy: {src} has no {MANIFEST} (shipped weights missing? "
-                       "reinstall ctsynth-bench or run with --train)")
+        raise RunError(
+            f"no LesionDiffusion system to copy: {src} has no {MANIFEST} (shipped weights missing? "
+            "reinstall ctsynth-bench or run with --train)"
+        )
     for item in src.iterdir():
         dest = root / item.name
         if item.is_dir():
@@ -107,9 +111,11 @@ def _template_for(lesion_type: str, inputs: dict[str, Any]) -> str | None:
 
 def _caption(report: report_bbox.Report, measured: dict[str, Any]) -> str:
     ext = "x".join(f"{v:.0f}" for v in measured.get("extent_mm", []))
-    parts = [f"{report.lesion_type}: {report.shape}, {report.density}, {report.density_variations}, "
-             f"{report.surface_characteristics}, {report.lesion_location}, requested {report.size_text()}",
-             f"realised {ext} mm, {measured.get('volume_ml', float('nan')):.2f} ml"]
+    parts = [
+        f"{report.lesion_type}: {report.shape}, {report.density}, {report.density_variations}, "
+        f"{report.surface_characteristics}, {report.lesion_location}, requested {report.size_text()}",
+        f"realised {ext} mm, {measured.get('volume_ml', float('nan')):.2f} ml",
+    ]
     if measured.get("sphericity") is not None:
         parts.append(f"sphericity {measured['sphericity']:.2f}")
     if measured.get("delta_hu") is not None:
@@ -117,7 +123,9 @@ def _caption(report: report_bbox.Report, measured: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _zoom(ct: np.ndarray, lesion: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _zoom(
+    ct: np.ndarray, lesion: np.ndarray, spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     idx = np.argwhere(lesion)
     c = idx.mean(0)
     half = np.ceil(_VIEW_FIELD_MM / 2 / np.asarray(spacing)).astype(int)
@@ -127,8 +135,9 @@ def _zoom(ct: np.ndarray, lesion: np.ndarray, spacing: tuple[float, float, float
     return ct[sl], lesion[sl]
 
 
-def make_gallery(system: Any, root: Path, *, seed: int = 0, steps: int | None = None,
-                 progress: bool = False) -> tuple[list[Path], dict[str, str]]:
+def make_gallery(
+    system: Any, root: Path, *, seed: int = 0, steps: int | None = None, progress: bool = False
+) -> tuple[list[Path], dict[str, str]]:
     """One lesion per type into the bundled templates: cases in ``root/cases``, PNGs in ``root/figures``."""
     import torch
     from tqdm.auto import tqdm
@@ -140,11 +149,15 @@ def make_gallery(system: Any, root: Path, *, seed: int = 0, steps: int | None = 
     inputs = {}
     for name in TEMPLATES:
         case = load_case(name)
-        inputs[name] = ct_input_from_arrays(np.asarray(case.ct), np.asarray(case.organs), case.affine, name=name)
+        inputs[name] = ct_input_from_arrays(
+            np.asarray(case.ct), np.asarray(case.organs), case.affine, name=name
+        )
     pngs: list[Path] = []
     failed: dict[str, str] = {}
     cases = root / "cases"
-    for i, lesion_type in enumerate(tqdm(list(report_bbox.LESION_TYPES), desc="gallery", disable=not progress)):
+    for i, lesion_type in enumerate(
+        tqdm(list(report_bbox.LESION_TYPES), desc="gallery", disable=not progress)
+    ):
         template = _template_for(lesion_type, inputs)
         if template is None:
             failed[lesion_type] = "no bundled template has its organ"
@@ -153,13 +166,22 @@ def make_gallery(system: Any, root: Path, *, seed: int = 0, steps: int | None = 
         rng, torch_seed = case_seeds(seed, i)
         try:
             report, box = place_lesion(ReportSource(lesion_type=lesion_type), inp, rng)
-            res = synthesize_lesion(system, inp, report, box, generator=torch.Generator().manual_seed(torch_seed),
-                                    steps=steps)
+            res = synthesize_lesion(
+                system,
+                inp,
+                report,
+                box,
+                generator=torch.Generator().manual_seed(torch_seed),
+                steps=steps,
+            )
         except ValueError as exc:  # a report that does not fit, an empty mask ...
             failed[lesion_type] = str(exc).splitlines()[0]
             log.warning("gallery: %s failed: %s", lesion_type, exc)
             continue
-        meta = {"system": system_info(system), "seeds": {"seed": seed, "case_index": i, "torch": torch_seed}}
+        meta = {
+            "system": system_info(system),
+            "seeds": {"seed": seed, "case_index": i, "torch": torch_seed},
+        }
         side = write_case(cases, lesion_type, inp, res, meta)
         ct, lesion, _ = apply_result(inp, res)
         sp = inp.spacing
@@ -167,8 +189,17 @@ def make_gallery(system: Any, root: Path, *, seed: int = 0, steps: int | None = 
         window = WINDOWS["lung"] if report.organ.startswith("lung") else WINDOWS["soft_tissue"]
         if report.density == "hyperdense" and report.specific_features == "stone":
             window = WINDOWS["bone"]
-        pngs.append(render_views(zct, label=zles, spacing=sp, window=window, title=f"{lesion_type} ({template})",
-                                 caption=_caption(report, side["measured"]), out=root / "figures" / f"{lesion_type}.png"))
+        pngs.append(
+            render_views(
+                zct,
+                label=zles,
+                spacing=sp,
+                window=window,
+                title=f"{lesion_type} ({template})",
+                caption=_caption(report, side["measured"]),
+                out=root / "figures" / f"{lesion_type}.png",
+            )
+        )
     write_dataset_json(cases)
     return pngs, failed
 
@@ -199,8 +230,12 @@ def _sphericity_pairs(control: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] 
     per = control.get("per_case", {})
     if per.get("sphericity_round"):
         return np.asarray(per["sphericity_round"]), np.asarray(per["sphericity_irregular"])
-    for v in per.get("threshold_variants", {}).values():  # the variant the headline numbers come from
-        if v.get("per_round") and np.isclose(v.get("sphericity_round"), control.get("sphericity_round")):
+    for v in per.get(
+        "threshold_variants", {}
+    ).values():  # the variant the headline numbers come from
+        if v.get("per_round") and np.isclose(
+            v.get("sphericity_round"), control.get("sphericity_round")
+        ):
             return np.asarray(v["per_round"]), np.asarray(v["per_irregular"])
     return None
 
@@ -227,7 +262,10 @@ def control_figures(control: dict[str, Any], root: Path) -> dict[str, Path]:
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set_xlabel('sphericity, "round-like"')
         ax.set_ylabel('sphericity, "irregular"')
-        ax.set_title(f"LMNet, same noise (n={len(r)}): {100 * float((r > i).mean()):.0f}% below the line", fontsize=9)
+        ax.set_title(
+            f"LMNet, same noise (n={len(r)}): {100 * float((r > i).mean()):.0f}% below the line",
+            fontsize=9,
+        )
         fig.tight_layout()
         figs["sphericity"] = root / "sphericity.png"
         fig.savefig(figs["sphericity"], dpi=110)
@@ -237,8 +275,10 @@ def control_figures(control: dict[str, Any], root: Path) -> dict[str, Path]:
         ax = fig.subplots()
         names = list(control["delta_hu"])
         x = np.arange(len(names))
-        for off, key, label, color in ((-0.2, "delta_hu", "with text", "#d62728"),
-                                       (0.2, "null_delta_hu", "text removed", "#7f7f7f")):
+        for off, key, label, color in (
+            (-0.2, "delta_hu", "with text", "#d62728"),
+            (0.2, "null_delta_hu", "text removed", "#7f7f7f"),
+        ):
             means = [control[key][k] for k in names]
             errs = [float(np.std(per.get(key, {}).get(k, [0.0]))) for k in names]
             ax.bar(x + off, means, width=0.38, yerr=errs, label=label, color=color, capsize=3)
@@ -260,22 +300,35 @@ def _mark(ok: bool) -> str:
 def write_report_md(s: RunSummary, system_ident: dict[str, Any]) -> Path:
     """``report.md`` of a run (relative links to the PNGs)."""
     c = s.control
-    lines = ["# LesionDiffusion run", "",
-             f"System: **{s.weights}** (preset `{system_ident['preset']}`, text encoder "
-             f"`{system_ident['text_encoder']}`); run folder `{s.out}`.", "",
-             "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items()) + ".", ""]
+    lines = [
+        "# LesionDiffusion run",
+        "",
+        f"System: **{s.weights}** (preset `{system_ident['preset']}`, text encoder "
+        f"`{system_ident['text_encoder']}`); run folder `{s.out}`.",
+        "",
+        "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items()) + ".",
+        "",
+    ]
     if s.train:
         stages = s.train.get("stages", {})
-        done = ", ".join(f"{k} {v.get('steps', '?')} steps" if isinstance(v, dict) else k for k, v in stages.items())
-        lines += [f"Trained from scratch here on {s.train.get('crops', '?')} training crops: {done}; "
-                  f"{s.seconds.get('train', float('nan')) / 60:.1f} min in all.", ""]
+        done = ", ".join(
+            f"{k} {v.get('steps', '?')} steps" if isinstance(v, dict) else k
+            for k, v in stages.items()
+        )
+        lines += [
+            f"Trained from scratch here on {s.train.get('crops', '?')} training crops: {done}; "
+            f"{s.seconds.get('train', float('nan')) / 60:.1f} min in all.",
+            "",
+        ]
     if c:
         pf = c["pair_fractions"]
         npf = c["null_pair_fractions"]
         lines += [
-            "## Does it follow its report?", "",
+            "## Does it follow its report?",
+            "",
             f"Held-out boxes, same noise across prompts; {c['steps']} DDIM steps, guidance LMNet "
-            f"{c['guidance_lmnet']:g}, LINet {c['guidance_linet']:g}.", "",
+            f"{c['guidance_lmnet']:g}, LINet {c['guidance_linet']:g}.",
+            "",
             "| check | goal | with text | text removed (ablation) | result |",
             "|---|---|---|---|---|",
             f"| LMNet sphericity round-like > irregular (n={c['n_shape']} pairs) | p < 0.01 | "
@@ -284,30 +337,46 @@ def write_report_md(s: RunSummary, system_ident: dict[str, Any]) -> Path:
             f"{c['null_sphericity_gap']:+.3f}, p = {c['null_shape_p']:.2g} | {_mark(c['shape_passes'])} |",
             f"| LINet hypo < iso < hyper (n={c['n_density']}) | >= 90% of pairs | "
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in pf.items())
-            + " | " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in npf.items())
+            + " | "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in npf.items())
             + f" | {_mark(c['density_passes'])} |",
             "| lesion - organ HU | ordered | "
-            + ", ".join(f"{k} {v:+.1f}" for k, v in c["delta_hu"].items()) + " | "
-            + ", ".join(f"{k} {v:+.1f}" for k, v in c["null_delta_hu"].items()) + " | |",
+            + ", ".join(f"{k} {v:+.1f}" for k, v in c["delta_hu"].items())
+            + " | "
+            + ", ".join(f"{k} {v:+.1f}" for k, v in c["null_delta_hu"].items())
+            + " | |",
             f"| size within 30% of the request | >= 80% | {100 * c['size_within_30']:.0f}% | | "
             f"{_mark(c['size_passes'])} |",
             f"| ablation: gaps disappear without text | null p >= 0.01, no order >= 90% | | | "
-            f"{_mark(c['ablation_holds'])} |", ""]
-        for key, title in (("sphericity", "Sphericity, round-like vs irregular"), ("density", "Density prompts")):
+            f"{_mark(c['ablation_holds'])} |",
+            "",
+        ]
+        for key, title in (
+            ("sphericity", "Sphericity, round-like vs irregular"),
+            ("density", "Density prompts"),
+        ):
             if key in s.figures:
                 lines += [f"![{title}]({s.figures[key].relative_to(s.out)})", ""]
     else:
         lines += ["## Does it follow its report?", "", "The text-control check did not run.", ""]
-    lines += ["## Gallery: the 14 lesion types in real CT", "",
-              f"Cases (nnU-Net layout, with report sidecars): `{(s.out / 'cases').relative_to(s.out)}/`.", ""]
+    lines += [
+        "## Gallery: the 14 lesion types in real CT",
+        "",
+        f"Cases (nnU-Net layout, with report sidecars): `{(s.out / 'cases').relative_to(s.out)}/`.",
+        "",
+    ]
     if "gallery" in s.figures:
         lines += [f"![gallery]({s.figures['gallery'].relative_to(s.out)})", ""]
     for png in s.gallery:
         lines.append(f"- [{png.stem}]({png.relative_to(s.out)})")
     for name, why in s.failed.items():
         lines.append(f"- {name}: not made ({why})")
-    lines += ["", "Use this folder as a system: `bench synth lesiondiffusion --run "
-              f"{s.out} ...`, `bench perf lesiondiffusion --run {s.out}`.", ""]
+    lines += [
+        "",
+        "Use this folder as a system: `bench synth lesiondiffusion --run "
+        f"{s.out} ...`, `bench perf lesiondiffusion --run {s.out}`.",
+        "",
+    ]
     path = s.out / "report.md"
     from ._io import atomic_bytes
 
@@ -320,8 +389,15 @@ TRAIN_MINUTES = 8.0
 
 
 def run_lesiondiffusion(
-    out: str | Path, *, train: bool = False, train_minutes: float | None = None, n_control: int = 30,
-    seed: int = 0, steps: int | None = None, system_from: str | Path | None = None, progress: bool = False,
+    out: str | Path,
+    *,
+    train: bool = False,
+    train_minutes: float | None = None,
+    n_control: int = 30,
+    seed: int = 0,
+    steps: int | None = None,
+    system_from: str | Path | None = None,
+    progress: bool = False,
 ) -> RunSummary:
     """Run LesionDiffusion end to end into ``out`` (see the module docstring).
 
@@ -358,15 +434,33 @@ def run_lesiondiffusion(
         preset = get_preset("demo")
         minutes = TRAIN_MINUTES if train_minutes is None else float(train_minutes)
         stages = ("vqgan", "lmnet", "linet") if preset.codec == "vqgan" else ("lmnet", "linet")
-        atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "state": "training"})
-        train_report = train_system(preset=preset, out=root, data_dir=None, stages=stages, minutes=minutes,
-                                    seed=seed, progress=progress)
+        atomic_json(
+            root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "state": "training"}
+        )
+        train_report = train_system(
+            preset=preset,
+            out=root,
+            data_dir=None,
+            stages=stages,
+            minutes=minutes,
+            seed=seed,
+            progress=progress,
+        )
         seconds["train"] = time.perf_counter() - t0
-        atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "train": train_report,
-                                      "train_seconds": seconds["train"]})
+        atomic_json(
+            root / RUN_INFO,
+            {
+                "system": "lesiondiffusion",
+                "weights": weights,
+                "train": train_report,
+                "train_seconds": seconds["train"],
+            },
+        )
     else:
         weights = "shipped demo (copied)" if system_from is None else f"copied from {system_from}"
-        atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "state": "copying"})
+        atomic_json(
+            root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights, "state": "copying"}
+        )
         _copy_system(root, None if system_from is None else Path(system_from))
         atomic_json(root / RUN_INFO, {"system": "lesiondiffusion", "weights": weights})
     system = LesionDiffusionSystem.load(root)
@@ -386,7 +480,16 @@ def run_lesiondiffusion(
     atomic_json(root / "control.json", control)
     figures.update(control_figures(control, root / "figures"))
     seconds["control"] = time.perf_counter() - t0
-    summary = RunSummary(out=root, report=root / "report.md", weights=weights, gallery=pngs, figures=figures,
-                         control=control, seconds=seconds, failed=failed, train=train_report)
+    summary = RunSummary(
+        out=root,
+        report=root / "report.md",
+        weights=weights,
+        gallery=pngs,
+        figures=figures,
+        control=control,
+        seconds=seconds,
+        failed=failed,
+        train=train_report,
+    )
     write_report_md(summary, ident)
     return summary
