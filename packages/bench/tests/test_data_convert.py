@@ -1,4 +1,4 @@
-"""Conversions of the real sources: geometry and each known trap (needs the sdists; skips without)."""
+"""Conversions of the real sources: geometry and each known trap (needs the sdists; fails without)."""
 
 from __future__ import annotations
 
@@ -158,14 +158,14 @@ def test_fetch_refuses_a_wrong_hash_and_a_failed_download(tmp_path, monkeypatch)
     bad = downloads / _sources.SOURCES["pyradiomics"].archive
     bad.write_bytes(b"not the archive")
     monkeypatch.setattr(
-        _sources, "pip_download_command", lambda source, dest: [sys.executable, "-c", "raise SystemExit(1)"]
+        _sources, "pip_download_command", lambda source, dest, **kw: [sys.executable, "-c", "raise SystemExit(1)"]
     )
     with pytest.raises(FetchError, match=r"pip download of pyradiomics==3\.1\.0 failed"):
         fetch(tmp_path, cases=["lung1"], progress=False)
     assert not bad.exists()  # the mismatching file was removed, not used
     assert not (tmp_path / "cases" / "lung1").exists()
 
-    def saves_wrong_file(source, dest):
+    def saves_wrong_file(source, dest, **kw):
         code = f"open({str(dest / source.archive)!r}, 'wb').write(b'tampered')"
         return [sys.executable, "-c", code]
 

@@ -160,7 +160,7 @@ def test_unreadable_and_non_3d_files(tmp_path):
     with pytest.raises(DataError, match=r"bad\.nii\.gz: not a readable NIfTI"):
         load_single(bad)
     four_d = _write(tmp_path / "4d.nii.gz", np.zeros((4, 4, 4, 3), np.int16))
-    with pytest.raises(DataError, match=r"4d\.nii\.gz: expected a 3D volume"):
+    with pytest.raises(DataError, match=r"4d\.nii\.gz: a 4D image"):
         load_single(four_d)
     with pytest.raises(DataError, match="unsupported file type"):
         load_single(tmp_path / "x.mha")

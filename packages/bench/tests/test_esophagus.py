@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from ctsynth_bench.data import load_case
 from ctsynth_bench.data._esophagus import derive_esophagus, spine_track
 from ctsynth_bench.data._lungs import body_mask

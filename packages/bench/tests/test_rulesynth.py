@@ -282,7 +282,7 @@ def test_dataset_layout_and_resume(tmp_path, phantom: Template) -> None:
 
 
 def test_bad_inputs(tmp_path, phantom: Template) -> None:
-    with pytest.raises(SynthError, match="positive"):
+    with pytest.raises(SynthError, match="whole number from 1"):
         synthesize_dataset(tmp_path, n=0, templates=[phantom])
     with pytest.raises(SynthError, match="did you mean 'kidney_stone'"):
         synthesize_dataset(tmp_path, n=1, templates=[phantom], types=["kidney_stones"])

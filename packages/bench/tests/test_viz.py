@@ -47,7 +47,7 @@ def test_centre_passes_through_the_label():
         ({"ct": np.zeros((4, 4))}, "ct must be 3D"),
         ({"label": np.zeros((2, 2, 2))}, "label shape"),
         ({"spacing": (1.0, 0.0, 1.0)}, "spacing must be 3 positive"),
-        ({"window": (40, 0)}, "window width must be > 0"),
+        ({"window": (40, 0)}, "a width > 0"),
     ],
 )
 def test_render_views_rejects_bad_input(tmp_path, kwargs, message):

@@ -70,7 +70,7 @@ def test_injection_gives_one_context_per_level_and_gradients_reach_queries() -> 
 
 def test_synthesizer_end_to_end_gradients_reach_the_queries() -> None:
     torch.manual_seed(0)
-    model = SemanticSynthesizer(TINY)
+    model = SemanticSynthesizer(config=TINY)
     _wake(model)
     assert model.unet.context_levels == (1, 2)
     ctx = torch.randn(2, 4, 6)
@@ -134,7 +134,12 @@ def test_shared_context_matches_monai_unet() -> None:
     ref = DiffusionModelUNet(**kw)
     ref.load_state_dict(ours.state_dict())
     x, t, c = torch.randn(2, 3, 8, 8, 8), torch.tensor([1, 9]), torch.randn(2, 4, 6)
-    torch.testing.assert_close(ours(x, t, c), ref(x, t, context=c))
+    torch.testing.assert_close(ours(x, t, context=c), ref(x, t, context=c))
+    # every level given the same context: the same network as MONAI's own forward
+    torch.testing.assert_close(ours(x, t, context=[c, c]), ref(x, t, context=c))
+    # the constructor is MONAI's, keyword-only
+    with pytest.raises(TypeError):
+        LevelContextUNet(3, 3, 3)  # type: ignore[misc]
 
 
 def test_presets() -> None:
@@ -148,7 +153,7 @@ def test_presets() -> None:
         demo.num_classes = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match=r"closest valid size: \(32, 32, 32\)"):
         dataclasses.replace(demo, spatial_size=(30, 32, 32))
-    model = SemanticSynthesizer(demo)
+    model = SemanticSynthesizer(config=demo)
     with torch.no_grad():
         out = model(torch.zeros(1, 21, 16, 16, 16), torch.tensor([500]), torch.randn(1, 5, demo.context_dim))
     assert out.shape == (1, 21, 16, 16, 16)
@@ -157,7 +162,7 @@ def test_presets() -> None:
 def test_real_backbone_trains_and_samples() -> None:
     torch.manual_seed(3)
     g = torch.Generator().manual_seed(3)
-    model = SemanticSynthesizer(TINY)
+    model = SemanticSynthesizer(config=TINY)
     sched = model.make_scheduler()
     x0 = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
     x0[:, :, 2:6, 2:6, 2:6] = 1
@@ -181,7 +186,7 @@ def test_real_backbone_trains_and_samples() -> None:
         opt.step()
     assert eval_loss() < 0.5 * before
     model.eval()
-    samples = CategoricalSampler(sched).fast(
+    samples = CategoricalSampler(scheduler=sched).fast(
         model, num_steps=TINY.fast_steps, shape=(2, 1, 8, 8, 8), context=model.encode_context(ctx), generator=g
     )
     assert samples.shape == (2, 1, 8, 8, 8) and samples.dtype == torch.long
@@ -190,16 +195,16 @@ def test_real_backbone_trains_and_samples() -> None:
 
 def test_checkpoint_roundtrip(tmp_path) -> None:
     torch.manual_seed(4)
-    model = SemanticSynthesizer(TINY)
+    model = SemanticSynthesizer(config=TINY)
     _wake(model)
-    path = save_checkpoint(model, tmp_path / "ckpt", metadata={"step": 12})
+    path = save_checkpoint(model, tmp_path / "ckpt")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
-    loaded, meta = load_checkpoint(path)
-    assert meta == {"step": 12} and loaded.config == TINY
+    loaded = load_checkpoint(path)
+    assert loaded.config == TINY and not loaded.training
     x = torch.nn.functional.one_hot(torch.randint(0, 3, (1, 8, 8, 8)), 3).movedim(-1, 1).float()
     ctx = torch.randn(1, 2, 6)
     model.eval()
-    torch.testing.assert_close(loaded(x, torch.tensor([7]), ctx), model(x, torch.tensor([7]), ctx))
+    torch.testing.assert_close(loaded(x, torch.tensor([7]), context=ctx), model(x, torch.tensor([7]), context=ctx))
     cfg = json.loads((path / "config.json").read_text())
     cfg["config"]["num_clases"] = cfg["config"].pop("num_classes")
     (path / "config.json").write_text(json.dumps(cfg))
@@ -213,7 +218,7 @@ def test_checkpoint_roundtrip(tmp_path) -> None:
 @pytest.mark.parametrize("conditioning", ["crossattn", "none"])
 def test_other_conditionings(conditioning: str) -> None:
     cfg = dataclasses.replace(TINY, conditioning=conditioning)  # type: ignore[arg-type]
-    model = SemanticSynthesizer(cfg)
+    model = SemanticSynthesizer(config=cfg)
     assert model.injection is None
     x = torch.zeros(1, 3, 8, 8, 8)
     t = torch.tensor([2])

@@ -29,22 +29,22 @@ def product(betas: torch.Tensor, s: int, t: int) -> torch.Tensor:
 
 
 class TableModel:
-    """logits(x_t = j, t) = table[t, j]: a deterministic per-voxel network."""
+    """logits(x_t = j, t) = table[t + 1, j] (paper index t + 1): a deterministic per-voxel network."""
 
     def __init__(self, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.table = torch.randn(T + 1, N, N, generator=g, dtype=torch.float64) * 1.5
         self.calls = 0
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *, context: object = None) -> torch.Tensor:
         self.calls += 1
-        assert bool((t == t[0]).all())
-        table = self.table[int(t[0])].to(x.dtype)
+        assert context is None and bool((t == t[0]).all())
+        table = self.table[int(t[0]) + 1].to(x.dtype)
         return torch.einsum("bj...,jk->bk...", x, table)
 
 
 def reference_law(model: TableModel, betas: torch.Tensor, grid: list[int], final: str) -> torch.Tensor:
-    """Exact law of one output voxel: x_T uniform, reverse kernels by brute force."""
+    """Exact law of one output voxel: x_T uniform, reverse kernels by brute force (paper indices)."""
     pi = torch.full((N,), 1.0 / N, dtype=torch.float64)
     for i, t in enumerate(grid):
         s = grid[i + 1] if i + 1 < len(grid) else 0
@@ -70,7 +70,7 @@ def reference_law(model: TableModel, betas: torch.Tensor, grid: list[int], final
 )
 def test_full_loop_matches_brute_force_law(kind: str, final: str) -> None:
     sched = CategoricalScheduler(num_classes=N, num_train_timesteps=T, final_step=final)  # type: ignore[arg-type]
-    sampler = CategoricalSampler(sched)
+    sampler = CategoricalSampler(scheduler=sched)
     model = TableModel()
     n_vox = 60000
     g = torch.Generator().manual_seed(7)
@@ -79,7 +79,8 @@ def test_full_loop_matches_brute_force_law(kind: str, final: str) -> None:
         grid = list(range(T, 0, -1))
     else:
         out = sampler.fast(model, num_steps=3, shape=(1, 1, n_vox), generator=g)
-        grid = [6, 4, 2]
+        grid = [6, 3, 1]  # public round(linspace(5, 0, 3)) = [5, 2, 0], plus one
+    assert [int(v) + 1 for v in sched.timesteps] == grid
     assert model.calls == len(grid)
     assert out.dtype == torch.long and out.shape == (1, 1, n_vox)
     law = reference_law(model, sched.betas, grid, final)
@@ -90,7 +91,7 @@ def test_full_loop_matches_brute_force_law(kind: str, final: str) -> None:
 
 def test_sampler_is_reproducible_with_a_generator_and_validates_shape() -> None:
     sched = CategoricalScheduler(num_classes=N, num_train_timesteps=T)
-    sampler = CategoricalSampler(sched)
+    sampler = CategoricalSampler(scheduler=sched)
     a = sampler.fast(TableModel(), num_steps=2, shape=(2, 1, 5, 5), generator=torch.Generator().manual_seed(1))
     b = sampler.fast(TableModel(), num_steps=2, shape=(2, 1, 5, 5), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)

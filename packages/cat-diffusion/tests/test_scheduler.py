@@ -43,9 +43,9 @@ def test_closed_form_equals_repeated_single_steps(schedule: str) -> None:
     n = sched.num_classes
     x0 = torch.arange(n).view(n, 1, 1)  # each class once, shape (B=n, 1, 1)
     x0_probs = sched.one_hot(x0, torch.float64)
-    for t in range(0, 26):
+    for t in range(1, 26):  # paper index; the public timestep is t - 1
         expected = product(sched, 0, t)  # row d = q(x_t | x_0 = d)
-        got = sched.q_probs(x0_probs, t)[:, :, 0]
+        got = sched.q_probs(x0_probs, t - 1)[:, :, 0]
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -61,7 +61,7 @@ def test_add_noise_statistically_matches_sequential_sampling() -> None:
             rows = step_matrix(sched, k)[x]
             x = torch.multinomial(rows, 1, generator=g)[:, 0]
         seq_hist = torch.bincount(x, minlength=3).double() / n_vox
-        direct = sched.add_noise(x0, None, t, generator=g)[0, 0]
+        direct = sched.add_noise(x0, None, t - 1, generator=g)[0, 0]
         dir_hist = torch.bincount(direct, minlength=3).double() / n_vox
         p = product(sched, 0, t)[2]
         sigma = torch.sqrt(p * (1 - p) / n_vox)
@@ -70,7 +70,7 @@ def test_add_noise_statistically_matches_sequential_sampling() -> None:
         assert torch.all((seq_hist - dir_hist).abs() < 7 * sigma + 1e-9)
 
 
-def test_add_noise_noise_argument_is_deterministic_and_t0_is_identity() -> None:
+def test_add_noise_noise_argument_is_deterministic_and_t0_is_one_step() -> None:
     sched = CategoricalScheduler(num_classes=5, num_train_timesteps=10)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randint(0, 5, (2, 1, 4, 4, 4), generator=g)
@@ -78,7 +78,10 @@ def test_add_noise_noise_argument_is_deterministic_and_t0_is_identity() -> None:
     a = sched.add_noise(x0, noise, torch.tensor([3, 9]))
     b = sched.add_noise(x0, noise, torch.tensor([3, 9]))
     assert torch.equal(a, b) and a.dtype == torch.long and a.shape == x0.shape
-    assert torch.equal(sched.add_noise(x0, noise, 0), x0)
+    # t = 0 is one forward step: a voxel keeps its class where its uniform number is < abar_1.
+    keep = noise < float(sched.alphas_cumprod[1])
+    out = sched.add_noise(x0, noise, 0)
+    assert torch.equal(out[keep], x0[keep]) and 0 < int(keep.sum()) < keep.numel()
 
 
 def test_posterior_sums_to_one_and_equals_bayes_rule() -> None:
@@ -91,7 +94,7 @@ def test_posterior_sums_to_one_and_equals_bayes_rule() -> None:
         for s in sorted({t - 1, 0, t // 2}):
             if s >= t:
                 continue
-            got = sched.q_posterior(xt, x0, t, s)[:, :, 0].double()
+            got = sched.q_posterior(xt, x0, t - 1, s - 1)[:, :, 0].double()
             torch.testing.assert_close(got.sum(1), torch.ones(n * n, dtype=torch.float64), atol=1e-6, rtol=0)
             q_s0 = product(sched, 0, s)  # q(x_s | x_0)
             q_ts = product(sched, s, t)  # q(x_t | x_s)
@@ -111,7 +114,7 @@ def test_model_distribution_marginalises_over_classes() -> None:
     logits = torch.randn(6, n, 3, generator=g, dtype=torch.float64) * 2
     f = torch.softmax(logits, 1)
     for t, s in [(1, 0), (2, 1), (17, 16), (40, 39), (40, 10), (25, 0)]:
-        got = sched.model_log_probs(logits, xt, t, s).exp()
+        got = sched.model_log_probs(logits, xt, t - 1, s - 1).exp()
         q_s0, q_ts, q_t0 = product(sched, 0, s), product(sched, s, t), product(sched, 0, t)
         for b in range(6):
             for v in range(3):
@@ -130,20 +133,20 @@ def test_skip_posterior_preserves_marginals() -> None:
         for d in range(n):
             x0 = torch.full((n, 1, 1), d)
             xt = torch.arange(n).view(n, 1, 1)
-            post = sched.q_posterior(xt, x0, t, s)[:, :, 0].double()  # row j: q(x_s | x_t=j, x0=d)
+            post = sched.q_posterior(xt, x0, t - 1, s - 1)[:, :, 0].double()  # row j: q(x_s | x_t=j, x0=d)
             q_t = product(sched, 0, t)[d]
             torch.testing.assert_close(q_t @ post, product(sched, 0, s)[d], atol=1e-6, rtol=0)
 
 
 def test_timestep_grid_and_step() -> None:
     sched = CategoricalScheduler(num_classes=3, num_train_timesteps=1000)
-    assert sched.timesteps[0] == 1000 and sched.timesteps[-1] == 1 and len(sched.timesteps) == 1000
+    assert sched.timesteps[0] == 999 and sched.timesteps[-1] == 0 and len(sched.timesteps) == 1000
     sched.set_timesteps(10)
-    assert sched.timesteps.tolist() == [1000, 900, 800, 700, 600, 500, 400, 300, 200, 100]
-    assert sched.previous_timestep(100) == 0 and sched.previous_timestep(1000) == 900
+    assert sched.timesteps.tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert sched.previous_timestep(0) == -1 and sched.previous_timestep(999) == 888
     logits = torch.tensor([[[0.0], [3.0], [1.0]]])
     x = torch.zeros(1, 1, 1, dtype=torch.long)
-    out = sched.step(logits, 100, x, generator=torch.Generator().manual_seed(0))
+    out = sched.step(logits, 0, x, generator=torch.Generator().manual_seed(0))
     assert out.prev_sample.item() == 1 and out.pred_original_sample.item() == 1
     torch.testing.assert_close(out.pred_original_probs.sum(1), torch.ones(1, 1))
     with pytest.raises(ConfigError, match="not on the current grid"):
@@ -160,10 +163,10 @@ def test_bad_inputs_raise_clear_errors() -> None:
         sched.add_noise(torch.full((1, 1, 2), 3), None, 1)
     with pytest.raises(ShapeError, match="integer label map"):
         sched.add_noise(torch.zeros(1, 1, 2), None, 1)
-    with pytest.raises(ShapeError, match=r"\[0, 10\]"):
-        sched.add_noise(torch.zeros(1, 1, 2, dtype=torch.long), None, 11)
+    with pytest.raises(ShapeError, match=r"\[0, 9\]"):
+        sched.add_noise(torch.zeros(1, 1, 2, dtype=torch.long), None, 10)
     with pytest.raises(ConfigError, match="Did you mean 'cosine'"):
         CategoricalScheduler(num_classes=3, schedule="cosin")  # type: ignore[arg-type]
     with pytest.raises(ShapeError, match="logits over num_classes=3"):
-        sched.step(torch.zeros(1, 4, 2), 1, torch.zeros(1, 1, 2, dtype=torch.long))
+        sched.step(torch.zeros(1, 4, 2), 0, torch.zeros(1, 1, 2, dtype=torch.long))
     assert issubclass(CatDiffusionError, ValueError)

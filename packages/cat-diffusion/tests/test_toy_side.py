@@ -116,7 +116,7 @@ def trained() -> tuple[ToyNet, CategoricalScheduler]:
 @pytest.mark.parametrize("sampler_kind", ["ancestral", "fast"])
 def test_prompt_controls_the_side_of_the_blob(trained, sampler_kind: str) -> None:
     net, sched = trained
-    sampler = CategoricalSampler(sched)
+    sampler = CategoricalSampler(scheduler=sched)
     counter = CallCounter(net)
     sides = torch.tensor([0, 1] * 24)
     g = torch.Generator().manual_seed(123)

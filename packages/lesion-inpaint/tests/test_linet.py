@@ -11,10 +11,10 @@ from lesion_inpaint import (
     LINetConfig,
     ShapeError,
     UNetConfig,
+    guided_eps,
     linet_loss,
     resize_mask,
 )
-from lesion_inpaint.sampling import guided_eps
 
 D = 8  # context feature size of the toy "text encoder"
 
@@ -49,7 +49,7 @@ def test_linet_loss_equals_eq5():
 
 
 def test_forward_process_eq4():
-    net = LINet(tiny_config())
+    net = LINet(config=tiny_config())
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(2, 1, 8, 8, 8, generator=g)
     noise = torch.randn(2, 1, 8, 8, 8, generator=g)
@@ -99,7 +99,7 @@ TOKENS = {
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)  # weight init only; the library itself never seeds
-    net = LINet(tiny_config())
+    net = LINet(config=tiny_config())
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     losses = []
@@ -161,18 +161,18 @@ def test_guidance_scale_one_equals_conditional(trained):
     mask = torch.ones(2, 1, 8, 8, 8)
     ctx = TOKENS["dark"].expand(2, -1, -1)
     with torch.no_grad():
-        plain = net.unet(torch.cat([x, mask], 1), torch.tensor([400, 400]), ctx)
-        guided = guided_eps(net.unet, x, 400, cond=mask, context=ctx, guidance_scale=1.0)
-        strong = guided_eps(net.unet, x, 400, cond=mask, context=ctx, guidance_scale=2.5)
+        plain = net(torch.cat([x, mask], 1), torch.tensor([400, 400]), context=ctx)
+        guided = guided_eps(net, x, 400, cond=mask, context=ctx, guidance_scale=1.0)
+        strong = guided_eps(net, x, 400, cond=mask, context=ctx, guidance_scale=2.5)
     assert torch.equal(plain, guided)
     assert not torch.allclose(plain, strong)
     # full loop: scale 1 equals a loop that only ever calls the conditional model
     a = net.inpaint(x, mask, context=ctx, guidance_scale=1.0, generator=torch.Generator().manual_seed(1))
     calls = []
 
-    def cond_only(inp, t, c):
+    def cond_only(inp, t, *, context):
         calls.append(inp.shape[0])
-        return net.unet(inp, t, ctx)
+        return net(inp, t, context=ctx)
 
     b = net.sampler(guidance_scale=1.0).sample(
         cond_only, x, mask, cond=mask, generator=torch.Generator().manual_seed(1)
@@ -188,5 +188,6 @@ def test_checkpoint_roundtrip(trained, tmp_path):
     assert back.config == net.config
     for k, v in net.state_dict().items():
         assert torch.equal(v, back.state_dict()[k])
+    assert not back.training  # loads in eval mode
     with pytest.raises(CheckpointError, match="lacks"):
         LINet.load(tmp_path / "nothing")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -96,13 +98,14 @@ class _FixedX0(nn.Module):
 def _inputs(b=2):
     organ = torch.zeros(b, 1, 16, 16, 16)
     organ[:, :, 2:14, 2:14, 2:14] = 1
+    ids = organ.long() * 58  # organ id 58 inside, background 0
     bbox = torch.zeros(b, 1, 16, 16, 16)
     bbox[:, :, 5:10, 6:11, 5:9] = 1
-    return {"organ_map": organ * 0.5, "target_organ": organ, "bbox": bbox}
+    return {"organ_map": ids, "target_organ": organ, "bbox": bbox}
 
 
 def test_empty_mask_is_retried_then_reported():
-    net = LMNet(tiny())
+    net = LMNet(config=tiny())
     steps = net.config.diffusion.num_inference_steps
     net.unet = _FixedX0(net.train_scheduler.alphas_cumprod, fill_after_calls=None)
     with pytest.raises(EmptyMaskError, match="after 3 attempts"):
@@ -117,7 +120,7 @@ def test_empty_mask_is_retried_then_reported():
 
 def test_training_reduces_loss_and_sampling_runs():
     torch.manual_seed(0)
-    net = LMNet(tiny())
+    net = LMNet(config=tiny())
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     inp = _inputs(4)
@@ -139,9 +142,46 @@ def test_training_reduces_loss_and_sampling_runs():
         assert out[i].sum() > 0 and ndimage.label(out[i, 0].numpy(), structure=np.ones((3, 3, 3)))[1] == 1
 
 
-def test_organ_map_range_checked():
-    net = LMNet(tiny())
-    bad = _inputs()
-    bad["organ_map"] = bad["organ_map"] * 104
-    with pytest.raises(ShapeError, match=r"\[0, 1\]"):
-        net.training_loss(bad["target_organ"], **bad)
+def test_organ_map_encoding_lives_in_the_config():
+    net = LMNet(config=tiny())
+    assert net.config.organ_id_max == 117
+    inp = _inputs()
+    v2 = dict(inp, organ_map=inp["organ_map"] * 0 + (inp["target_organ"].long() * 117))  # TotalSegmentator v2 id
+    enc = net.encode_organ_map(v2["organ_map"])
+    assert float(enc.max()) == 1.0 and float(enc.min()) == 0.0
+    ctx = torch.zeros(2, 1, 8)
+    net.training_loss(v2["target_organ"], context=ctx, **v2)  # accepted
+    with pytest.raises(ShapeError, match=r"allowed \[0, 117\].*organ_id_max"):
+        net.training_loss(inp["target_organ"], context=ctx, **dict(inp, organ_map=inp["organ_map"] * 3))  # id 174
+    with pytest.raises(ShapeError, match="integer organ ids"):
+        net.training_loss(inp["target_organ"], context=ctx, **dict(inp, organ_map=inp["organ_map"] / 104))
+    v1 = LMNet(config=dataclasses.replace(tiny(), organ_id_max=104))  # the authors' v1 encoding
+    torch.testing.assert_close(v1.encode_organ_map(inp["organ_map"]), inp["organ_map"].float() / 104)
+    with pytest.raises(ConfigError, match="organ_id_max"):
+        dataclasses.replace(tiny(), organ_id_max=0)
+
+
+def test_organ_map_changes_the_output():
+    torch.manual_seed(0)
+    net = LMNet(config=tiny())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    inp = _inputs(1)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    ctx = torch.ones(1, 1, 8)
+    a = net.sample_continuous(**inp, context=ctx, generator=g())
+    b = net.sample_continuous(**dict(inp, organ_map=inp["organ_map"] * 2), context=ctx, generator=g())
+    assert not torch.allclose(a, b)
+
+
+def test_empty_bbox_fails_before_any_network_call():
+    net = LMNet(config=tiny())
+    net.unet = _FixedX0(net.train_scheduler.alphas_cumprod, fill_after_calls=None)
+    inp = _inputs()
+    inp["bbox"][1] = 0
+    with pytest.raises(ShapeError, match=r"bbox is empty .* \[1\]"):
+        net.sample(**inp, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ShapeError, match="bbox is empty"):
+        net.sample_continuous(**inp)
+    assert net.unet.calls == 0

@@ -58,7 +58,7 @@ def test_blend_weights_profile():
 # ---------------------------------------------------------------- latent generator -------------------
 def _gen_cfg() -> LatentGeneratorConfig:
     return LatentGeneratorConfig(
-        latent_channels=2, cond_channels=3,
+        latent_channels=2, num_label_classes=3,
         unet=UNetConfig(in_channels=5, out_channels=2, channels=(8, 16), attention_levels=(True, True),
                         num_res_blocks=1, num_head_channels=8, norm_num_groups=4, context_dim=6),
         diffusion=DiffusionConfig(num_inference_steps=4, eta=0.0, guidance_scale=2.0),
@@ -83,29 +83,33 @@ def test_label_channels():
 
 def test_generator_trains_and_samples_with_per_level_contexts(tmp_path):
     torch.manual_seed(0)
-    net = LatentGenerator(_gen_cfg())
+    net = LatentGenerator(config=_gen_cfg())
     g = torch.Generator().manual_seed(1)
-    lab = torch.randint(0, 3, (4, 8, 8, 8), generator=g)
+    lab = torch.randint(0, 3, (4, 1, 8, 8, 8), generator=g)  # (B, 1, *spatial) like cat-diffusion's output
     cond = label_channels(lab, 3, (8, 8, 8))
     z0 = (cond[:, :2] * 2 - 1).contiguous()  # latent determined by the label map
     ctx = [torch.randn(4, 1, 6, generator=g), torch.randn(4, 3, 6, generator=g)]
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):
-        loss = net.training_loss(z0, cond, context=ctx, generator=g)
+        loss = net.training_loss(z0, lab, context=ctx, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:15])
-    out = net.eval().sample(cond, context=ctx, generator=torch.Generator().manual_seed(3))
+    out = net.eval().sample(lab, context=ctx, generator=torch.Generator().manual_seed(3))
     assert out.shape == z0.shape and torch.isfinite(out).all()
     net.save(tmp_path / "gen")
     back = LatentGenerator.load(tmp_path / "gen")
-    again = back.sample(cond, context=ctx, generator=torch.Generator().manual_seed(3))
+    again = back.sample(lab, context=ctx, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out, again, rtol=0, atol=0)
-    with pytest.raises(ShapeError, match="label condition"):
-        net.sample(cond[:, :2], context=ctx)
+    other = back.sample((lab + 1) % 3, context=ctx, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(out, other)  # the label map conditions the output
+    with pytest.raises(ShapeError, match=r"allowed|\[0, 2\]"):
+        net.sample(lab + 3, context=ctx)
+    with pytest.raises(ConfigError, match="num_label_classes"):
+        LatentGeneratorConfig(latent_channels=2, num_label_classes=4, unet=_gen_cfg().unet)
 
 
 # ---------------------------------------------------------------- presets ----------------------------
@@ -120,12 +124,12 @@ def test_presets():
     with pytest.raises(ConfigError, match="demo"):
         get_preset("dmeo")
     demo = get_preset("demo")
-    net = LINet(demo.linet)
+    net = LINet(config=demo.linet)
     z = torch.zeros(1, 4, *demo.inpaint_latent)
     m = torch.zeros(1, 1, *demo.inpaint_latent)
     m[..., 6:10, 6:10, 6:10] = 1
     with torch.no_grad():
-        eps = net.unet(torch.cat([z, m], 1), torch.tensor([10]), torch.zeros(1, 3, 384))
+        eps = net(torch.cat([z, m], 1), torch.tensor([10]), context=torch.zeros(1, 3, 384))
     assert eps.shape == z.shape
 
 

@@ -1,10 +1,10 @@
-"""LevelContextUNet: identical to MONAI with one context; routes per-level contexts level by level."""
+"""LevelContextUNet: identical to MONAI's forward with one context; routes per-level contexts level by level."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from lesion_inpaint import LevelContextUNet, ShapeError, UNetConfig
+from lesion_inpaint import LevelContextUNet, ShapeError, UNetConfig, build_unet
 from monai.networks.nets import DiffusionModelUNet
 
 CFG = UNetConfig(
@@ -20,7 +20,7 @@ CFG = UNetConfig(
 
 
 def _net() -> LevelContextUNet:
-    net = LevelContextUNet(CFG).eval()
+    net = build_unet(CFG).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # MONAI zero-initialises output layers; randomise so outputs depend on inputs
         for p in net.parameters():
@@ -41,9 +41,19 @@ def test_single_context_equals_monai():
     ctx = torch.randn(2, 3, 6, generator=g)
     t = torch.tensor([3, 700])
     with torch.no_grad():
-        out = net(x, t, ctx)
+        out = net(x, t, context=ctx)
         torch.testing.assert_close(out, ref(x, t, context=ctx), rtol=0, atol=0)
+        # the same context given once per level is the same network as MONAI's
+        per_level = net(x, t, context=[ctx, ctx])
+        torch.testing.assert_close(per_level, ref(x, t, context=ctx), rtol=0, atol=0)
     assert out.abs().mean() > 1e-3
+
+
+def test_constructor_takes_monai_keywords():
+    net = LevelContextUNet(**CFG.unet_kwargs())
+    assert net.context_levels == (0, 1) and net.num_levels == 2
+    with pytest.raises(TypeError):
+        LevelContextUNet(CFG)  # type: ignore[misc]
 
 
 def _record_contexts(net):
@@ -66,7 +76,7 @@ def test_each_level_receives_its_own_context():
     c0, c1 = torch.randn(2, 1, 6, generator=g), torch.randn(2, 4, 6, generator=g)
     seen, handles = _record_contexts(net)
     with torch.no_grad():
-        out = net(x, torch.tensor([5, 5]), [c0, c1])
+        out = net(x, torch.tensor([5, 5]), context=[c0, c1])
     for h in handles:
         h.remove()
     by_block = {name.split(".attentions")[0] if ".attentions" in name else name.split(".attention")[0]: ctx
@@ -77,18 +87,17 @@ def test_each_level_receives_its_own_context():
     assert by_block["up_blocks.0"] is c1  # coarsest up block
     assert by_block["up_blocks.1"] is c0  # finest up block
     with torch.no_grad():
-        assert not torch.allclose(out, net(x, torch.tensor([5, 5]), c1))
-        # a per-block list of 2n+1 contexts is also accepted, in execution order
-        same = net(x, torch.tensor([5, 5]), [c0, c1, c1, c1, c0])
-    torch.testing.assert_close(out, same, rtol=0, atol=0)
+        assert not torch.allclose(out, net(x, torch.tensor([5, 5]), context=c1))
 
 
 def test_context_errors():
     net = _net()
     x = torch.randn(1, 2, 8, 8, 8)
-    with pytest.raises(ShapeError, match="one per UNet level"):
-        net(x, torch.tensor([1]), [torch.randn(1, 1, 6)] * 3)
+    with pytest.raises(ShapeError, match="one per UNet resolution level"):
+        net(x, torch.tensor([1]), context=[torch.randn(1, 1, 6)] * 5)  # the old 2n+1 form is gone
     with pytest.raises(ShapeError, match="D=6"):
-        net(x, torch.tensor([1]), torch.randn(1, 1, 5))
+        net(x, torch.tensor([1]), context=torch.randn(1, 1, 5))
+    with pytest.raises(ShapeError, match="conditional"):
+        net(x, torch.tensor([1]), context=None)
     with pytest.raises(ShapeError, match="UNet input"):
-        net(torch.randn(1, 3, 8, 8, 8), torch.tensor([1]), None)
+        net(torch.randn(1, 3, 8, 8, 8), torch.tensor([1]), context=torch.randn(1, 1, 6))

@@ -1,6 +1,7 @@
 """The LLM hook against a real HTTP chat-completions server on loopback, started by the test."""
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -202,3 +203,103 @@ def test_fake_writer_is_a_report_writer():
         FakeReportWriter(answers=[{**VALID, "organ": "liver"}]).write(
             ReportRequest(lesion_type="gallstone")
         )
+
+
+class TrickleServer:
+    """A loopback HTTP server that sends its answer one byte at a time, ``gap_s`` apart.
+
+    Each byte arrives well inside any socket timeout, so only a deadline on the whole call stops
+    it. ``headers_too`` trickles the status line and headers as well as the body.
+    """
+
+    def __init__(self, *, gap_s, headers_too=False):
+        self.gap_s = gap_s
+        self.headers_too = headers_too
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.bytes_sent = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        body = json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": json.dumps(VALID)}}]}
+        ).encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with conn:
+            conn.settimeout(5)
+            try:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += conn.recv(65536)
+                if not self.headers_too:
+                    conn.sendall(head)
+                for byte in (head if self.headers_too else b"") + body:
+                    if self.stop.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    self.bytes_sent += 1
+                    time.sleep(self.gap_s)
+            except OSError:
+                return  # the client hung up: what the deadline is for
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
+def test_trickling_server_is_cut_off_at_the_deadline(headers_too):
+    # One byte every 50 ms: a ~700-byte answer would take ~35 s, each read waits only 50 ms.
+    with TrickleServer(gap_s=0.05, headers_too=headers_too) as server:
+        w = OpenAIChatReportWriter(
+            base_url=server.base_url, model="m", timeout_s=1.0, max_attempts=1
+        )
+        t0 = time.monotonic()
+        with pytest.raises(ReportWriterError, match=r"within timeout_s=1 s"):
+            w.write(ReportRequest(lesion_type="gallstone"))
+        elapsed = time.monotonic() - t0
+        assert server.bytes_sent > 5  # the server really was trickling, not silent
+    assert 0.9 < elapsed < 2.0
+
+
+def test_deadline_covers_all_bytes_of_each_attempt():
+    # Two attempts against a trickling server: each is cut at its own deadline.
+    with TrickleServer(gap_s=0.05) as server:
+        w = OpenAIChatReportWriter(
+            base_url=server.base_url, model="m", timeout_s=0.5, max_attempts=2
+        )
+        t0 = time.monotonic()
+        with pytest.raises(ReportWriterError, match="after 2 attempts"):
+            w.write(ReportRequest(lesion_type="gallstone"))
+        assert 0.9 < time.monotonic() - t0 < 2.0
+
+
+def test_slow_answer_inside_the_deadline_is_accepted():
+    # A trickled answer that completes before the deadline is a valid answer.
+    with TrickleServer(gap_s=0.0005) as server:
+        w = OpenAIChatReportWriter(
+            base_url=server.base_url, model="m", timeout_s=10, max_attempts=1
+        )
+        report = w.write(ReportRequest(lesion_type="gallstone"))
+    assert report.specific_features == "stone"

@@ -6,8 +6,6 @@ from pathlib import Path
 import report_bbox
 
 SRC = Path(report_bbox.__file__).parent
-# llm.py still imports the old private spellings (kept as aliases) until it moves to the new names.
-TRANSITIONAL = {("llm.py", "_validate_organ"), ("llm.py", "_normalize_fixed")}
 
 
 def _modules():
@@ -33,5 +31,5 @@ def test_no_module_imports_a_private_name_of_another():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 for alias in node.names:
-                    if alias.name.startswith("_") and (name, alias.name) not in TRANSITIONAL:
+                    if alias.name.startswith("_"):
                         raise AssertionError(f"{name} imports private {alias.name} from .{node.module}")

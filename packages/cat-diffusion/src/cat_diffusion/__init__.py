@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._injection import KnowledgeInjection
+from ._level_unet import LevelContextUNet
 from ._losses import (
     CategoricalDiffusionLoss,
     DiffusionLossOutput,
@@ -14,7 +15,6 @@ from ._losses import (
 from ._model import PRESETS, SemanticSynthesizer, SynthesizerConfig, get_preset
 from ._sampler import CategoricalSampler
 from ._scheduler import CategoricalScheduler, CategoricalStepOutput
-from ._unet import LevelContextUNet
 
 try:
     __version__ = version("cat-diffusion")

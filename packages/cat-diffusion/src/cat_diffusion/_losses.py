@@ -1,10 +1,15 @@
 """Training objective of the text-conditional semantic synthesizer (GuideGen Eq. 5-6).
 
 ``L_1 = E_{t, x_0} KL( q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t) )`` with
-``p_theta = A f_theta`` (Eq. 6), averaged over voxels. At ``t = 1`` the true posterior is the
+``p_theta = A f_theta`` (Eq. 6), averaged over voxels. At public timestep ``t = 0`` (the paper's
+``x_1``) the true posterior is the
 one-hot ``e(x_0)`` and the KL reduces to the cross-entropy ``-log f_theta(x_0)``, the decoder
 term of Hoogeboom et al. 2021, so no special case is needed. An optional cross-entropy on the
 x0 prediction (what the authors' ``CategoricalDiffusionV2`` trains with) can be added or used alone.
+
+Training surface (the ctsynth convention): the loss holds no network and takes the model on every
+call, calling it only as ``model(x, t, context=context)``, so a ``DistributedDataParallel``-wrapped
+model can be passed directly and its gradient synchronisation works.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._random import draw_randint
 from ._scheduler import CategoricalScheduler
 from .exceptions import ConfigError, ShapeError, closest
 
@@ -40,34 +46,34 @@ def sample_timesteps(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw training timesteps ``t`` in ``[1, T]``.
+    """Draw training timesteps ``t`` in ``[0, T-1]`` (the ctsynth timestep convention).
 
     Args:
         batch_size: number of timesteps ``B``.
         num_train_timesteps: ``T``.
-        mode: ``"uniform"`` or ``"power"``: ``P(t) proportional to t**power``, biased towards
-            large ``t`` as in the authors' code (``power=1.5``; their version puts zero mass on
+        mode: ``"uniform"`` or ``"power"``: ``P(t) proportional to (t + 1)**power`` (the paper
+            index ``t + 1``), biased towards large ``t`` as in the authors' code (``power=1.5``; their version puts zero mass on
             one end because of an off-by-one, this one does not).
         power: exponent for ``mode="power"`` (> 0).
         device: device of the result (default CPU).
-        generator: source of randomness.
+        generator: source of randomness (drawn on its device, then moved to ``device``).
 
     Returns:
-        int64 tensor ``(B,)`` with values in ``[1, T]``.
+        int64 tensor ``(B,)`` with values in ``[0, T-1]``.
     """
     if mode not in _SAMPLINGS:
         raise ConfigError(f"mode must be one of {_SAMPLINGS}, got {mode!r}.{closest(mode, _SAMPLINGS)}")
     if batch_size < 1 or num_train_timesteps < 1:
         raise ConfigError("batch_size and num_train_timesteps must be >= 1.")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
+    target = torch.device(device) if device is not None else torch.device("cpu")
     if mode == "uniform":
-        t = torch.randint(1, num_train_timesteps + 1, (batch_size,), generator=generator, device=gen_device)
-    else:
-        if not power > 0:
-            raise ConfigError(f"power must be > 0, got {power}.")
-        w = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64, device=gen_device) ** power
-        t = torch.multinomial(w, batch_size, replacement=True, generator=generator) + 1
-    return t.to(device if device is not None else "cpu")
+        return draw_randint(0, num_train_timesteps, (batch_size,), generator=generator, device=target)
+    if not power > 0:
+        raise ConfigError(f"power must be > 0, got {power}.")
+    src = generator.device if generator is not None else target
+    w = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64, device=src) ** power
+    t = torch.multinomial(w, batch_size, replacement=True, generator=generator)
+    return t.to(target)
 
 
 def _weights(x0: Tensor, class_weights: Sequence[float] | Tensor | None, num_classes: int, dtype: torch.dtype) -> Tensor | None:
@@ -104,7 +110,7 @@ def kl_loss(
         model_output: logits ``(B, N, *S)`` of ``f_theta(x_t, t)``.
         x0: clean int label map ``(B, 1, *S)``.
         x_t: noisy int label map ``(B, 1, *S)``.
-        timesteps: ``t`` in ``[1, T]``, scalar or ``(B,)``.
+        timesteps: ``t`` in ``[0, T-1]``, scalar or ``(B,)``.
         class_weights: optional ``(N,)`` weights; each voxel's KL is weighted by the weight of its
             true class and the result is the weighted mean ``sum w_i KL_i / sum w_i``.
 
@@ -162,7 +168,8 @@ class DiffusionLossOutput:
 class CategoricalDiffusionLoss:
     """Full training objective: sample ``t`` and ``x_t``, run the network, compute Eq. 6.
 
-    Holds no network: call it with the model each step.
+    Holds no network: call it with the model each step. Pass the ``DistributedDataParallel``
+    wrapper itself under DDP; the loss calls it only through ``model(...)``.
 
     Args:
         kl_weight: weight of the KL term of Eq. 6 (default 1).
@@ -203,18 +210,21 @@ class CategoricalDiffusionLoss:
         x0: Tensor,
         *,
         context: Any = None,
+        dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
     ) -> DiffusionLossOutput:
         """Evaluate the loss on a batch of clean label maps.
 
         Args:
-            model: callable ``model(x_t_onehot (B, N, *S) float, t (B,) int64[, context=...])``
-                returning logits ``(B, N, *S)``.
+            model: the network or its DDP wrapper, called as
+                ``model(x_t_onehot (B, N, *S) float, t (B,) int64, context=context)`` and returning
+                logits ``(B, N, *S)``.
             scheduler: the categorical scheduler.
             x0: clean int label map ``(B, 1, *S)`` in ``[0, N)``.
             context: conditioning passed to the model as ``context=`` (a ``(B, L, D)`` tensor or a
                 list of per-level tensors); ``None`` for an unconditional model.
-            generator: randomness for ``t`` and ``x_t``.
+            dtype: float dtype of the one-hot input (default: the context's, else float32).
+            generator: randomness for ``t`` and ``x_t`` (drawn on its device).
 
         Returns:
             ``DiffusionLossOutput``.
@@ -230,9 +240,8 @@ class CategoricalDiffusionLoss:
             generator=generator,
         )
         x_t = scheduler.add_noise(x0, None, t, generator=generator)
-        dtype = _float_dtype(model)
-        x_in = scheduler.one_hot(x_t, dtype)
-        logits = model(x_in, t) if context is None else model(x_in, t, context=context)
+        x_in = scheduler.one_hot(x_t, dtype or _context_dtype(context), check=False)
+        logits = model(x_in, t, context=context)
         zero = logits.new_zeros(())
         kl = kl_loss(scheduler, logits, x0, x_t, t, class_weights=self.class_weights) if self.kl_weight else zero
         ce = cross_entropy_loss(logits, x0, class_weights=self.class_weights) if self.ce_weight else zero
@@ -240,11 +249,10 @@ class CategoricalDiffusionLoss:
         return DiffusionLossOutput(loss=loss, kl=kl.detach(), ce=ce.detach(), timesteps=t)
 
 
-def _float_dtype(model: Any) -> torch.dtype:
-    """Floating dtype of the model's first parameter (float32 for plain callables)."""
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            if p.dtype.is_floating_point:
-                return p.dtype
+def _context_dtype(context: Any) -> torch.dtype:
+    """Float dtype of the first context tensor (float32 without one)."""
+    items = [context] if isinstance(context, Tensor) else list(context or [])
+    for c in items:
+        if isinstance(c, Tensor) and c.dtype.is_floating_point:
+            return c.dtype
     return torch.float32

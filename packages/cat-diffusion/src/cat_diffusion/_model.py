@@ -7,15 +7,17 @@ of ``f_theta(x_t, p)``, the x0-parameterisation of Sec. 3.1).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from ._injection import KnowledgeInjection
+from ._level_unet import LevelContextUNet
 from ._scheduler import CategoricalScheduler
-from ._unet import LevelContextUNet
 from .exceptions import ConfigError, ShapeError, closest
 
 __all__ = ["PRESETS", "SemanticSynthesizer", "SynthesizerConfig", "get_preset"]
@@ -24,7 +26,7 @@ Conditioning = Literal["injection", "crossattn", "none"]
 _CONDITIONINGS = ("injection", "crossattn", "none")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthesizerConfig:
     """Everything needed to rebuild a synthesizer and its scheduler.
 
@@ -144,11 +146,30 @@ PRESETS: dict[str, SynthesizerConfig] = {
 }
 
 
-def get_preset(name: str) -> SynthesizerConfig:
-    """Look up a preset (``"demo"`` or ``"paper"``) by name."""
+def get_preset(name: str, **overrides: Any) -> SynthesizerConfig:
+    """Look up a preset (``"demo"`` or ``"paper"``) by name, optionally overriding fields.
+
+    Args:
+        name: preset name.
+        **overrides: any ``SynthesizerConfig`` field, e.g. ``context_dim=512`` for another text
+            encoder or ``num_classes=...`` for another label set.
+
+    Returns:
+        The frozen ``SynthesizerConfig`` (validated again after the overrides).
+
+    Raises:
+        ConfigError: unknown name (with a suggestion) or unknown override keys (listing the allowed
+            ones).
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}.{closest(name, PRESETS)}")
-    return PRESETS[name]
+    allowed = [f.name for f in fields(SynthesizerConfig)]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown preset override(s) {unknown}; allowed: {allowed}.{closest(unknown[0], allowed)}"
+        )
+    return replace(PRESETS[name], **overrides)
 
 
 class SemanticSynthesizer(nn.Module):
@@ -158,7 +179,7 @@ class SemanticSynthesizer(nn.Module):
         config: a ``SynthesizerConfig`` (e.g. ``get_preset("demo")``).
     """
 
-    def __init__(self, config: SynthesizerConfig) -> None:
+    def __init__(self, *, config: SynthesizerConfig) -> None:
         super().__init__()
         if not isinstance(config, SynthesizerConfig):
             raise ConfigError(f"config must be a SynthesizerConfig, got {type(config).__name__}.")
@@ -236,11 +257,11 @@ class SemanticSynthesizer(nn.Module):
         context: Tensor | Sequence[Tensor | None] | None = None,
         context_mask: Tensor | None = None,
     ) -> Tensor:
-        """Logits of ``f_theta(x_t, p)``.
+        """Logits of ``f_theta(x_t, p)``; called as ``model(x, t, context=context)``.
 
         Args:
             x: one-hot ``x_t`` ``(B, N, *spatial)`` float.
-            timesteps: ``(B,)`` int64 in ``[1, T]``.
+            timesteps: ``(B,)`` int64 in ``[0, T-1]``.
             context: encoded prompt ``(B, L, context_dim)``, or the output of ``encode_context``
                 (a list of per-level contexts), or ``None`` for ``conditioning="none"``.
             context_mask: optional bool ``(B, L)`` for a raw prompt (True = real token).
@@ -254,4 +275,17 @@ class SemanticSynthesizer(nn.Module):
                 f"{self.config.spatial_dims} spatial dims, got {tuple(x.shape)}."
             )
         levels = context if isinstance(context, (list, tuple)) else self.encode_context(context, context_mask)
-        return self.unet(x, timesteps, levels)
+        return self.unet(x, timesteps, context=levels)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """``save_checkpoint(self, path)``: ``model.safetensors`` + ``config.json``, atomically."""
+        from ._checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> SemanticSynthesizer:
+        """``load_checkpoint(path, device=device)``: the synthesizer in eval mode."""
+        from ._checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device)

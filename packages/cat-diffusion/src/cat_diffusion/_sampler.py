@@ -6,9 +6,12 @@ skip posterior derived in ``_scheduler``); the last step takes ``argmax f_theta`
 probability for timesteps 2..T and take the index with max probability on the final step",
 GuideGen Sec. 3.1).
 
-* ``ancestral``: the grid ``T, T-1, ..., 1`` (``T`` network calls).
+* ``ancestral``: the grid ``T-1, ..., 0`` (``T`` network calls).
 * ``fast``: an evenly spaced grid of ``num_steps`` entries; the jump ``t -> s`` uses the exact
   posterior ``q(x_s | x_t, x_0)`` of the composed uniform transition ``abar_t / abar_s``.
+
+The loop runs over the scheduler's timestep tensor on the sample's device: no host round trip per
+step. Inputs (``x_T``, the context) are checked once before the first network call.
 """
 
 from __future__ import annotations
@@ -29,15 +32,6 @@ __all__ = ["CategoricalSampler"]
 logger = logging.getLogger(__name__)
 
 
-def _model_device_dtype(model: Any) -> tuple[torch.device | None, torch.dtype | None]:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            if p.dtype.is_floating_point:
-                return p.device, p.dtype
-    return None, None
-
-
 def _context_device_dtype(context: Any) -> tuple[torch.device | None, torch.dtype | None]:
     if isinstance(context, Tensor):
         return context.device, context.dtype if context.dtype.is_floating_point else None
@@ -48,20 +42,33 @@ def _context_device_dtype(context: Any) -> tuple[torch.device | None, torch.dtyp
     return None, None
 
 
+def check_finite_context(context: Any) -> None:
+    """Raise ``ShapeError`` if the context (a tensor or a per-level list) holds NaN or inf."""
+    items = [context] if isinstance(context, Tensor) else list(context or [])
+    for i, c in enumerate(items):
+        if isinstance(c, Tensor) and c.dtype.is_floating_point and not bool(torch.isfinite(c).all()):
+            where = "context" if isinstance(context, Tensor) else f"context[{i}]"
+            raise ShapeError(f"{where} holds non-finite values (NaN or inf); all values must be finite.")
+
+
 class CategoricalSampler:
     """Runs the reverse loop of a ``CategoricalScheduler`` with a network passed in per call.
 
-    The network is any callable ``model(x, t, context=...)`` with ``x`` the one-hot ``x_t``
-    ``(B, N, *S)`` float, ``t`` a ``(B,)`` int64 tensor of timesteps in ``[1, T]`` and
-    ``context`` a ``(B, L, D)`` tensor or a list of per-level tensors (omitted when ``None``); it
-    returns logits ``(B, N, *S)`` of ``f_theta``. MONAI's ``DiffusionModelUNet``,
-    ``LevelContextUNet`` and ``SemanticSynthesizer`` all fit.
+    The network is any callable ``model(x, t, context=context)`` with ``x`` the one-hot ``x_t``
+    ``(B, N, *S)`` float, ``t`` a ``(B,)`` int64 tensor of timesteps in ``[0, T-1]`` and
+    ``context`` (always passed by keyword, possibly ``None``) a ``(B, L, D)`` tensor or a list of
+    per-level tensors; it returns logits ``(B, N, *S)`` of ``f_theta``. MONAI's
+    ``DiffusionModelUNet``, ``LevelContextUNet`` and ``SemanticSynthesizer`` all fit.
+
+    Device and dtype come from the inputs, never from the model: the samples live on ``device``,
+    else on ``x_T``'s device, else on the context's, else on the CPU; the one-hot network input has
+    ``dtype``, else the context's float dtype, else float32.
 
     Args:
         scheduler: the categorical scheduler (its grid is reset by each call).
     """
 
-    def __init__(self, scheduler: CategoricalScheduler) -> None:
+    def __init__(self, *, scheduler: CategoricalScheduler) -> None:
         if not isinstance(scheduler, CategoricalScheduler):
             raise ConfigError(f"scheduler must be a CategoricalScheduler, got {type(scheduler).__name__}.")
         self.scheduler = scheduler
@@ -74,17 +81,19 @@ class CategoricalSampler:
         context: Any = None,
         x_T: Tensor | None = None,
         device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Full ancestral sampling, ``t = T .. 1`` (``T`` network calls).
+        """Full ancestral sampling, ``t = T-1 .. 0`` (``T`` network calls).
 
         Args:
             model: the x0-parameterised network (see the class docstring).
             shape: label-map shape ``(B, 1, *spatial)``.
             context: conditioning for the network, or ``None``.
             x_T: optional start ``(B, 1, *spatial)`` int labels (default: uniform draw).
-            device: device of the samples (default: the context's, else the model's, else CPU).
+            device: device of the samples (default: ``x_T``'s, else the context's, else CPU).
+            dtype: float dtype of the one-hot network input (default: the context's, else float32).
             generator: source of randomness.
             progress: show a tqdm bar.
 
@@ -93,7 +102,7 @@ class CategoricalSampler:
         """
         return self._loop(
             model, self.scheduler.num_train_timesteps, shape=shape, context=context, x_T=x_T,
-            device=device, generator=generator, progress=progress,
+            device=device, dtype=dtype, generator=generator, progress=progress,
         )
 
     def fast(
@@ -105,6 +114,7 @@ class CategoricalSampler:
         context: Any = None,
         x_T: Tensor | None = None,
         device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
@@ -116,7 +126,8 @@ class CategoricalSampler:
             shape: label-map shape ``(B, 1, *spatial)``.
             context: conditioning for the network, or ``None``.
             x_T: optional start ``(B, 1, *spatial)`` int labels (default: uniform draw).
-            device: device of the samples (default: the context's, else the model's, else CPU).
+            device: device of the samples (default: ``x_T``'s, else the context's, else CPU).
+            dtype: float dtype of the one-hot network input (default: the context's, else float32).
             generator: source of randomness.
             progress: show a tqdm bar.
 
@@ -124,7 +135,7 @@ class CategoricalSampler:
             int64 label map ``(B, 1, *spatial)`` in ``[0, N)``.
         """
         return self._loop(
-            model, num_steps, shape=shape, context=context, x_T=x_T, device=device,
+            model, num_steps, shape=shape, context=context, x_T=x_T, device=device, dtype=dtype,
             generator=generator, progress=progress,
         )
 
@@ -138,6 +149,7 @@ class CategoricalSampler:
         context: Any,
         x_T: Tensor | None,
         device: torch.device | str | None,
+        dtype: torch.dtype | None,
         generator: torch.Generator | None,
         progress: bool,
     ) -> Tensor:
@@ -145,11 +157,14 @@ class CategoricalSampler:
         shape = tuple(int(v) for v in shape)
         if len(shape) < 3 or shape[1] != 1 or any(v < 1 for v in shape):
             raise ShapeError(f"shape must be a label-map shape (B, 1, *spatial) with positive sizes, got {shape}.")
+        check_finite_context(context)
         ctx_dev, ctx_dtype = _context_device_dtype(context)
-        mod_dev, mod_dtype = _model_device_dtype(model)
-        dev = torch.device(device) if device is not None else (ctx_dev or mod_dev or torch.device("cpu"))
-        dtype = mod_dtype or ctx_dtype or torch.float32
-        sched.set_timesteps(num_steps)
+        xt_dev = x_T.device if isinstance(x_T, Tensor) else None
+        dev = torch.device(device) if device is not None else (xt_dev or ctx_dev or torch.device("cpu"))
+        dtype = dtype or ctx_dtype or torch.float32
+        if not dtype.is_floating_point:
+            raise ConfigError(f"dtype must be a floating dtype for the one-hot input, got {dtype}.")
+        sched.set_timesteps(num_steps, device=dev)
         if x_T is None:
             x = sched.sample_prior(shape, device=dev, generator=generator)
         else:
@@ -158,9 +173,9 @@ class CategoricalSampler:
             sched._check_labels(x_T, "x_T")
             x = x_T.to(dev).long()
         logger.debug("categorical sampling: %d steps, shape %s", num_steps, shape)
-        for t in tqdm(sched.timesteps.tolist(), disable=not progress, desc="categorical sampling"):
-            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=dev)
-            x_in = sched.one_hot(x, dtype)
-            logits = model(x_in, t_batch) if context is None else model(x_in, t_batch, context=context)
+        for t in tqdm(sched.timesteps, disable=not progress, desc="categorical sampling"):
+            t_batch = t.reshape(1).expand(shape[0])
+            x_in = sched.one_hot(x, dtype, check=False)
+            logits = model(x_in, t_batch, context=context)
             x = sched.step(logits, t, x, generator=generator).prev_sample
         return x

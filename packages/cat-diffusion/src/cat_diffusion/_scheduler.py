@@ -8,12 +8,15 @@ Notation (GuideGen Sec. 3.1; Hoogeboom et al. 2021, "Argmax flows and multinomia
 * Closed form (Eq. 2): ``q(x_t | x_0) = C(x_t; abar_t e(x_0) + (1 - abar_t) / N)`` with
   ``abar_t = prod_{tau <= t} alpha_tau``.
 
-**Timestep indexing.** ``x_0`` is the data and ``x_1 ... x_T`` are the noisy states, so the
-integer timesteps used everywhere (network input, ``add_noise``, ``step``, losses) run from 1 to
-``T = num_train_timesteps``. ``abar_0 = 1`` by convention. The reverse step at timestep ``t`` maps
-``x_t`` to ``x_s`` where ``s`` is the previous entry of the timestep grid (``s = t - 1`` for the
-full ancestral grid, ``s = 0`` for the last step). The authors' code subtracts one from ``t``
-twice in places; here ``t`` always names the state the network sees.
+**Timestep convention (shared by every ctsynth scheduler).** Public timesteps are integers in
+``[0, T-1]`` (``T = num_train_timesteps``), as in lesion-inpaint's Gaussian schedulers, MONAI and
+diffusers. In the papers' notation ``x_0`` is the data and ``x_1 ... x_T`` the noisy states; public
+timestep ``t`` names the state ``x_{t+1}`` (``t = 0``: one forward step, ``t = T-1``: the noisiest),
+so the formulas below are written with the paper index ``i = t + 1`` and ``abar_0 = 1``.
+``set_timesteps(n)`` gives the grid ``round(linspace(T-1, 0, n))``. The reverse step at a grid entry
+goes to the next grid entry; the step at the last one (``t = 0``) goes to the clean data. Where a
+target timestep ``s`` is taken explicitly (``q_posterior``, ``model_log_probs``), ``s = -1`` names
+the clean data. The network sees the public ``t``.
 
 **Skip posterior (categorical DDIM).** Uniform transitions compose: for ``s < t``,
 ``q(x_t | x_s) = C(x_t; (abar_t / abar_s) e(x_s) + (1 - abar_t / abar_s) / N)``. Bayes' rule gives
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._random import draw_rand
 from .exceptions import ConfigError, ShapeError, closest
 
 __all__ = ["CategoricalScheduler", "CategoricalStepOutput"]
@@ -79,18 +83,10 @@ def _cosine_betas(num_steps: int, s: float) -> Tensor:
     return betas.clamp(min=0.0, max=0.999)
 
 
-def uniform_like(
-    shape: Sequence[int], *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    """Uniform [0, 1) numbers drawn on the generator's device, then moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
 def sample_from_probs(probs: Tensor, *, generator: torch.Generator | None) -> Tensor:
     """Draw one class per voxel from ``probs`` ``(B, N, *S)`` by inverse CDF; returns ``(B, 1, *S)``."""
     cdf = probs.cumsum(dim=1)
-    u = uniform_like(
+    u = draw_rand(
         (probs.shape[0], 1, *probs.shape[2:]), generator=generator, device=probs.device, dtype=probs.dtype
     )
     u = u * cdf[:, -1:]  # guards against a total that rounds slightly below 1
@@ -159,46 +155,58 @@ class CategoricalScheduler:
         self.log_alphas = torch.log1p(-self.betas)
         self.log_alphas_cumprod = torch.cumsum(self.log_alphas, dim=0)
         self.alphas_cumprod = torch.exp(self.log_alphas_cumprod)
-        self.timesteps = torch.arange(num_train_timesteps, 0, -1, dtype=torch.long)
-        self.num_inference_steps = num_train_timesteps
+        self._device_tables: dict[torch.device, dict[str, Tensor]] = {}
+        self.set_timesteps(num_train_timesteps)
 
     # ------------------------------------------------------------------ timestep grid
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Set the descending grid of reverse timesteps.
+        """Set the descending grid ``round(linspace(T-1, 0, n))`` of reverse timesteps.
 
-        ``num_inference_steps == T`` gives the full ancestral grid ``T, T-1, ..., 1``; fewer steps
-        give an evenly spaced grid ``round(T - i T / n)``, ``i = 0..n-1`` (it always starts at
-        ``T``), each step jumping to the next grid entry and the last one to ``0``.
+        ``n == T`` gives the full ancestral grid ``T-1, ..., 0``. Each step jumps to the next grid
+        entry and the last one to the clean data. The grid's successor table is precomputed here,
+        so :meth:`step` does no search.
 
         Args:
             num_inference_steps: number of network calls, ``1 <= n <= T``.
             device: device of ``self.timesteps`` (default CPU).
         """
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= self.num_train_timesteps:
+        n = num_inference_steps
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.num_train_timesteps:
             raise ConfigError(
                 f"num_inference_steps must be an int in [1, {self.num_train_timesteps}], got "
                 f"{num_inference_steps!r}; closest valid value: "
                 f"{min(max(int(num_inference_steps), 1), self.num_train_timesteps)}."
             )
         T = self.num_train_timesteps
-        n = num_inference_steps
-        grid = [round(T - i * T / n) for i in range(n)]
-        self.timesteps = torch.tensor(grid, dtype=torch.long, device=device)
+        if n == 1:
+            grid = torch.tensor([T - 1], dtype=torch.long)
+        else:
+            grid = torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long()
+        prev = torch.full((T,), -2, dtype=torch.long)  # -2: not on the grid
+        prev[grid[:-1]] = grid[1:]
+        prev[grid[-1]] = -1  # -1: the clean data
+        self._prev = prev
+        self._prev_on_device: dict[torch.device, Tensor] = {}
+        self._on_grid = frozenset(grid.tolist())
+        self.timesteps = grid.to(device)
         self.num_inference_steps = n
+        if device is not None:  # copy the tables now, not inside the sampling loop
+            dev = self.timesteps.device
+            self._prev_on_device[dev] = prev.to(dev)
+            self._table("abar", dev)
 
     def previous_timestep(self, timestep: int) -> int:
-        """The grid entry after ``timestep`` (0 after the last one)."""
-        grid = self.timesteps.tolist()
-        if timestep not in grid:
+        """The grid entry after ``timestep`` (-1, the clean data, after the last one)."""
+        if timestep not in self._on_grid:
+            grid = sorted(self._on_grid, reverse=True)
             raise ConfigError(
-                f"timestep {timestep} is not on the current grid ({len(grid)} steps, "
-                f"from {grid[0]} to {grid[-1]}); call set_timesteps first or pass prev_timestep."
+                f"timestep {timestep} is not on the current grid ({len(grid)} steps, from {grid[0]} to "
+                f"{grid[-1]}); call set_timesteps first and step through scheduler.timesteps."
             )
-        i = grid.index(timestep)
-        return grid[i + 1] if i + 1 < len(grid) else 0
+        return int(self._prev[timestep])
 
     # ------------------------------------------------------------------ validation helpers
-    def _check_labels(self, x: Tensor, name: str) -> None:
+    def _check_labels(self, x: Tensor, name: str, *, values: bool = True) -> None:
         if not isinstance(x, Tensor):
             raise ShapeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
@@ -208,34 +216,54 @@ class CategoricalScheduler:
                 f"{name} must have shape (B, 1, *spatial) (channel dim of size 1), got "
                 f"{tuple(x.shape)}; add the channel with x.unsqueeze(1)."
             )
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
+        if values and x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
             raise ShapeError(
                 f"{name} holds values in [{int(x.min())}, {int(x.max())}], allowed "
                 f"[0, {self.num_classes - 1}] for num_classes={self.num_classes}."
             )
 
-    def _check_t(self, t: Tensor | int, batch: int, device: torch.device, *, allow_zero: bool = False) -> Tensor:
-        t = torch.as_tensor(t, device=device).long()
+    def _index(self, t: Tensor | int, batch: int, device: torch.device, *, allow_clean: bool = False) -> Tensor:
+        """Check public timesteps (scalar or ``(B,)``) and return the paper index ``t + 1``, ``(B,)``."""
+        t = torch.as_tensor(t, device=device)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ShapeError(f"timesteps must be integers, got dtype {t.dtype}.")
+        t = t.long()
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ShapeError(f"timesteps must be a scalar or shape ({batch},), got {tuple(t.shape)}.")
-        lo = 0 if allow_zero else 1
-        if int(t.min()) < lo or int(t.max()) > self.num_train_timesteps:
+        lo = -1 if allow_clean else 0
+        if int(t.min()) < lo or int(t.max()) > self.num_train_timesteps - 1:
             raise ShapeError(
-                f"timesteps must lie in [{lo}, {self.num_train_timesteps}], got "
-                f"[{int(t.min())}, {int(t.max())}] (timestep 0 is the clean data x_0)."
+                f"timesteps must lie in [{lo}, {self.num_train_timesteps - 1}], got "
+                f"[{int(t.min())}, {int(t.max())}]"
+                + (" (-1 names the clean data x_0)." if allow_clean else ".")
             )
-        return t
+        return t + 1
 
-    def _coef(self, table: Tensor, t: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
-        """Gather ``table[t]`` (float64 on CPU) and shape it ``(B, 1, 1, ...)`` for broadcasting."""
-        v = table[t.cpu()].to(device=t.device, dtype=dtype)
+    def _table(self, name: str, device: torch.device) -> Tensor:
+        tables = self._device_tables.get(device)
+        if tables is None:
+            dt = torch.float32 if device.type == "mps" else torch.float64
+            tables = {
+                "log_abar": self.log_alphas_cumprod.to(device=device, dtype=dt),
+                "abar": self.alphas_cumprod.to(device=device, dtype=dt),
+                "one_minus_abar": (-torch.expm1(self.log_alphas_cumprod)).to(device=device, dtype=dt),
+            }
+            self._device_tables[device] = tables
+        return tables[name]
+
+    def _coef(self, name: str, idx: Tensor, ndim: int) -> Tensor:
+        """Gather ``table[idx]`` on ``idx``'s device and shape it ``(B, 1, 1, ...)`` for broadcasting."""
+        v = self._table(name, idx.device)[idx]
         return v.view(-1, *([1] * (ndim - 1)))
 
-    def one_hot(self, labels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """One-hot encode ``(B, 1, *S)`` int labels to ``(B, N, *S)`` floats (network input)."""
-        self._check_labels(labels, "labels")
+    def one_hot(self, labels: Tensor, dtype: torch.dtype = torch.float32, *, check: bool = True) -> Tensor:
+        """One-hot encode ``(B, 1, *S)`` int labels to ``(B, N, *S)`` floats (network input).
+
+        ``check=False`` skips the value-range check (a host round trip), as the samplers do per step.
+        """
+        self._check_labels(labels, "labels", values=check)
         oh = F.one_hot(labels[:, 0], self.num_classes)
         return oh.movedim(-1, 1).to(dtype)
 
@@ -245,21 +273,21 @@ class CategoricalScheduler:
 
         Args:
             x0_probs: ``(B, N, *S)`` probabilities of ``x_0`` (one-hot for a known label map).
-            t: timesteps in ``[0, T]``, scalar or ``(B,)``.
+            t: timesteps in ``[0, T-1]``, scalar or ``(B,)``.
 
         Returns:
             ``(B, N, *S)`` probabilities of ``x_t``.
         """
-        t = self._check_t(t, x0_probs.shape[0], x0_probs.device, allow_zero=True)
-        abar = self._coef(self.alphas_cumprod, t, x0_probs.ndim, x0_probs.dtype)
-        one_minus = self._coef(-torch.expm1(self.log_alphas_cumprod), t, x0_probs.ndim, x0_probs.dtype)
+        i = self._index(t, x0_probs.shape[0], x0_probs.device)
+        abar = self._coef("abar", i, x0_probs.ndim).to(x0_probs.dtype)
+        one_minus = self._coef("one_minus_abar", i, x0_probs.ndim).to(x0_probs.dtype)
         return abar * x0_probs + one_minus / self.num_classes
 
     def add_noise(
         self,
-        original_samples: Tensor,
+        x0: Tensor,
         noise: Tensor | None,
-        timesteps: Tensor | int,
+        t: Tensor | int,
         *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -269,30 +297,32 @@ class CategoricalScheduler:
         uniformly; this gives ``P(x_t = x_0) = abar_t + (1 - abar_t) / N`` as Eq. 2 requires.
 
         Args:
-            original_samples: ``x_0``, int label map ``(B, 1, *S)`` in ``[0, N)``.
-            noise: uniform numbers in ``[0, 1)`` with the shape of ``original_samples`` that drive
-                the draw (one per voxel), or ``None`` to draw them from ``generator``. Passing the
-                same noise gives the same ``x_t``.
-            timesteps: ``t`` in ``[0, T]``, scalar or ``(B,)`` (``t = 0`` returns ``x_0``).
+            x0: clean int label map ``(B, 1, *S)`` in ``[0, N)``.
+            noise: the categorical counterpart of Gaussian noise: uniform numbers in ``[0, 1)``
+                with the shape of ``x0`` (one per voxel, e.g. ``torch.rand(x0.shape)``) that drive
+                the draw, or ``None`` to draw them from ``generator``. The same noise gives the
+                same ``x_t``.
+            t: timesteps in ``[0, T-1]``, scalar or ``(B,)``; ``t = T-1`` is (up to the
+                schedule's ``abar``) uniform over the classes.
             generator: source of randomness when ``noise`` is ``None``.
 
         Returns:
             ``x_t``, int64 label map ``(B, 1, *S)``.
         """
-        self._check_labels(original_samples, "original_samples")
-        x0 = original_samples.long()
-        t = self._check_t(timesteps, x0.shape[0], x0.device, allow_zero=True)
+        self._check_labels(x0, "x0")
+        x0 = x0.long()
+        i = self._index(t, x0.shape[0], x0.device)
         if noise is None:
-            noise = uniform_like(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+            noise = draw_rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
         elif noise.shape != x0.shape or not noise.dtype.is_floating_point:
             raise ShapeError(
-                f"noise must be floats in [0, 1) with the shape of original_samples {tuple(x0.shape)}, "
+                f"noise must be floats in [0, 1) with the shape of x0 {tuple(x0.shape)}, "
                 f"got {tuple(noise.shape)} {noise.dtype}."
             )
         u = noise.to(torch.float64)
         if u.numel() and (float(u.min()) < 0.0 or float(u.max()) >= 1.0):
             raise ShapeError("noise must hold uniform numbers in [0, 1).")
-        abar = self._coef(self.alphas_cumprod, t, x0.ndim, torch.float64)
+        abar = self._coef("abar", i, x0.ndim).to(torch.float64)
         keep = u < abar
         # Rescale the remaining mass (abar, 1) to a uniform class index.
         rand_class = torch.floor((u - abar) / (1 - abar).clamp_min(1e-300) * self.num_classes)
@@ -301,8 +331,8 @@ class CategoricalScheduler:
 
     # ------------------------------------------------------------------ posteriors
     def _pair(self, t: Tensor | int, s: Tensor | int | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        t = self._check_t(t, batch, device)
-        s = t - 1 if s is None else self._check_t(s, batch, device, allow_zero=True)
+        t = self._index(t, batch, device)
+        s = t - 1 if s is None else self._index(s, batch, device, allow_clean=True)
         if bool((s >= t).any()):
             raise ShapeError("the target timestep s must be smaller than t for every batch element.")
         return t, s
@@ -315,8 +345,8 @@ class CategoricalScheduler:
         Args:
             x_t: int label map ``(B, 1, *S)``.
             x0: int label map ``(B, 1, *S)``.
-            t: timesteps in ``[1, T]``, scalar or ``(B,)``.
-            s: target timesteps, ``0 <= s < t`` (default ``t - 1``).
+            t: timesteps in ``[0, T-1]``, scalar or ``(B,)``.
+            s: target timesteps, ``-1 <= s < t`` (default ``t - 1``; ``-1`` is the clean data).
 
         Returns:
             ``(B, N, *S)`` probabilities over ``x_s`` (sum to 1 over dim 1).
@@ -327,8 +357,8 @@ class CategoricalScheduler:
         dtype = torch.float32
         n = self.num_classes
         ndim = x_t.ndim
-        log_ab_t = self._coef(self.log_alphas_cumprod, t, ndim, torch.float64)
-        log_ab_s = self._coef(self.log_alphas_cumprod, s, ndim, torch.float64)
+        log_ab_t = self._coef("log_abar", t, ndim)
+        log_ab_s = self._coef("log_abar", s, ndim)
         alpha_ts = torch.exp(log_ab_t - log_ab_s)
         abar_s = torch.exp(log_ab_s)
         a = alpha_ts * self.one_hot(x_t, torch.float64) + (1 - alpha_ts) / n
@@ -344,21 +374,26 @@ class CategoricalScheduler:
         Args:
             model_output: network logits ``(B, N, *S)``; ``f_theta = softmax(logits, dim=1)``.
             x_t: int label map ``(B, 1, *S)``.
-            t: timesteps in ``[1, T]``, scalar or ``(B,)``.
-            s: target timesteps, ``0 <= s < t`` (default ``t - 1``).
+            t: timesteps in ``[0, T-1]``, scalar or ``(B,)``.
+            s: target timesteps, ``-1 <= s < t`` (default ``t - 1``; ``-1`` is the clean data).
 
         Returns:
             ``(B, N, *S)`` log-probabilities over ``x_s`` (float dtype of ``model_output``).
         """
         self._check_logits(model_output, x_t)
+        self._check_labels(x_t, "x_t")
         t, s = self._pair(t, s, x_t.shape[0], x_t.device)
+        return self._log_probs(model_output, x_t, t, s)
+
+    def _log_probs(self, model_output: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """Unchecked Eq. 6 with paper indices ``t`` and ``s`` (``(B,)`` or ``(1,)`` on ``x_t``'s device)."""
         dtype = model_output.dtype
         n = self.num_classes
         ndim = x_t.ndim
-        log_ab_t = self._coef(self.log_alphas_cumprod, t, ndim, torch.float64)
-        log_ab_s = self._coef(self.log_alphas_cumprod, s, ndim, torch.float64)
+        log_ab_t = self._coef("log_abar", t, ndim)
+        log_ab_s = self._coef("log_abar", s, ndim)
         alpha_ts = torch.exp(log_ab_t - log_ab_s)
-        is_xt = self.one_hot(x_t, torch.bool)
+        is_xt = F.one_hot(x_t[:, 0], n).movedim(-1, 1).bool()
         # a_k = q(x_t | x_s = k); Z_d = q(x_t | x_0 = d); both take two values per voxel.
         log_a_same = torch.log(alpha_ts + (1 - alpha_ts) / n).to(dtype)
         log_a_diff = torch.log((1 - alpha_ts) / n).to(dtype)
@@ -374,7 +409,7 @@ class CategoricalScheduler:
         return torch.log_softmax(log_a + inner, dim=1)
 
     def _check_logits(self, model_output: Tensor, x_t: Tensor) -> None:
-        self._check_labels(x_t, "sample")
+        self._check_labels(x_t, "sample", values=False)
         if not isinstance(model_output, Tensor) or not model_output.dtype.is_floating_point:
             raise ShapeError("model_output must be a float tensor of logits (B, N, *spatial).")
         expected = (x_t.shape[0], self.num_classes, *x_t.shape[2:])
@@ -388,45 +423,58 @@ class CategoricalScheduler:
     def step(
         self,
         model_output: Tensor,
-        timestep: int | Tensor,
+        t: int | Tensor,
         sample: Tensor,
         *,
-        prev_timestep: int | None = None,
         generator: torch.Generator | None = None,
     ) -> CategoricalStepOutput:
-        """One reverse step ``x_t -> x_s`` with ``s`` the next grid entry (Eq. 6, skip posterior).
+        """One reverse step from ``t`` to the next grid entry (Eq. 6 with the skip posterior).
 
-        For ``s > 0`` the new sample is drawn from ``p_theta(x_s | x_t) = sum_d f_d q(x_s | x_t,
-        x_0 = d)``; for ``s = 0`` it is ``argmax f_theta`` (or a draw from ``f_theta`` when
-        ``final_step="sample"``), since ``q(x_0 | x_t, x_0 = d) = e(d)``.
+        Before the last grid entry the new sample is drawn from ``p_theta(x_s | x_t) =
+        sum_d f_d q(x_s | x_t, x_0 = d)``; the step at the last entry returns ``argmax f_theta``
+        (or a draw from ``f_theta`` when ``final_step="sample"``), since ``q(x_0 | x_t, x_0 = d) =
+        e(d)``. The successor of ``t`` comes from the table built by :meth:`set_timesteps`; a
+        tensor ``t`` is looked up on the sample's device, so the step makes no host round trip; for
+        the same reason neither a tensor ``t`` nor the sample's values are range-checked here.
 
         Args:
             model_output: logits ``(B, N, *S)`` of ``f_theta(x_t, t)``.
-            timestep: current ``t`` (a Python int or 0-d tensor on the grid).
+            t: current timestep on the grid: a Python int (checked), or an integer tensor, scalar
+                or ``(B,)`` (e.g. an entry of ``self.timesteps``).
             sample: ``x_t``, int label map ``(B, 1, *S)``.
-            prev_timestep: target ``s`` (default: next entry of ``self.timesteps``).
             generator: randomness for the categorical draw.
 
         Returns:
             ``CategoricalStepOutput`` with ``prev_sample = x_s``.
         """
-        if isinstance(timestep, Tensor):
-            if timestep.numel() != 1:
-                raise ShapeError("step() takes one timestep for the whole batch (a Python int or 0-d tensor).")
-            timestep = int(timestep.item())
-        t = int(timestep)
-        s = self.previous_timestep(t) if prev_timestep is None else int(prev_timestep)
-        if not 0 <= s < t <= self.num_train_timesteps:
-            raise ShapeError(f"need 0 <= prev_timestep < timestep <= {self.num_train_timesteps}, got s={s}, t={t}.")
         self._check_logits(model_output, sample)
+        dev = sample.device
+        if isinstance(t, Tensor):
+            if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim > 1:
+                raise ShapeError(f"t must be an integer scalar or (B,) tensor, got {t.dtype} {tuple(t.shape)}.")
+            if t.ndim == 1 and t.shape[0] not in (1, sample.shape[0]):
+                raise ShapeError(f"t of shape {tuple(t.shape)} does not match the batch {sample.shape[0]}.")
+            t_idx = t.reshape(-1).to(device=dev, dtype=torch.long)
+            prev = self._prev_on_device.get(dev)
+            if prev is None:
+                prev = self._prev_on_device.setdefault(dev, self._prev.to(dev))
+            s_idx = prev[t_idx]
+        else:
+            if isinstance(t, bool) or int(t) != t:
+                raise ShapeError(f"t must be an int or an integer tensor, got {t!r}.")
+            s_int = self.previous_timestep(int(t))
+            t_idx = torch.full((1,), int(t), dtype=torch.long, device=dev)
+            s_idx = torch.full((1,), s_int, dtype=torch.long, device=dev)
+        # Paper indices t + 1 and s + 1; an off-grid tensor t (successor -2) acts as the last step.
         probs_x0 = torch.softmax(model_output, dim=1)
         pred_x0 = probs_x0.argmax(dim=1, keepdim=True)
-        if s == 0:
-            prev = pred_x0 if self.final_step == "argmax" else sample_from_probs(probs_x0, generator=generator)
-        else:
-            log_p = self.model_log_probs(model_output, sample, t, s)
-            prev = sample_from_probs(log_p.exp(), generator=generator)
-        return CategoricalStepOutput(prev_sample=prev, pred_original_sample=pred_x0, pred_original_probs=probs_x0)
+        s_idx = s_idx.clamp_min(-1)
+        log_p = self._log_probs(model_output, sample, t_idx + 1, s_idx + 1)
+        drawn = sample_from_probs(log_p.exp(), generator=generator)
+        if self.final_step == "argmax":
+            last = (s_idx == -1).view(-1, *([1] * (sample.ndim - 1)))
+            drawn = torch.where(last, pred_x0, drawn)
+        return CategoricalStepOutput(prev_sample=drawn, pred_original_sample=pred_x0, pred_original_probs=probs_x0)
 
     def sample_prior(
         self,
@@ -440,5 +488,5 @@ class CategoricalScheduler:
         if len(shape) < 3 or shape[1] != 1:
             raise ShapeError(f"shape must be (B, 1, *spatial), got {shape}.")
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        u = uniform_like(shape, generator=generator, device=dev, dtype=torch.float64)
+        u = draw_rand(shape, generator=generator, device=dev, dtype=torch.float64)
         return torch.floor(u * self.num_classes).clamp_(max=self.num_classes - 1).long()

@@ -2,8 +2,28 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._diffusion_config import DiffusionConfig
+from ._latent_generator import (
+    LatentGenerator,
+    LatentGeneratorConfig,
+    generator_loss,
+    generator_training_loss,
+    label_channels,
+)
+from ._linet import LINet, LINetConfig, linet_loss, linet_training_loss, resize_mask
+from ._lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss, lmnet_training_loss
+from ._paste import blend_weights, paste_back
+from ._presets import PRESETS, Preset, get_preset
+from ._sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
+from ._schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    InpaintingDDIMScheduler,
+    SchedulerOutput,
+    make_betas,
+)
+from ._unet import LevelContextUNet, UNetConfig, build_unet
 from .exceptions import (
     CheckpointError,
     ConfigError,
@@ -11,20 +31,6 @@ from .exceptions import (
     LesionInpaintError,
     ShapeError,
 )
-from .latent_generator import LatentGenerator, LatentGeneratorConfig, generator_loss, label_channels
-from .linet import LINet, LINetConfig, linet_loss, resize_mask
-from .lmnet import LMNet, LMNetConfig, binarize_mask, lmnet_loss
-from .paste import blend_weights, paste_back
-from .presets import PRESETS, Preset, get_preset
-from .sampling import GaussianSampler, InpaintingSampler, drop_context, guided_eps, null_context
-from .schedulers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    InpaintingDDIMScheduler,
-    SchedulerOutput,
-    make_betas,
-)
-from .unet import LevelContextUNet, UNetConfig, build_unet
 
 try:
     __version__ = version("lesion-inpaint")
@@ -60,11 +66,14 @@ __all__ = [
     "build_unet",
     "drop_context",
     "generator_loss",
+    "generator_training_loss",
     "get_preset",
     "guided_eps",
     "label_channels",
     "linet_loss",
+    "linet_training_loss",
     "lmnet_loss",
+    "lmnet_training_loss",
     "load_checkpoint",
     "make_betas",
     "null_context",

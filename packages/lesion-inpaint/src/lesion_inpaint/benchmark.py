@@ -14,11 +14,8 @@ from typing import Literal
 
 import torch
 
+from . import LatentGenerator, LINet, LMNet, get_preset
 from .exceptions import ConfigError
-from .latent_generator import LatentGenerator
-from .linet import LINet
-from .lmnet import LMNet
-from .presets import get_preset
 
 __all__ = ["SamplerBenchmark", "benchmark_sampler"]
 
@@ -89,15 +86,15 @@ def benchmark_sampler(
     p = get_preset(preset)
     g = generator
     if model == "linet":
-        net: torch.nn.Module = LINet(p.linet)
+        net: torch.nn.Module = LINet(config=p.linet)
         spatial, c, ccond = p.inpaint_latent, p.linet.latent_channels, 1
         dim = p.linet.unet.context_dim
     elif model == "lmnet":
-        net = LMNet(p.lmnet)
+        net = LMNet(config=p.lmnet)
         spatial, c, ccond = p.mask_crop, 1, 3
         dim = p.lmnet.unet.context_dim
     elif model == "latent_generator":
-        net = LatentGenerator(p.latent_generator)
+        net = LatentGenerator(config=p.latent_generator)
         spatial, c, ccond = p.generator_latent, p.latent_generator.latent_channels, p.latent_generator.cond_channels
         dim = p.latent_generator.unet.context_dim
     else:
@@ -115,7 +112,7 @@ def benchmark_sampler(
     sampler = net.sampler(num_inference_steps=steps, guidance_scale=guidance_scale)
     cached = torch.zeros(2 * batch, *shape[1:], device=device, dtype=dtype)
 
-    def stub(inp: torch.Tensor, t: torch.Tensor, c: object) -> torch.Tensor:
+    def stub(inp: torch.Tensor, t: torch.Tensor, context: object = None) -> torch.Tensor:
         return cached[: inp.shape[0]]
 
     def run_with(network) -> None:
@@ -140,7 +137,7 @@ def benchmark_sampler(
     @torch.no_grad()
     def run_forward() -> None:
         for _ in range(steps):
-            unet(fin, ts, fctx)
+            unet(fin, ts, context=fctx)
 
     def timed(fn) -> float:
         _sync(device)

@@ -25,6 +25,15 @@ from ._bbox import (
     sample_bbox,
     sample_report_and_bbox,
 )
+from ._lesion_types import (
+    LESION_TYPES,
+    RULES,
+    LesionTypeSpec,
+    Rule,
+    lesion_type_name,
+    rule_violations,
+)
+from ._llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
 from ._organs import (
     ORGAN_GROUPS,
     ORGANS,
@@ -38,20 +47,10 @@ from ._organs import (
     resolve_organ,
     v1_to_v2,
 )
+from ._report import LESION_ORGANS, Report, parse_size_mm
+from ._sampling import check_report_fits, sample_report
 from ._verify import BenchRow, bbox_violation, benchmark_bboxes
-from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
-from .lesion_types import (
-    LESION_TYPES,
-    RULES,
-    LesionTypeSpec,
-    Rule,
-    lesion_type_name,
-    rule_violations,
-)
-from .llm import FakeReportWriter, OpenAIChatReportWriter, ReportRequest, ReportWriter
-from .report import LESION_ORGANS, Report, parse_size_mm
-from .sampling import check_report_fits, sample_report
-from .vocabulary import (
+from ._vocabulary import (
     ATTRIBUTES,
     CATEGORICAL_ATTRIBUTES,
     IMAGE_ATTRIBUTES,
@@ -59,6 +58,7 @@ from .vocabulary import (
     VOCABULARY,
     canonical_value,
 )
+from .exceptions import BBoxError, OrganError, ReportError, ReportWriterError
 
 try:
     __version__ = version("report-bbox")

@@ -38,8 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from ._organs import ORGANS, organ_ids
+from ._report import Report
 from .exceptions import BBoxError
-from .report import Report
 
 __all__ = [
     "DEFAULT_BBOX_RULES",
@@ -530,7 +530,7 @@ def sample_report_and_bbox(
         ReportError: The request itself is invalid (see :func:`~report_bbox.sample_report`).
         BBoxError: No drawn report could be placed; the message gives the last reason.
     """
-    from .sampling import sample_report
+    from ._sampling import sample_report
 
     if max_reports < 1:
         raise BBoxError(f"max_reports must be >= 1, got {max_reports}")

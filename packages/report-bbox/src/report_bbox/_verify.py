@@ -27,11 +27,11 @@ from ._bbox import (
     sample_bbox,
     sample_report_and_bbox,
 )
+from ._lesion_types import LESION_TYPES
 from ._organs import ORGANS, organ_ids
+from ._report import Report
+from ._sampling import sample_report
 from .exceptions import BBoxError
-from .lesion_types import LESION_TYPES
-from .report import Report
-from .sampling import sample_report
 
 __all__ = ["BenchRow", "bbox_violation", "benchmark_bboxes"]
 

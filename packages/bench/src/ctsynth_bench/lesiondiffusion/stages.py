@@ -89,7 +89,8 @@ class TextUNet(LevelContextUNet):
     def __init__(self, config: UNetConfig, *, num_tokens: int = NUM_TOKENS) -> None:
         if config.context_dim is None:
             raise ValueError("TextUNet needs config.context_dim (the token width D)")
-        super().__init__(config)
+        super().__init__(**config.unet_kwargs())
+        self.config = config
         self.num_tokens = num_tokens
         temb = self.block_out_channels[0] * 4
         self.context_mlp = nn.Sequential(

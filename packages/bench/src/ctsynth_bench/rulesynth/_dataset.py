@@ -37,7 +37,9 @@ import numpy as np
 import report_bbox
 from scipy import ndimage
 
-from ..data import save_nifti
+from .._checks import check_dataset_folder, check_dataset_options
+from ..data import check_ct_and_organs, save_nifti
+from ..exceptions import BenchError, DataError
 from ._deform import augment
 from ._draw import draw_report_and_target
 from ._render import estimate_noise, reference_hu, render_lesion
@@ -72,6 +74,39 @@ class Template:
     spacing: tuple[float, float, float]
     lesion: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        # The one validation every CT + organ map passes before a lesion is placed in it (the
+        # file loaders apply the same checks): 3D, same shape, finite plausible HU, integer
+        # organ ids of TotalSegmentator v2; and a usable geometry.
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
+            raise SynthError(f"a template name must be a non-empty string without '/', got {self.name!r}")
+        where = f"template {self.name!r}"
+        organs = check_ct_and_organs(self.ct, self.organs, where=where)
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if (
+            affine.shape != (4, 4)
+            or not np.all(np.isfinite(affine))
+            or abs(np.linalg.det(affine[:3, :3])) < 1e-12
+        ):
+            raise SynthError(f"{where}: the affine must be a finite, invertible 4x4 matrix")
+        spacing = tuple(float(v) for v in np.asarray(self.spacing, dtype=np.float64).ravel())
+        if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+            raise SynthError(f"{where}: spacing must be three positive mm values, got {self.spacing}")
+        columns = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        if not np.allclose(columns, spacing, rtol=1e-3):
+            raise SynthError(
+                f"{where}: spacing {spacing} does not match the affine's voxel size "
+                f"{tuple(round(float(c), 4) for c in columns)}"
+            )
+        if self.lesion is not None and np.shape(self.lesion) != np.shape(self.ct):
+            raise SynthError(
+                f"{where}: lesion shape {np.shape(self.lesion)} differs from the CT {np.shape(self.ct)}"
+            )
+        object.__setattr__(self, "ct", np.asarray(self.ct, dtype=np.float32))
+        object.__setattr__(self, "organs", organs)
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "spacing", spacing)
+
     def has_organ(self, organ: str, *, min_voxels: int = 20) -> bool:
         """Whether the organ group has at least ``min_voxels`` voxels here."""
         return int(np.isin(self.organs, ORGAN_IDS[organ]).sum()) >= min_voxels
@@ -81,17 +116,26 @@ def load_templates(names: Sequence[str] | None = None, *, cache_dir: str | Path 
     """Load templates through ``ctsynth_bench.data``: the given names, or every available case with organs."""
     from .. import data
 
+    explicit = names is not None
     if names is None:
-        infos = data.list_cases(cache_dir)
-        names = [getattr(i, "name", str(i)) for i in infos if getattr(i, "available", True)]
+        names = [i.name for i in data.list_cases(cache_dir)]
+    else:
+        names = list(names)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise SynthError(f"templates {twice} are listed more than once; list each case once")
     out: list[Template] = []
     for name in names:
         try:
             case = data.load_case(name, cache_dir)
         except ValueError as exc:
-            log.info("template %s skipped: %s", name, exc)
+            if explicit:  # a case the user named must load; only the defaults may be skipped
+                raise
+            log.warning("template %s skipped: %s", name, exc)
             continue
         if case.organs is None:
+            if explicit:
+                raise SynthError(f"case {name!r} has no organ map, so it cannot be a template")
             log.info("template %s skipped: no organ map", name)
             continue
         ct = np.asarray(case.ct, dtype=np.float32)
@@ -250,6 +294,8 @@ class DatasetSummary:
     failed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     unavailable_types: tuple[str, ...] = ()
+    #: finished cases whose index is ``n`` or more (left in place, never deleted)
+    beyond_n: int = 0
 
 
 def synthesize_dataset(
@@ -285,10 +331,22 @@ def synthesize_dataset(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(n, int) or n < 1:
-        raise SynthError(f"n must be a positive integer, got {n!r}")
+    try:
+        check_dataset_options(n=n, seed=seed, types=types, prefix=prefix)
+    except BenchError as exc:
+        raise SynthError(str(exc)) from None
     if not templates:
         raise SynthError("at least one template is needed")
+    for t in templates:
+        if not isinstance(t, Template):
+            raise SynthError(
+                f"templates must be Template objects (load_templates, template_from_files), "
+                f"got {type(t).__name__}"
+            )
+    names = [t.name for t in templates]
+    twice = sorted({x for x in names if names.count(x) > 1})
+    if twice:
+        raise SynthError(f"templates named {twice} are given more than once; each counts once")
     wanted = check_types(types)
     usable = tuple(t for t in wanted if any(tp.has_organ(organ_of(t)) for tp in templates))
     missing = tuple(t for t in wanted if t not in usable)
@@ -299,28 +357,38 @@ def synthesize_dataset(
         log.warning("no template has the organ of %s; those types are skipped", ", ".join(missing))
     if not usable:
         raise SynthError("none of the requested lesion types fits any template")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_dataset_folder(out)
     settings = {"format": FORMAT_VERSION, "seed": int(seed), "types": list(usable), "deform": bool(deform),
                 "templates": sorted(t.name for t in templates), "prefix": prefix}
     manifest = root / "synth.json"
     if manifest.exists():
-        old = json.loads(manifest.read_text())
+        old = _read_json(manifest, dict)
         if old != settings:
             diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
             raise SynthError(f"{root} holds a set made with other settings {diff}; "
                              "use the same options to resume or another --out")
-    else:
+    counts = _finished_counts(root)  # reads every report: a corrupt one is named before any write
+    finished = {int(c[len(prefix):]) for c in counts.cases if c[len(prefix):].isdigit()}
+    beyond = sum(1 for i in finished if i >= n)
+    summary = DatasetSummary(root=root, unavailable_types=missing, beyond_n=beyond)
+    if beyond and all(i in finished for i in range(n)):
+        # Nothing to do: every wanted case exists; say so, delete nothing.
+        summary.skipped_existing = n
+        summary.counts = dict(counts.by_type)
+        return summary
+    root.mkdir(parents=True, exist_ok=True)
+    if not manifest.exists():
         _atomic_bytes(manifest, json.dumps(settings, indent=1).encode())
-    summary = DatasetSummary(root=root, unavailable_types=missing)
     for sub in ("imagesTr", "labelsTr", "organs", "reports", "template_lesions"):  # temp files of a killed run
         for stale in (root / sub).glob(".*") if (root / sub).is_dir() else ():
             if stale.is_file() and (stale.name.endswith(".tmp") or stale.name.endswith(".nii.gz")):
                 stale.unlink()
-    write_dataset_json(root)  # the layout is valid (and loadable) while the run is in progress
+    # The layout is valid (and loadable) while the run is in progress; dataset.json is rewritten
+    # after every case, so an interrupted run leaves it current.
+    _write_dataset_json(root, counts.by_type)
     for i in tqdm(range(n), desc="lesions", disable=not progress):
         case = f"{prefix}{i:05d}"
-        if (root / "reports" / f"{case}.json").exists():
+        if case in counts.cases:
             summary.skipped_existing += 1
             continue
         rng = np.random.default_rng([int(seed), i])
@@ -334,24 +402,57 @@ def synthesize_dataset(
             summary.failed += 1
             continue
         write_case(root, sc)
+        counts.cases.add(case)
+        counts.by_type[lesion_type] += 1
         summary.written += 1
-        if summary.written % 25 == 0:
-            write_dataset_json(root)
-    write_dataset_json(root)
-    summary.counts = dict(Counter(json.loads(p.read_text())["lesion_type"] for p in (root / "reports").glob("*.json")))
+        _write_dataset_json(root, counts.by_type)
+    summary.counts = dict(counts.by_type)
     return summary
 
 
+def _read_json(path: Path, kind: type) -> Any:
+    """Parse a JSON file; errors name the file."""
+    try:
+        value = json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise SynthError(f"{path}: not a JSON text file ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise SynthError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise SynthError(f"{path}: the JSON must be an {kind.__name__}, found {type(value).__name__}")
+    return value
+
+
+@dataclass
+class _Finished:
+    cases: set[str]
+    by_type: Counter
+
+
+def _finished_counts(root: Path) -> _Finished:
+    """The finished cases (those with a report) and their lesion types."""
+    out = _Finished(cases=set(), by_type=Counter())
+    for path in sorted((root / "reports").glob("*.json")) if (root / "reports").is_dir() else ():
+        meta = _read_json(path, dict)
+        if "lesion_type" not in meta:
+            raise SynthError(f"{path}: the report has no 'lesion_type'")
+        out.cases.add(path.stem)
+        out.by_type[str(meta["lesion_type"])] += 1
+    return out
+
+
 def write_dataset_json(root: Path) -> dict[str, Any]:
-    """(Re)write ``dataset.json`` from the finished cases."""
-    reports = sorted((root / "reports").glob("*.json"))
-    counts = Counter(json.loads(p.read_text())["lesion_type"] for p in reports)
+    """(Re)write ``dataset.json`` from the finished cases (their reports)."""
+    return _write_dataset_json(Path(root), _finished_counts(Path(root)).by_type)
+
+
+def _write_dataset_json(root: Path, counts: Counter) -> dict[str, Any]:
     desc = {
         "name": "ctsynth rule-based lesions",
         "description": "Rule-based synthetic lesions on real CT templates (ctsynth-bench).",
         "channel_names": {"0": "CT"},
         "labels": {"background": 0, "lesion": 1},
-        "numTraining": len(reports),
+        "numTraining": sum(counts.values()),
         "file_ending": ".nii.gz",
         "lesion_types": dict(sorted(counts.items())),
         "extra_folders": {"organs": "TotalSegmentator v2 organ map", "reports": "structured report JSON",
@@ -362,22 +463,25 @@ def write_dataset_json(root: Path) -> dict[str, Any]:
 
 
 def template_from_files(ct_path: str | Path, organs_path: str | Path, *, name: str | None = None) -> Template:
-    """A template from a CT NIfTI and its TotalSegmentator v2 organ map (reoriented to RAS).
+    """A template from a CT file and its TotalSegmentator v2 organ map (reoriented to RAS).
+
+    The pair goes through the validation of every loader (:func:`ctsynth_bench.data.load_volume_set`:
+    readable 3D files, same shape and affine within tolerance, finite plausible HU, integer organ
+    ids in range) and then :class:`Template`'s.
 
     Raises:
-        SynthError: missing files or shapes that differ.
+        DataError: a file is missing, unreadable or fails a check (the message names it).
     """
-    import nibabel as nib
+    from .. import data
 
-    for p in (ct_path, organs_path):
-        if not Path(p).is_file():
-            raise SynthError(f"template file {p} does not exist")
-    ct_img = nib.as_closest_canonical(nib.load(str(ct_path)))
-    org_img = nib.as_closest_canonical(nib.load(str(organs_path)))
-    if ct_img.shape[:3] != org_img.shape[:3]:
-        raise SynthError(f"CT {ct_img.shape[:3]} and organ map {org_img.shape[:3]} shapes differ")
-    ct = np.asarray(ct_img.dataobj, dtype=np.float32)
-    organs = np.asarray(org_img.dataobj).astype(np.int16)
-    spacing = tuple(float(z) for z in ct_img.header.get_zooms()[:3])
-    return Template(name=name or Path(ct_path).name.split(".")[0], ct=ct, organs=organs,
-                    affine=np.asarray(ct_img.affine, dtype=np.float64), spacing=spacing)  # type: ignore[arg-type]
+    ct_path, organs_path = Path(ct_path), Path(organs_path)
+    stem = ct_path.name
+    for ext in (".nii.gz", ".nii", ".nrrd"):
+        stem = stem.removesuffix(ext)
+    case = data.load_volume_set(name or stem, ct=ct_path, organs=organs_path)
+    assert case.organs is not None  # asked for above
+    try:
+        return Template(name=case.name, ct=case.ct, organs=case.organs.astype(np.int16),
+                        affine=case.affine, spacing=case.spacing)
+    except BenchError as exc:  # name the files, not only the template
+        raise DataError(f"{ct_path} with {organs_path.name}: {exc}") from None

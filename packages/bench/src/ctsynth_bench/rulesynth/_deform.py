@@ -10,20 +10,64 @@ smooth, diffeomorphic in practice
 for amplitudes well below the grid spacing.
 
 Flips: a left-right flip turns a normal abdomen into situs inversus and exchanges lobes that have
-no counterpart (3 right vs 2 left lung lobes), so :func:`flip_allowed` only permits it when every
-lateral label present has a mirror label (:data:`LR_PAIRS`) and no unpaired lateral organ
-(liver, spleen, stomach, pancreas, gallbladder, lungs) is present.
+no counterpart (3 right vs 2 left lung lobes), so :func:`flip_allowed` only permits it when no
+unpaired lateral organ (:data:`UNPAIRED_LATERAL`: liver, spleen, stomach, pancreas, gallbladder,
+heart and great vessels, bowel with a side, the lungs) is present. A flip then exchanges every
+paired label (:data:`LR_PAIRS`, built from TotalSegmentator's names: ``hip_left`` <->
+``hip_right``, ``rib_left_7`` <-> ``rib_right_7``...), so each label stays on the patient's side
+its name says in world coordinates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from scipy import ndimage
 
-#: TotalSegmentator v2 left/right label pairs that a left-right flip exchanges.
-LR_PAIRS: dict[int, int] = {2: 3, 3: 2, 8: 9, 9: 8, 25: 26, 26: 25, 27: 28, 28: 27}
-#: Organs without a mirror image; a flip would move them to the wrong side.
-UNPAIRED_LATERAL: frozenset[int] = frozenset({1, 4, 5, 6, 7, 10, 11, 12, 13, 14})
+from ..data import TOTAL_V2
+
+
+def _mirror_name(name: str) -> str:
+    """``hip_left`` -> ``hip_right``; ``rib_left_7`` -> ``rib_right_7``; others unchanged."""
+    swap = {"left": "right", "right": "left"}
+    return "_".join(swap.get(part, part) for part in name.split("_"))
+
+
+def lr_pairs(table: Mapping[int, str]) -> dict[int, int]:
+    """Left/right label pairs of a label table, from the names: id -> id of its mirror label.
+
+    Args:
+        table: id -> name, with sides written as a ``left``/``right`` name part (TotalSegmentator).
+
+    Returns:
+        Both directions of every pair; labels without a mirror name are absent.
+    """
+    by_name = {name: i for i, name in table.items()}
+    pairs = {}
+    for i, name in table.items():
+        mirror = _mirror_name(name)
+        if mirror != name and mirror in by_name:
+            pairs[i] = by_name[mirror]
+    return pairs
+
+
+#: TotalSegmentator v2 left/right label pairs that a left-right flip exchanges (both directions).
+LR_PAIRS: dict[int, int] = lr_pairs(TOTAL_V2)
+#: Organs that lie on one side (or whose sides differ) without a mirror label; a flip would put
+#: them on the wrong side (situs inversus), so none may be present for a flip.
+_UNPAIRED_NAMES = (
+    "spleen", "gallbladder", "liver", "stomach", "pancreas", "duodenum", "colon", "heart", "aorta",
+    "inferior_vena_cava", "portal_vein_and_splenic_vein", "brachiocephalic_trunk",
+    "pulmonary_vein", "superior_vena_cava",
+)  # fmt: skip
+UNPAIRED_LATERAL: frozenset[int] = frozenset(
+    i
+    for i, name in TOTAL_V2.items()
+    if name in _UNPAIRED_NAMES
+    or name.startswith("lung_")  # 3 right vs 2 left lobes, the cardiac notch
+    or (_mirror_name(name) != name and i not in LR_PAIRS)  # a side without its mirror
+)
 
 
 def deformation_field(
@@ -83,8 +127,7 @@ def flip_lr(ct: np.ndarray, organs: np.ndarray, affine: np.ndarray) -> tuple[np.
     ct_f = np.flip(ct, axis=axis).copy()
     org_f = np.flip(organs, axis=axis).copy()
     lut = np.arange(max(int(org_f.max()), max(LR_PAIRS)) + 1)
-    for a, b in LR_PAIRS.items():
-        lut[a] = b
+    lut[list(LR_PAIRS)] = list(LR_PAIRS.values())
     return ct_f, lut[org_f].astype(organs.dtype)
 
 

@@ -230,7 +230,7 @@ _WALL_SHAPES = ("wall_thickening", "protrusion", "narrowing")
 
 def _check_tables() -> None:
     """Every canonical value of report-bbox's vocabulary has a rendering category (import-time check)."""
-    from report_bbox.vocabulary import VOCABULARY
+    from report_bbox import VOCABULARY
 
     for attribute, table in (("shape", SHAPE_OF), ("density", DENSITY_OF),
                              ("surface_characteristics", MARGIN_OF), ("specific_features", FEATURES_OF),

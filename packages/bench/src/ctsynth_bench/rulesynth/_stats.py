@@ -12,7 +12,6 @@ fraction of cases that agree.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,28 +178,42 @@ def check_rules(measures: Iterable[CaseMeasure]) -> list[RuleCheck]:
 
 def load_and_measure(root: str | Path, *, progress: bool = False) -> list[CaseMeasure]:
     """Measure every case of a dataset written by :func:`synthesize_dataset`."""
-    import nibabel as nib
     from tqdm.auto import tqdm
 
+    from ..data import read_nifti
+    from ._dataset import _read_json
+
     root = Path(root)
+    if not root.is_dir():
+        raise SynthError(f"{root}: no such folder; give a set written by 'bench data lesions'")
+    if (root / "dataset.json").is_file():
+        _read_json(root / "dataset.json", dict)  # a broken layout is named, not measured
     reports = sorted((root / "reports").glob("*.json")) if (root / "reports").is_dir() else []
     if not reports:
         raise SynthError(f"{root} holds no reports/*.json; is it a dataset written by 'bench data lesions'?")
     out: list[CaseMeasure] = []
     for path in tqdm(reports, desc="measuring", disable=not progress):
         case = path.stem
-        meta = json.loads(path.read_text())
+        meta = _read_json(path, dict)
+        missing = [k for k in ("report", "lesion_type") if k not in meta]
+        if missing:
+            raise SynthError(f"{path}: the report file has no {' or '.join(missing)!r}")
         try:
             report = report_bbox.Report.from_dict(meta["report"])
-        except report_bbox.ReportError as exc:
-            raise SynthError(f"{path}: the report is not valid: {exc}") from exc
-        spec = spec_from_report(report, lesion_type=meta["lesion_type"])
-        img = nib.load(root / "imagesTr" / f"{case}_0000.nii.gz")
-        ct = np.asarray(img.dataobj, dtype=np.float32)
-        lesion = np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj)
-        organs = np.asarray(nib.load(root / "organs" / f"{case}.nii.gz").dataobj)
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-        out.append(measure_case(ct, lesion, organs, spacing, spec, case=case))
+            spec = spec_from_report(report, lesion_type=meta["lesion_type"])
+        except (report_bbox.ReportError, SynthError, TypeError) as exc:
+            raise SynthError(f"{path}: the report is not valid: {exc}") from None
+        ct, affine = read_nifti(root / "imagesTr" / f"{case}_0000.nii.gz")
+        lesion, _ = read_nifti(root / "labelsTr" / f"{case}.nii.gz")
+        organs, _ = read_nifti(root / "organs" / f"{case}.nii.gz")
+        for name, arr in (("labelsTr", lesion), ("organs", organs)):
+            if arr.shape != ct.shape:
+                raise SynthError(
+                    f"{root / name / (case + '.nii.gz')}: shape {arr.shape} differs from the image "
+                    f"{ct.shape}"
+                )
+        spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+        out.append(measure_case(ct.astype(np.float32), lesion, organs, spacing, spec, case=case))
     return out
 
 

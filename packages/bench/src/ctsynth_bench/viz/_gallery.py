@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import report_bbox
 
-from ..exceptions import DataError
+from .._checks import check_file_target, check_lesion_types
+from ..data import read_nifti
+from ..exceptions import BenchError, DataError
+from ._views import _save_png_atomically
 
 _LUNG_WINDOW = (-600.0, 1500.0)
 _SOFT_WINDOW = (40.0, 300.0)
@@ -50,10 +53,14 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import nibabel as nib
 
+    try:
+        out = check_file_target(out, "make_gallery: out")
+        check_lesion_types(types, label="make_gallery: types")
+    except BenchError as exc:
+        raise DataError(str(exc)) from None
     root = Path(root)
-    metas = [json.loads(p.read_text()) for p in sorted((root / "reports").glob("*.json"))]
+    metas = [_read_report(p) for p in sorted((root / "reports").glob("*.json"))]
     if not metas:
         raise DataError(f"{root} holds no reports/*.json; is it a dataset written by 'bench data lesions'?")
     by_type: dict[str, dict] = {}
@@ -76,10 +83,12 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
         col0 *= 3
         meta = by_type[t]
         case = meta["case"]
-        img = nib.load(root / "imagesTr" / f"{case}_0000.nii.gz")
-        ct = np.asarray(img.dataobj, dtype=np.float32)
-        lab = np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj) > 0
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        ct, affine = read_nifti(root / "imagesTr" / f"{case}_0000.nii.gz")
+        ct = ct.astype(np.float32)
+        lab = read_nifti(root / "labelsTr" / f"{case}.nii.gz")[0] > 0
+        if lab.shape != ct.shape or not lab.any():
+            raise DataError(f"{root / 'labelsTr' / (case + '.nii.gz')}: empty, or not on the image's grid")
+        spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
         ext = np.ptp(np.argwhere(lab), axis=0) * np.asarray(spacing)
         half = float(max(25.0, 1.2 * ext.max()))
         center, width = _LUNG_WINDOW if meta["synthesis"]["spec"]["organ"] == "lung" else _SOFT_WINDOW
@@ -99,8 +108,20 @@ def make_gallery(root: str | Path, out: str | Path, *, types: tuple[str, ...] | 
                 ax.set_title(("axial", "coronal", "sagittal")[col], fontsize=8)
         shown.append(case)
     fig.tight_layout()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        _save_png_atomically(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     return shown
+
+
+def _read_report(path: Path) -> dict:
+    """One ``reports/*.json`` with the fields the gallery reads; errors name the file."""
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not {"case", "lesion_type", "synthesis"} <= set(meta):
+        raise DataError(f"{path}: not a report of 'bench data lesions' (case, lesion_type, synthesis)")
+    return meta

@@ -8,12 +8,15 @@ aspect ratio from the voxel spacing, in radiological convention for the axial an
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..exceptions import DataError
+from .._checks import check_file_target
+from ..exceptions import BenchError, DataError
 
 #: Named HU windows (centre, width).
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -71,6 +74,8 @@ def render_views(
     ct = np.asarray(ct)
     if ct.ndim != 3:
         raise DataError(f"render_views: ct must be 3D (X, Y, Z), got shape {ct.shape}")
+    if ct.dtype.kind not in "iuf" or not np.all(np.isfinite(ct)):
+        raise DataError("render_views: ct must hold finite numbers (HU); found NaN, inf or non-numbers")
     if label is not None:
         label = np.asarray(label) != 0
         if label.shape != ct.shape:
@@ -78,8 +83,14 @@ def render_views(
     if len(spacing) != 3 or min(spacing) <= 0:
         raise DataError(f"render_views: spacing must be 3 positive mm values, got {spacing}")
     centre_hu, width = float(window[0]), float(window[1])
-    if width <= 0:
-        raise DataError(f"render_views: window width must be > 0, got {width}")
+    if not (np.isfinite(centre_hu) and np.isfinite(width)) or width <= 0:
+        raise DataError(
+            f"render_views: window must be a finite centre and a width > 0 (HU), got {window}"
+        )
+    try:
+        out = check_file_target(out, "render_views: out")
+    except BenchError as exc:
+        raise DataError(str(exc)) from None
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -111,7 +122,28 @@ def render_views(
     if caption:
         fig.text(0.5, 0.02, textwrap.fill(caption, 150), ha="center", va="bottom", fontsize=8, wrap=True)
         fig.subplots_adjust(bottom=0.16)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format="png")
+    _save_png_atomically(fig, out, dpi=dpi)
     return out
+
+
+def _save_png_atomically(fig: Any, out: Path, *, dpi: int) -> None:
+    """Write the figure to a temporary PNG beside ``out`` and rename it: never a half-written file."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -8,10 +8,14 @@ to the model with the validation error and the request retried, up to ``max_atte
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import re
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -20,11 +24,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._lesion_types import LESION_TYPES, lesion_type_name
+from ._report import LESION_ORGANS, Report, validate_organ
+from ._sampling import check_report_fits, normalize_fixed, sample_report
+from ._vocabulary import VOCABULARY
 from .exceptions import ReportError, ReportWriterError
-from .lesion_types import LESION_TYPES, lesion_type_name
-from .report import LESION_ORGANS, Report, _validate_organ
-from .sampling import _normalize_fixed, check_report_fits, sample_report
-from .vocabulary import VOCABULARY
 
 __all__ = [
     "FakeReportWriter",
@@ -60,8 +64,8 @@ class ReportRequest:
         if self.lesion_type is not None:
             object.__setattr__(self, "lesion_type", lesion_type_name(self.lesion_type))
         if self.organ is not None:
-            object.__setattr__(self, "organ", _validate_organ(self.organ))
-        object.__setattr__(self, "fixed", _normalize_fixed(dict(self.fixed)))
+            object.__setattr__(self, "organ", validate_organ(self.organ))
+        object.__setattr__(self, "fixed", normalize_fixed(dict(self.fixed)))
 
 
 @runtime_checkable
@@ -205,7 +209,9 @@ class OpenAIChatReportWriter:
             never asks (JSON is parsed from the text).
         max_attempts: Total chat calls per report (answers that fail validation and transport
             errors both count).
-        timeout_s: Socket timeout of each HTTP call in seconds.
+        timeout_s: Deadline of each chat call in seconds, from connecting to the last byte of
+            the answer (a server that trickles bytes is cut off when it passes, not when one
+            read stalls); :meth:`write` thus returns within about ``max_attempts * timeout_s``.
         temperature: Sampling temperature sent to the server.
         max_tokens: Answer length limit sent to the server.
     """
@@ -248,7 +254,10 @@ class OpenAIChatReportWriter:
         self.max_tokens = max_tokens
         self._use_schema = structured_output != "none"
 
-    def _post(self, messages: list[dict[str, str]]) -> str:
+    def _post(self, messages: list[dict[str, str]], deadline: float | None = None) -> str:
+        """One chat call, cut off at ``deadline`` (``time.monotonic()`` seconds)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout_s
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -266,11 +275,26 @@ class OpenAIChatReportWriter:
         req = urllib.request.Request(
             self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
         )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _TransportError(
+                f"no answer from {self.url} within timeout_s={self.timeout_s:g} s"
+            )
+        watchdog = _Watchdog()
+        timer = threading.Timer(remaining, watchdog.expire)
+        timer.daemon = True
+        timer.start()
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
+            opener = urllib.request.build_opener(
+                _DeadlineHTTPHandler(watchdog), _DeadlineHTTPSHandler(watchdog)
+            )
+            with opener.open(req, timeout=remaining) as resp:
+                raw = resp.read()
+            if watchdog.expired:
+                raise TimeoutError("deadline passed")
+            payload = json.loads(raw.decode("utf-8"))
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
+            detail = exc.read().decode("utf-8", "replace")[:500] if not watchdog.expired else ""
             if (
                 exc.code in (400, 422)
                 and self._use_schema
@@ -279,12 +303,18 @@ class OpenAIChatReportWriter:
             ):
                 logger.info("server rejected response_format; falling back to JSON in text")
                 self._use_schema = False
-                return self._post(messages)
+                return self._post(messages, deadline)
             raise _TransportError(f"HTTP {exc.code} from {self.url}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if watchdog.expired:
+                raise _TransportError(
+                    f"no complete answer from {self.url} within timeout_s={self.timeout_s:g} s"
+                ) from None
             raise _TransportError(f"cannot reach {self.url}: {exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _TransportError(f"{self.url} did not answer JSON: {exc}") from None
+        finally:
+            timer.cancel()
         try:
             content = payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -335,3 +365,73 @@ class OpenAIChatReportWriter:
 
 class _TransportError(Exception):
     """An HTTP-level failure (counted against the attempt budget)."""
+
+
+class _Watchdog:
+    """Shuts down the sockets of one chat call when its deadline passes.
+
+    A socket timeout bounds each read, so a server sending one byte per second would hold the
+    call forever; shutting the socket down from a timer makes the blocked read return at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self.expired = False
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def _watched(cls: type[http.client.HTTPConnection], watchdog: _Watchdog) -> Any:
+    """A connection factory for ``cls`` whose sockets are registered with ``watchdog``."""
+
+    def create_connection(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.create_connection(*args, **kwargs)
+        watchdog.register(sock)
+        return sock
+
+    def factory(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = cls(*args, **kwargs)
+        conn._create_connection = create_connection  # type: ignore[attr-defined]
+        return conn
+
+    return factory
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_watched(http.client.HTTPConnection, self._watchdog), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            _watched(http.client.HTTPSConnection, self._watchdog),
+            req,
+            context=self._context,
+        )

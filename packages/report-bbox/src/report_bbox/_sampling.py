@@ -1,8 +1,8 @@
-"""Sample structured reports from the lesion-type table (:mod:`report_bbox.lesion_types`).
+"""Sample structured reports from the lesion-type table (`LESION_TYPES`).
 
 ``sample_report`` picks a lesion type (given, or drawn uniformly among the types compatible with
 the requested organ and fixed values), then every categorical attribute from that type's allowed
-values, subject to the co-occurrence :data:`~report_bbox.lesion_types.RULES` (a randomized
+values, subject to the co-occurrence `RULES` (a randomized
 depth-first search, so a consistent report is found whenever one exists), then a size: the
 largest diameter log-uniform in the type's ``size_mm`` range, the two other axes that diameter
 times a uniform draw from ``aspect_range``, on a random axis order.
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ._lesion_types import LESION_TYPES, LesionTypeSpec, lesion_type_name, rule_violations
 from ._organs import ORGANS
+from ._report import KEY_ALIASES, Report, norm_key, parse_size_mm, validate_organ
+from ._vocabulary import ATTRIBUTES, VOCABULARY, canonical_value
 from .exceptions import ReportError
-from .lesion_types import LESION_TYPES, LesionTypeSpec, lesion_type_name, rule_violations
-from .report import KEY_ALIASES, Report, norm_key, parse_size_mm, validate_organ
-from .vocabulary import ATTRIBUTES, VOCABULARY, canonical_value
 
 __all__ = ["check_report_fits", "sample_report"]
 
@@ -199,6 +199,3 @@ def check_report_fits(report: Report, lesion_type: str | None = None) -> list[st
         out.extend(_incompatibilities(spec, fixed))
     return out
 
-
-# Old private spelling, still imported by ``llm.py`` until it imports ``normalize_fixed``.
-_normalize_fixed = normalize_fixed

@@ -7,8 +7,12 @@ A sampler is built with a scheduler (which holds no model) and runs::
         eps = eps_u + s * (eps_c - eps_u)          # classifier-free guidance, Ho & Salimans 2022
         x = scheduler.step(eps, t, x, generator=generator).prev_sample
 
-The model is any callable ``model(x, timesteps, context) -> eps`` (e.g. :class:`LevelContextUNet`),
-where ``x`` is the noisy sample with the spatial conditions concatenated along channels. The
+The model is any callable ``model(x, timesteps, context=context) -> eps`` (e.g.
+:class:`LevelContextUNet`), called with ``context`` as a keyword (possibly ``None``). Spatial
+conditions are a separate ``cond=`` input of the sampler; it concatenates them to the noisy sample
+along channels, so ``x`` is ``cat(x_t, cond)``. ``timesteps`` is a ``(B,)`` int64 tensor. The loop
+iterates over the scheduler's timestep tensor on the sample's device and makes no host round trip
+per step; inputs are checked once (shapes, finiteness) before the first network call. The
 unconditional branch uses :func:`null_context` (zeros of the context's shape), the same null that
 :func:`drop_context` substitutes during training. With ``guidance_scale == 1`` (or no context) only
 the conditional branch is evaluated, so the result is exactly the plain conditional output.
@@ -21,20 +25,32 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ._random import draw_rand
+from ._schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler
+from ._unet import Context
 from .exceptions import ConfigError, ShapeError
-from .schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler
-from .unet import Context
 
 __all__ = [
     "EpsModel",
     "GaussianSampler",
     "InpaintingSampler",
+    "check_finite",
     "drop_context",
     "guided_eps",
     "null_context",
+    "unwrap_model",
 ]
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor, Context], torch.Tensor]
+EpsModel = Callable[..., torch.Tensor]
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (or ``model``).
+
+    Training losses read the config from it; they call the network only through ``model(...)``.
+    """
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def null_context(context: Context) -> Context:
@@ -57,7 +73,7 @@ def drop_context(
     Args:
         context: (B, L, D) tensor, list of them, or None.
         drop_prob: probability in [0, 1).
-        generator: random source (CPU generator for CPU tensors).
+        generator: random source (drawn on its device, then moved to the context's device).
     """
     if not 0.0 <= drop_prob < 1.0:
         raise ConfigError(f"condition drop probability must be in [0, 1), got {drop_prob}")
@@ -65,7 +81,7 @@ def drop_context(
         return context
     first = context if isinstance(context, torch.Tensor) else context[0]
     b = first.shape[0]
-    keep = torch.rand(b, generator=generator, device=first.device) >= drop_prob
+    keep = draw_rand((b,), generator=generator, device=first.device) >= drop_prob
     if isinstance(context, torch.Tensor):
         return context * keep.reshape(b, 1, 1).to(context.dtype)
     return [c * keep.reshape(b, 1, 1).to(c.dtype) for c in context]
@@ -80,7 +96,7 @@ def _cat_context(a: Context, b: Context) -> Context:
 def guided_eps(
     model: EpsModel,
     x: torch.Tensor,
-    t: int,
+    t: int | torch.Tensor,
     *,
     cond: torch.Tensor | None = None,
     context: Context = None,
@@ -89,9 +105,9 @@ def guided_eps(
     """Noise prediction with classifier-free guidance.
 
     Args:
-        model: ``model(x, timesteps, context) -> eps``.
+        model: ``model(x, timesteps, context=context) -> eps``.
         x: noisy sample (B, C, *spatial).
-        t: integer timestep for the whole batch.
+        t: integer timestep for the whole batch (int or 0-d tensor), or a (B,) tensor.
         cond: spatial conditions (B, C_cond, *spatial) concatenated after ``x``, or None.
         context: text context(s) or None.
         guidance_scale: s in ``eps_u + s (eps_c - eps_u)``; 1 means no guidance (one forward).
@@ -100,11 +116,10 @@ def guided_eps(
         eps (B, C, *spatial).
     """
     inp = x if cond is None else torch.cat([x, cond], dim=1)
+    ts = torch.as_tensor(t, device=x.device).long().reshape(-1).expand(x.shape[0])
     if context is None or guidance_scale == 1.0:
-        ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        return model(inp, ts, context)
-    ts = torch.full((2 * x.shape[0],), t, device=x.device, dtype=torch.long)
-    both = model(torch.cat([inp, inp], dim=0), ts, _cat_context(context, null_context(context)))
+        return model(inp, ts, context=context)
+    both = model(torch.cat([inp, inp], dim=0), ts.repeat(2), context=_cat_context(context, null_context(context)))
     eps_c, eps_u = both.chunk(2, dim=0)
     return eps_u + guidance_scale * (eps_c - eps_u)
 
@@ -114,6 +129,21 @@ def _check_cond(x: torch.Tensor, cond: torch.Tensor | None) -> None:
         raise ShapeError(
             f"spatial condition {tuple(cond.shape)} must be (B, C, *spatial) matching sample {tuple(x.shape)}"
         )
+
+
+def check_finite(**inputs: torch.Tensor | Sequence[torch.Tensor | None] | None) -> None:
+    """Raise :class:`ShapeError` naming the first input that holds NaN or infinite values.
+
+    Args:
+        **inputs: tensors, lists of tensors (per-level contexts) or None, by name.
+    """
+    for name, value in inputs.items():
+        items = [value] if value is None or isinstance(value, torch.Tensor) else list(value)
+        for i, v in enumerate(items):
+            if isinstance(v, torch.Tensor) and v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
+                where = name if len(items) == 1 and isinstance(value, torch.Tensor) else f"{name}[{i}]"
+                bad = int((~torch.isfinite(v)).sum())
+                raise ShapeError(f"{where} holds {bad} non-finite value(s) (NaN or inf); all values must be finite")
 
 
 class GaussianSampler:
@@ -154,7 +184,7 @@ class GaussianSampler:
         """Run the reverse process from ``x_T = noise``.
 
         Args:
-            model: ``model(x, timesteps, context) -> eps``.
+            model: ``model(x, timesteps, context=context) -> eps``.
             noise: x_T (B, C, *spatial), standard normal.
             cond: spatial conditions concatenated to x_t at every step, (B, C_cond, *spatial).
             context: (B, L, D), a list of per-level contexts, or None.
@@ -166,10 +196,11 @@ class GaussianSampler:
             x_0 (B, C, *spatial), same dtype/device as ``noise``.
         """
         _check_cond(noise, cond)
+        check_finite(noise=noise, cond=cond, context=context)
         s = self.guidance_scale if guidance_scale is None else float(guidance_scale)
-        self.scheduler.set_timesteps(self.num_inference_steps)
+        self.scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
         x = noise
-        for t in tqdm(self.scheduler.timesteps.tolist(), disable=not progress, desc="sampling"):
+        for t in tqdm(self.scheduler.timesteps, disable=not progress, desc="sampling"):
             eps = guided_eps(model, x, t, cond=cond, context=context, guidance_scale=s)
             x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
         return x
@@ -218,7 +249,7 @@ class InpaintingSampler:
         """Inpaint ``known`` inside ``mask``.
 
         Args:
-            model: ``model(x, timesteps, context) -> eps``.
+            model: ``model(x, timesteps, context=context) -> eps``.
             known: clean latent z_0 (B, C, *spatial).
             mask: binary (B, 1, *spatial), 1 = generate. Outside it the output equals ``known``
                 exactly.
@@ -234,12 +265,13 @@ class InpaintingSampler:
         if isinstance(cond, Sequence):
             cond = torch.cat(list(cond), dim=1)
         _check_cond(known, cond)
+        check_finite(known=known, mask=mask, cond=cond, context=context)
         s = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         sch = self.scheduler
-        sch.set_timesteps(self.num_inference_steps)
+        sch.set_timesteps(self.num_inference_steps, device=known.device)
         mask = mask.to(dtype=known.dtype)
         x = sch.initial_sample(known, mask, generator=generator)
-        for t in tqdm(sch.timesteps.tolist(), disable=not progress, desc="inpainting"):
+        for t in tqdm(sch.timesteps, disable=not progress, desc="inpainting"):
             eps = guided_eps(model, x, t, cond=cond, context=context, guidance_scale=s)
             x = sch.step(eps, t, x, known=known, mask=mask, generator=generator).prev_sample
         return x

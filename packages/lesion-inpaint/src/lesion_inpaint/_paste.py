@@ -64,11 +64,24 @@ def paste_back(
 
     Returns:
         A new array; voxels where the weight is 0 are bit-identical to ``volume``.
+
+    Raises:
+        ShapeError: shapes disagree, the crop does not fit, or ``volume`` / ``crop`` holds NaN or
+            infinite values.
     """
     if volume.ndim != 3 or crop.ndim != 3 or mask.shape != crop.shape:
         raise ShapeError(
             f"need a 3D volume and crop/mask of equal 3D shape, got {volume.shape}, {crop.shape}, {mask.shape}"
         )
+    for name, arr in (("volume", volume), ("crop", crop)):
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ShapeError(f"{name} must be a real-valued array in HU, got dtype {arr.dtype}")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ShapeError(
+                f"{name} holds {int(arr.size - finite.sum())} non-finite voxel(s) (NaN or inf); paste_back "
+                "needs finite HU values in both the CT and the decoded crop"
+            )
     lo = tuple(int(o) for o in offset)
     hi = tuple(o + s for o, s in zip(lo, crop.shape, strict=True))
     if any(o < 0 for o in lo) or any(h > s for h, s in zip(hi, volume.shape, strict=True)):

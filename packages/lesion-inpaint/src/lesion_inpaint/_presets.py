@@ -6,23 +6,28 @@
 0.0015-0.0195 schedule, 200 DDIM steps (eta 1) and guidance 2.5. The context size defaults to the
 text encoder the paper used (BiomedCLIP 512 for LesionDiffusion, ERNIE-health 768 for GuideGen);
 pass ``context_dim`` for another encoder (e.g. 384 for all-MiniLM-L6-v2, the ``demo`` default).
+
+The latent generator's label map has 21 classes (GuideGen's label space, the same as
+cat-diffusion's presets), one-hot encoded on the latent grid; LMNet's organ map takes ids up to 117
+(TotalSegmentator v2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from .diffusion_config import DiffusionConfig
+from ._diffusion_config import DiffusionConfig
+from ._latent_generator import LatentGeneratorConfig
+from ._linet import LINetConfig
+from ._lmnet import LMNetConfig
+from ._unet import UNetConfig
 from .exceptions import ConfigError, did_you_mean
-from .latent_generator import LatentGeneratorConfig
-from .linet import LINetConfig
-from .lmnet import LMNetConfig
-from .unet import UNetConfig
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
     """A whole-system size preset.
 
@@ -55,10 +60,12 @@ def _demo() -> Preset:
             unet=UNetConfig(in_channels=4, out_channels=1, **{**small, "channels": (8, 16, 32), "num_head_channels": 8,
                                                              "norm_num_groups": 4}),
             diffusion=diff,
+            organ_id_max=117,
         ),
         linet=LINetConfig(latent_channels=4, unet=UNetConfig(in_channels=5, out_channels=4, **small), diffusion=diff),
         latent_generator=LatentGeneratorConfig(
-            latent_channels=4, cond_channels=2, unet=UNetConfig(in_channels=6, out_channels=4, **small), diffusion=diff
+            latent_channels=4, num_label_classes=21, unet=UNetConfig(in_channels=25, out_channels=4, **small),
+            diffusion=diff,
         ),
         mask_crop=(32, 32, 32),
         inpaint_latent=(16, 16, 16),
@@ -78,6 +85,7 @@ def _paper() -> Preset:
             ),
             diffusion=diff,
             gamma=0.001,
+            organ_id_max=117,
         ),
         linet=LINetConfig(
             latent_channels=4,
@@ -86,8 +94,8 @@ def _paper() -> Preset:
         ),
         latent_generator=LatentGeneratorConfig(
             latent_channels=8,
-            cond_channels=2,
-            unet=UNetConfig(in_channels=10, out_channels=8, attention_levels=(False, True, True), context_dim=768, **big),
+            num_label_classes=21,
+            unet=UNetConfig(in_channels=29, out_channels=8, attention_levels=(False, True, True), context_dim=768, **big),
             diffusion=diff,
         ),
         mask_crop=(64, 152, 152),
@@ -99,23 +107,36 @@ def _paper() -> Preset:
 PRESETS = {"demo": _demo, "paper": _paper}
 
 
-def get_preset(name: str, *, context_dim: int | None = None) -> Preset:
-    """Look up a preset by name.
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """Look up a preset by name, optionally overriding some of its fields.
 
     Args:
         name: ``"demo"`` or ``"paper"``.
-        context_dim: override the text-context size D of all three UNets.
+        **overrides: ``context_dim`` (the text-context size D of all three UNets) and/or any
+            :class:`Preset` field except ``name`` (``lmnet``, ``linet``, ``latent_generator``,
+            ``mask_crop``, ``inpaint_latent``, ``generator_latent``).
 
     Returns:
         The frozen :class:`Preset`.
+
+    Raises:
+        ConfigError: unknown name (with a suggestion) or unknown override keys (listing the allowed
+            ones).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}." + did_you_mean(name, PRESETS))
-    p = PRESETS[name]()
+    allowed = ["context_dim", *(f.name for f in fields(Preset) if f.name != "name")]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown preset override(s) {unknown}; allowed: {allowed}." + did_you_mean(unknown[0], allowed)
+        )
+    context_dim = overrides.pop("context_dim", None)
+    p = replace(PRESETS[name](), **overrides)
     if context_dim is None:
         return p
-    if context_dim < 1:
-        raise ConfigError(f"context_dim must be a positive integer, got {context_dim}")
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        raise ConfigError(f"context_dim must be a positive integer, got {context_dim!r}")
     return replace(
         p,
         lmnet=replace(p.lmnet, unet=replace(p.lmnet.unet, context_dim=context_dim)),

@@ -1,9 +1,11 @@
 """LMNet: Gaussian diffusion on the lesion mask in pixel space (LesionDiffusion Sec. 2.1).
 
 The binary mask m in {0, 1} is diffused as x_0 = 2m - 1 in [-1, 1]. The UNet sees
-``cat(x_t, organ_map, target_organ, bbox)`` (4 channels; ``organ_map`` is the surrounding organ
-label map scaled to [0, 1], e.g. TotalSegmentator ids / 104) and the mask attributes by
-cross-attention. Loss, Eq. (2)::
+``cat(x_t, organ_map / organ_id_max, target_organ, bbox)`` (4 channels) and the mask attributes by
+cross-attention. ``organ_map`` is the integer label map of the surrounding organs (e.g.
+TotalSegmentator ids); its encoding, ids divided by ``LMNetConfig.organ_id_max`` (default 117, the
+largest TotalSegmentator v2 id; the authors' code divides by 104, the v1 class count), lives in the
+config and out-of-range ids are rejected. Loss, Eq. (2)::
 
     L = ||eps * B - eps_hat * B||^2 + gamma * ||eps - eps_hat||^2,     gamma = 0.001
 
@@ -11,7 +13,10 @@ Inference: DDIM with classifier-free guidance, then the continuous output become
 a fixed threshold or by the threshold (swept 0.9 -> 0.3 on (x_0 + 1) / 2, as the authors do) whose
 largest connected component has the volume closest to the requested one; only the largest
 component is kept; an empty result is retried with fresh noise and finally reported with
-:class:`EmptyMaskError`.
+:class:`EmptyMaskError`. An empty bbox is rejected before any network call.
+
+Training surface: :func:`lmnet_training_loss` takes the model (or its ``DistributedDataParallel``
+wrapper) per call and runs the network only through ``model(x, t, context=ctx)``.
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._diffusion_config import DiffusionConfig
+from ._random import draw_randint, draw_randn
+from ._sampling import GaussianSampler, drop_context, unwrap_model
+from ._unet import Context, UNetConfig, build_unet
 from .exceptions import ConfigError, EmptyMaskError, ShapeError
-from .sampling import GaussianSampler, drop_context
-from .unet import Context, LevelContextUNet, UNetConfig
 
-__all__ = ["LMNet", "LMNetConfig", "binarize_mask", "lmnet_loss"]
+__all__ = ["LMNet", "LMNetConfig", "binarize_mask", "lmnet_loss", "lmnet_training_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +121,7 @@ def binarize_mask(
     return _largest_component(m) if m.any() else m
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LMNetConfig:
     """LMNet configuration.
 
@@ -126,6 +131,9 @@ class LMNetConfig:
         gamma: weight of the whole-crop term of Eq. (2) (paper: 0.001).
         threshold: fixed threshold in (0, 1) or ``"volume"`` (match the requested volume).
         max_attempts: sampling attempts before an empty mask is reported.
+        organ_id_max: largest organ id the organ map may hold; the map enters the UNet as
+            ``ids / organ_id_max`` in [0, 1]. 117 covers TotalSegmentator v2 (the authors used
+            104, TotalSegmentator v1).
     """
 
     unet: UNetConfig
@@ -133,6 +141,7 @@ class LMNetConfig:
     gamma: float = 0.001
     threshold: float | Literal["volume"] = "volume"
     max_attempts: int = 3
+    organ_id_max: int = 117
 
     def __post_init__(self) -> None:
         if self.unet.in_channels != 4 or self.unet.out_channels != 1:
@@ -144,6 +153,11 @@ class LMNetConfig:
             raise ConfigError(f"gamma must be >= 0, got {self.gamma}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if isinstance(self.organ_id_max, bool) or not isinstance(self.organ_id_max, int) or self.organ_id_max < 1:
+            raise ConfigError(
+                f"organ_id_max must be a positive int (the largest organ id, e.g. 117 for "
+                f"TotalSegmentator v2), got {self.organ_id_max!r}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -153,6 +167,7 @@ class LMNetConfig:
             "gamma": self.gamma,
             "threshold": self.threshold,
             "max_attempts": self.max_attempts,
+            "organ_id_max": self.organ_id_max,
         }
 
     @classmethod
@@ -164,6 +179,7 @@ class LMNetConfig:
             gamma=d["gamma"],
             threshold=d["threshold"],
             max_attempts=d["max_attempts"],
+            organ_id_max=d["organ_id_max"],
         )
 
 
@@ -174,12 +190,12 @@ class LMNet(nn.Module):
         config: :class:`LMNetConfig`.
     """
 
-    kind = "lmnet"
-
-    def __init__(self, config: LMNetConfig) -> None:
+    def __init__(self, *, config: LMNetConfig) -> None:
         super().__init__()
+        if not isinstance(config, LMNetConfig):
+            raise TypeError(f"config must be a LMNetConfig, got {type(config).__name__}")
         self.config = config
-        self.unet = LevelContextUNet(config.unet)
+        self.unet = build_unet(config.unet)
         self.train_scheduler = config.diffusion.ddpm()
 
     def _spatial(self, organ_map: torch.Tensor, target_organ: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
@@ -189,9 +205,52 @@ class LMNet(nn.Module):
                 raise ShapeError(
                     f"{name} must be (B, 1, *spatial) like organ_map {tuple(organ_map.shape)}, got {tuple(v.shape)}"
                 )
-        if float(organ_map.min()) < 0 or float(organ_map.max()) > 1:
-            raise ShapeError("organ_map must be scaled to [0, 1] (e.g. TotalSegmentator ids / 104)")
-        return torch.cat([organ_map, target_organ, bbox], dim=1).float()
+        return torch.cat([self.encode_organ_map(organ_map), target_organ.float(), bbox.float()], dim=1)
+
+    def encode_organ_map(self, organ_map: torch.Tensor) -> torch.Tensor:
+        """The organ-map channel: integer ids divided by ``config.organ_id_max``.
+
+        Args:
+            organ_map: integer organ ids (B, 1, *spatial) in [0, organ_id_max] (0 = background).
+
+        Returns:
+            float32 (B, 1, *spatial) in [0, 1].
+        """
+        top = self.config.organ_id_max
+        if organ_map.dtype.is_floating_point or organ_map.dtype == torch.bool:
+            raise ShapeError(
+                f"organ_map must hold integer organ ids in [0, {top}] (e.g. TotalSegmentator ids), got "
+                f"dtype {organ_map.dtype}; the encoding (ids / organ_id_max) is done here"
+            )
+        lo, hi = int(organ_map.min()), int(organ_map.max())
+        if lo < 0 or hi > top:
+            raise ShapeError(
+                f"organ_map holds ids in [{lo}, {hi}], allowed [0, {top}] (LMNetConfig.organ_id_max="
+                f"{top}); raise organ_id_max for a label set with larger ids"
+            )
+        return organ_map.float() / top
+
+    @staticmethod
+    def _check_bbox_not_empty(bbox: torch.Tensor) -> None:
+        empty = (bbox.flatten(1) > 0).sum(1) == 0
+        if bool(empty.any()):
+            raise ShapeError(
+                f"bbox is empty (no voxel > 0) for batch item(s) {empty.nonzero().flatten().tolist()}; "
+                "each sample needs a non-empty lesion box"
+            )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: Context = None) -> torch.Tensor:
+        """The denoiser: ``eps_hat = unet(cat(x_t, organ map, target organ, bbox), t, context)``.
+
+        Args:
+            x: (B, 4, *spatial), the noisy mask then the three spatial conditions.
+            timesteps: (B,) integers in [0, T-1].
+            context: mask-attribute context (B, L, D) or a per-level list.
+
+        Returns:
+            Predicted noise (B, 1, *spatial).
+        """
+        return self.unet(x, timesteps, context=context)
 
     def training_loss(
         self,
@@ -203,27 +262,11 @@ class LMNet(nn.Module):
         context: Context = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Eq. (2) on one batch, with condition dropout.
-
-        Args:
-            mask: lesion mask (B, 1, *spatial) in {0, 1}.
-            organ_map: surrounding organ map (B, 1, *spatial) in [0, 1].
-            target_organ: target organ mask (B, 1, *spatial) in {0, 1}.
-            bbox: lesion bbox mask (B, 1, *spatial) in {0, 1}.
-            context: mask-attribute context(s) or None.
-            generator: random source of t, eps and dropout.
-        """
-        cond = self._spatial(organ_map, target_organ, bbox).to(mask.device)
-        if mask.shape != organ_map.shape:
-            raise ShapeError(f"mask {tuple(mask.shape)} must match organ_map {tuple(organ_map.shape)}")
-        x0 = mask.float() * 2 - 1
-        b = x0.shape[0]
-        t = torch.randint(0, self.config.diffusion.num_train_timesteps, (b,), generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        xt = self.train_scheduler.add_noise(x0, noise, t)
-        ctx = drop_context(context, self.config.diffusion.cond_drop_prob, generator=generator)
-        eps_hat = self.unet(torch.cat([xt, cond], dim=1), t, ctx)
-        return lmnet_loss(noise, eps_hat, bbox, gamma=self.config.gamma)
+        """``lmnet_training_loss(self, ...)``; under DDP call :func:`lmnet_training_loss` with the wrapper."""
+        return lmnet_training_loss(
+            self, mask, organ_map=organ_map, target_organ=target_organ, bbox=bbox, context=context,
+            generator=generator,
+        )
 
     def sampler(
         self, *, num_inference_steps: int | None = None, guidance_scale: float | None = None
@@ -248,10 +291,11 @@ class LMNet(nn.Module):
     ) -> torch.Tensor:
         """The raw DDIM output mapped to [0, 1], shape (B, 1, *spatial)."""
         cond = self._spatial(organ_map, target_organ, bbox)
+        self._check_bbox_not_empty(bbox)
         p = next(self.unet.parameters())
-        noise = torch.randn(organ_map.shape, generator=generator, device=organ_map.device, dtype=p.dtype)
+        noise = draw_randn(organ_map.shape, generator=generator, device=organ_map.device, dtype=p.dtype)
         x = self.sampler(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale).sample(
-            self.unet, noise, cond=cond.to(p.dtype), context=context, generator=generator, progress=progress
+            self, noise, cond=cond.to(p.dtype), context=context, generator=generator, progress=progress
         )
         return ((x.clamp(-1, 1) + 1) / 2).float()
 
@@ -273,9 +317,9 @@ class LMNet(nn.Module):
         """Generate binary lesion masks.
 
         Args:
-            organ_map: (B, 1, *spatial) in [0, 1].
+            organ_map: integer organ ids (B, 1, *spatial) in [0, organ_id_max].
             target_organ: (B, 1, *spatial) in {0, 1}.
-            bbox: (B, 1, *spatial) in {0, 1}.
+            bbox: (B, 1, *spatial) in {0, 1}, at least one voxel per sample.
             context: mask-attribute context (B, L, D), a per-level list, or None.
             target_volume: requested voxels per sample (scalar or (B,)); default: the volume of
                 the ellipsoid inscribed in each bbox (pi/6 of the box).
@@ -289,8 +333,11 @@ class LMNet(nn.Module):
             uint8 masks (B, 1, *spatial), one connected component each.
 
         Raises:
+            ShapeError: a bbox is empty or an input is malformed (before any network call).
             EmptyMaskError: a sample stayed empty after ``config.max_attempts`` attempts.
         """
+        self._spatial(organ_map, target_organ, bbox)  # shapes and organ ids, before any network call
+        self._check_bbox_not_empty(bbox)
         th = self.config.threshold if threshold is None else threshold
         b = organ_map.shape[0]
         if target_volume is None:
@@ -325,14 +372,57 @@ class LMNet(nn.Module):
             "attempts; check that the bbox lies inside the target organ, raise max_attempts, or lower the threshold"
         )
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` + ``config.json`` atomically."""
-        save_checkpoint(directory, kind=self.kind, config=self.config.to_dict(), state_dict=self.state_dict())
+    def save(self, path: str | os.PathLike) -> None:
+        """``save_checkpoint(self, path)``: ``model.safetensors`` + ``config.json``, atomically."""
+        from ._checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> LMNet:
-        """Load a checkpoint written by :meth:`save` (safetensors, no pickle)."""
-        cfg, sd = load_checkpoint(directory, kind=cls.kind, device=device)
-        model = cls(LMNetConfig.from_dict(cfg))
-        model.load_state_dict(sd)
-        return model.to(device)
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LMNet:
+        """``load_checkpoint(path, device=device)``, checked to hold an LMNet; eval mode."""
+        from ._checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device, expected=cls)
+
+
+def lmnet_training_loss(
+    model: nn.Module,
+    mask: torch.Tensor,
+    *,
+    organ_map: torch.Tensor,
+    target_organ: torch.Tensor,
+    bbox: torch.Tensor,
+    context: Context = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Eq. (2) on one batch, with condition dropout.
+
+    Args:
+        model: an :class:`LMNet` or its ``DistributedDataParallel`` wrapper; the network runs only
+            through ``model(x, t, context=ctx)``.
+        mask: lesion mask (B, 1, *spatial) in {0, 1}.
+        organ_map: integer organ ids (B, 1, *spatial) in [0, organ_id_max].
+        target_organ: target organ mask (B, 1, *spatial) in {0, 1}.
+        bbox: lesion bbox mask (B, 1, *spatial) in {0, 1}.
+        context: mask-attribute context(s) or None.
+        generator: random source of t, eps and dropout (drawn on its device).
+
+    Returns:
+        Scalar loss with gradient.
+    """
+    net = unwrap_model(model)
+    if not isinstance(net, LMNet):
+        raise TypeError(f"model must be an LMNet (or a DDP wrapper of one), got {type(net).__name__}")
+    cond = net._spatial(organ_map, target_organ, bbox).to(mask.device)
+    if mask.shape != organ_map.shape:
+        raise ShapeError(f"mask {tuple(mask.shape)} must match organ_map {tuple(organ_map.shape)}")
+    cfg = net.config
+    x0 = mask.float() * 2 - 1
+    b = x0.shape[0]
+    t = draw_randint(0, cfg.diffusion.num_train_timesteps, (b,), generator=generator, device=x0.device)
+    noise = draw_randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    xt = net.train_scheduler.add_noise(x0, noise, t)
+    ctx = drop_context(context, cfg.diffusion.cond_drop_prob, generator=generator)
+    eps_hat = model(torch.cat([xt, cond], dim=1), t, context=ctx)
+    return lmnet_loss(noise, eps_hat, bbox, gamma=cfg.gamma)

@@ -469,7 +469,7 @@ def lesion_type_name(name: str) -> str:
 
 
 def _check_table() -> None:
-    from .vocabulary import LOCATIONS_BY_ORGAN_TYPE, VOCABULARY
+    from ._vocabulary import LOCATIONS_BY_ORGAN_TYPE, VOCABULARY
 
     for spec in LESION_TYPES.values():
         for organ in spec.organs:

@@ -12,6 +12,11 @@ predicts eps. Loss, Eq. (5)::
 Sampling starts from ``z_T = eps * m' + z_0 * (1 - m')`` and re-imposes ``z_0`` outside ``m'`` after
 every DDIM step (:class:`InpaintingSampler`), with classifier-free guidance (condition dropout in
 training, scale 2.5 by default). The output equals ``z_0`` exactly outside ``m'``.
+
+Training surface: :func:`linet_training_loss` takes the model (or its ``DistributedDataParallel``
+wrapper) on every call and runs the network only through ``model(x, t, context=ctx)``, i.e. the
+module's ``forward``, so DDP's gradient synchronisation works. :meth:`LINet.training_loss` is a thin
+wrapper for single-process use.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion_config import DiffusionConfig
+from ._diffusion_config import DiffusionConfig
+from ._random import draw_randint, draw_randn
+from ._sampling import InpaintingSampler, drop_context, unwrap_model
+from ._unet import Context, UNetConfig, build_unet
 from .exceptions import ConfigError, ShapeError
-from .sampling import InpaintingSampler, drop_context
-from .unet import Context, LevelContextUNet, UNetConfig
 
-__all__ = ["LINet", "LINetConfig", "linet_loss", "resize_mask"]
+__all__ = ["LINet", "LINetConfig", "linet_loss", "linet_training_loss", "resize_mask"]
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -86,7 +91,7 @@ def linet_loss(
     return (num / den).mean()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LINetConfig:
     """LINet configuration.
 
@@ -139,12 +144,12 @@ class LINet(nn.Module):
         config: :class:`LINetConfig`.
     """
 
-    kind = "linet"
-
-    def __init__(self, config: LINetConfig) -> None:
+    def __init__(self, *, config: LINetConfig) -> None:
         super().__init__()
+        if not isinstance(config, LINetConfig):
+            raise TypeError(f"config must be a LINetConfig, got {type(config).__name__}")
         self.config = config
-        self.unet = LevelContextUNet(config.unet)
+        self.unet = build_unet(config.unet)
         self.train_scheduler = config.diffusion.ddpm()
 
     def _check(self, z0: torch.Tensor, mask: torch.Tensor) -> None:
@@ -172,6 +177,19 @@ class LINet(nn.Module):
         m = mask.to(z0.dtype)
         return self.train_scheduler.add_noise(z0, noise, t) * m + z0 * (1 - m)
 
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: Context = None) -> torch.Tensor:
+        """The denoiser: ``eps_hat = unet(cat(z_t, m'), t, context)``.
+
+        Args:
+            x: ``cat(z_t, m')`` (B, latent_channels + 1, *spatial).
+            timesteps: (B,) integers in [0, T-1].
+            context: image-attribute context (B, L, D) or a per-level list.
+
+        Returns:
+            Predicted noise (B, latent_channels, *spatial).
+        """
+        return self.unet(x, timesteps, context=context)
+
     def training_loss(
         self,
         z0: torch.Tensor,
@@ -181,31 +199,8 @@ class LINet(nn.Module):
         context: Context = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """One training loss evaluation (Eq. 4 forward process, Eq. 5 loss, condition dropout).
-
-        Args:
-            z0: clean latent (B, C, *spatial).
-            mask: lesion mask on the latent grid (B, 1, *spatial), {0, 1}.
-            bbox: lesion bbox B' on the latent grid (B, 1, *spatial); defaults to ``mask``.
-            context: image-attribute context (B, L, D), per-level list, or None.
-            generator: random source of t, eps and condition dropout (on the latent's device).
-
-        Returns:
-            Scalar loss with gradient.
-        """
-        self._check(z0, mask)
-        bbox = mask if bbox is None else bbox
-        if bbox.shape != mask.shape:
-            raise ShapeError(f"bbox {tuple(bbox.shape)} must have the mask's shape {tuple(mask.shape)}")
-        b = z0.shape[0]
-        t = torch.randint(0, self.config.diffusion.num_train_timesteps, (b,), generator=generator, device=z0.device)
-        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        zt = self.noisy_latent(z0, mask, noise, t)
-        ctx = drop_context(context, self.config.diffusion.cond_drop_prob, generator=generator)
-        eps_hat = self.unet(torch.cat([zt, mask.to(z0.dtype)], dim=1), t, ctx)
-        if self.config.loss_region == "bbox":
-            return linet_loss(noise, eps_hat, bbox)
-        return linet_loss(noise, eps_hat, mask, normaliser=bbox)
+        """``linet_training_loss(self, ...)``; under DDP call :func:`linet_training_loss` with the wrapper."""
+        return linet_training_loss(self, z0, mask, bbox=bbox, context=context, generator=generator)
 
     def sampler(
         self, *, num_inference_steps: int | None = None, guidance_scale: float | None = None
@@ -244,17 +239,60 @@ class LINet(nn.Module):
         self._check(z0, mask)
         m = mask.to(z0.dtype)
         return self.sampler(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale).sample(
-            self.unet, z0, m, cond=m, context=context, generator=generator, progress=progress
+            self, z0, m, cond=m, context=context, generator=generator, progress=progress
         )
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` + ``config.json`` atomically."""
-        save_checkpoint(directory, kind=self.kind, config=self.config.to_dict(), state_dict=self.state_dict())
+    def save(self, path: str | os.PathLike) -> None:
+        """``save_checkpoint(self, path)``: ``model.safetensors`` + ``config.json``, atomically."""
+        from ._checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> LINet:
-        """Load a checkpoint written by :meth:`save` (safetensors, no pickle)."""
-        cfg, sd = load_checkpoint(directory, kind=cls.kind, device=device)
-        model = cls(LINetConfig.from_dict(cfg))
-        model.load_state_dict(sd)
-        return model.to(device)
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LINet:
+        """``load_checkpoint(path, device=device)``, checked to hold a LINet; eval mode."""
+        from ._checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device, expected=cls)
+
+
+def linet_training_loss(
+    model: nn.Module,
+    z0: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    bbox: torch.Tensor | None = None,
+    context: Context = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One LINet training loss (Eq. 4 forward process, Eq. 5 loss, condition dropout).
+
+    Args:
+        model: a :class:`LINet` or its ``DistributedDataParallel`` wrapper; the network runs only
+            through ``model(x, t, context=ctx)``.
+        z0: clean latent (B, C, *spatial), float.
+        mask: lesion mask on the latent grid (B, 1, *spatial), {0, 1}.
+        bbox: lesion bbox B' on the latent grid (B, 1, *spatial); defaults to ``mask``.
+        context: image-attribute context (B, L, D), per-level list, or None.
+        generator: random source of t, eps and condition dropout (drawn on its device).
+
+    Returns:
+        Scalar loss with gradient.
+    """
+    net = unwrap_model(model)
+    if not isinstance(net, LINet):
+        raise TypeError(f"model must be a LINet (or a DDP wrapper of one), got {type(net).__name__}")
+    net._check(z0, mask)
+    bbox = mask if bbox is None else bbox
+    if bbox.shape != mask.shape:
+        raise ShapeError(f"bbox {tuple(bbox.shape)} must have the mask's shape {tuple(mask.shape)}")
+    cfg = net.config
+    b = z0.shape[0]
+    t = draw_randint(0, cfg.diffusion.num_train_timesteps, (b,), generator=generator, device=z0.device)
+    noise = draw_randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+    zt = net.noisy_latent(z0, mask, noise, t)
+    ctx = drop_context(context, cfg.diffusion.cond_drop_prob, generator=generator)
+    eps_hat = model(torch.cat([zt, mask.to(z0.dtype)], dim=1), t, context=ctx)
+    if cfg.loss_region == "bbox":
+        return linet_loss(noise, eps_hat, bbox)
+    return linet_loss(noise, eps_hat, mask, normaliser=bbox)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import get_args
 
+from ._sampling import GaussianSampler, InpaintingSampler
+from ._schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler, ScheduleName
 from .exceptions import ConfigError, did_you_mean
-from .sampling import GaussianSampler, InpaintingSampler
-from .schedulers import DDIMScheduler, DDPMScheduler, InpaintingDDIMScheduler, ScheduleName
 
 __all__ = ["DiffusionConfig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiffusionConfig:
     """Noise schedule, sampler and guidance settings.
 

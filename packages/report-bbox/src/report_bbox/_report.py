@@ -1,7 +1,7 @@
 """The LesionDiffusion structured report as a validated pydantic model.
 
 A :class:`Report` holds the 11 template attributes (Lei et al., MICCAI 2025, Fig. 1) with values
-from the closed vocabulary of :mod:`report_bbox.vocabulary` and organs from
+from the closed vocabulary of the vocabulary (`VOCABULARY`) and organs from
 :data:`~report_bbox.ORGANS`. Sizes are millimetres along the x, y, z axes of the organ map, never
 voxels. Validation happens on construction; every failure is a
 :class:`~report_bbox.exceptions.ReportError` naming the field, the value, the allowed values and
@@ -19,8 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ._organs import ORGANS, TOTALSEG_V2, V1_TO_V2, resolve_organ
-from .exceptions import OrganError, ReportError
-from .vocabulary import (
+from ._vocabulary import (
     ATTRIBUTES,
     IMAGE_ATTRIBUTES,
     LOCATIONS_BY_ORGAN_TYPE,
@@ -28,6 +27,7 @@ from .vocabulary import (
     VOCABULARY,
     canonical_value,
 )
+from .exceptions import OrganError, ReportError
 
 __all__ = ["LESION_ORGANS", "MAX_SIZE_MM", "Report", "parse_size_mm"]
 # ``KEY_ALIASES``, ``norm_key`` and ``validate_organ`` are shared with the sampler and the LLM
@@ -249,7 +249,7 @@ class Report(BaseModel):
                 suggestion=_closest(out["lesion_location"], list(allowed_locations)),
             )
         if out.get("lesion_type") is not None:
-            from .lesion_types import LESION_TYPES, lesion_type_name
+            from ._lesion_types import LESION_TYPES, lesion_type_name
 
             out["lesion_type"] = lesion_type_name(out["lesion_type"])
             spec = LESION_TYPES[out["lesion_type"]]
@@ -494,6 +494,3 @@ def _as_report_error(exc: ValidationError) -> ReportError:
     field = ".".join(str(p) for p in first.get("loc", ())) or None
     return ReportError(f"{field}: {first.get('msg')}", field=field, value=first.get("input"))
 
-
-# Old private spelling, still imported by ``llm.py`` until it imports ``validate_organ``.
-_validate_organ = validate_organ
