@@ -87,7 +87,7 @@ register_system(
     System(
         name="lesiondiffusion",
         description="LesionDiffusion (MICCAI 2025): structured report -> lesion mask and CT "
-        "inpainted into a real scan (in progress)",
+        "inpainted into a real scan",
         module="ctsynth_bench.lesiondiffusion",
     )
 )

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..exceptions import DataError
-from . import data_lesions
+from . import data_lesions, data_reports
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -214,3 +214,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_show)
 
     data_lesions.register(data_sub)
+    data_reports.register(data_sub)

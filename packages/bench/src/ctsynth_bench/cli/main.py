@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "data": "ctsynth_bench.cli.data",
     "systems": "ctsynth_bench.cli.systems",
     "train": "ctsynth_bench.cli.train",
+    "synth": "ctsynth_bench.cli.synth",
+    "run": "ctsynth_bench.cli.run",
+    "perf": "ctsynth_bench.cli.perf",
     "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
 }
 
