@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -269,6 +270,32 @@ def test_stage_losses_train_both_networks(system):
         net.zero_grad()
 
 
+def test_token_centring_keeps_null_rows_zero_and_one_slot_moves_the_embedding():
+    """The timestep path sees tokens minus the per-slot training mean; a shared component of
+    every token (what made the first MLP saturate) cancels, one changed slot still counts."""
+    net = S.build_lmnet(get_preset("demo"))
+    g = torch.Generator().manual_seed(0)
+    common = 20.0 * torch.randn(1, 8, 384, generator=g)  # large part shared by every report
+    train = common + 0.3 * torch.randn(50, 8, 384, generator=g)
+    train[::7] = 0  # crops without a report (null rows) are not part of the mean
+    net.set_token_mean(train)
+    torch.testing.assert_close(net.token_mean, train[train.flatten(1).abs().amax(1) > 0].mean(0))
+    assert "token_mean" in net.state_dict()  # saved and loaded with the weights
+    a = common[0] + 0.3 * torch.randn(8, 384, generator=g)
+    b = a.clone()
+    b[0] += 0.7 * torch.randn(384, generator=g)  # only the first attribute differs
+    c = net.centred_context(torch.stack([a, b, torch.zeros(8, 384)]))
+    assert c[2].abs().max() == 0  # the null context stays null
+    assert c[0].abs().mean() < 1.0 < common.abs().mean()  # the shared part is gone
+    with torch.no_grad():
+        e = net.context_mlp(c.flatten(1))
+        h = net.context_mlp[1](net.context_mlp[0](c.flatten(1)))
+    assert (e[0] - e[1]).norm() > 0.05 * e[0].norm()
+    assert 0.2 < float((h[:2] > 0).float().mean()) < 0.8  # LayerNorm: units neither all on nor off
+    with pytest.raises(ValueError, match="tokens must be"):
+        net.set_token_mean(torch.zeros(3, 7, 384))
+
+
 def test_independent_crops_render_density_independently_of_shape():
     from ctsynth_bench.lesiondiffusion.data import independent_crops
 
@@ -346,3 +373,35 @@ def test_codec_metrics_and_vqgan_stage_record_the_comparison(tmp_path):
     assert (
         res["passes"] is False
     )  # two steps cannot beat the baseline; the verdict is computed, not assumed
+
+
+def test_train_system_in_parallel_processes_equals_one_after_the_other(tmp_path):
+    """``parallel=True`` trains LMNet and LINet in two spawned one-thread processes; the weights
+    are those of training them in this process one after the other (also one thread)."""
+    from ctsynth_bench.lesiondiffusion.training import train_system
+    from safetensors.torch import load_file
+
+    p = get_preset(
+        "demo", crop_size=16, lmnet_channels=(8, 16, 16), linet_channels=(8, 16, 16), batch_size=2
+    )
+    kw = dict(preset=p, data_dir=None, stages=("lmnet", "linet"), max_steps=3, independent=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = train_system(out=tmp_path / "seq", progress=False, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "par").mkdir()
+    for name in ("crops.npz", "crops.json"):  # the crops are reused on resume
+        shutil.copy(tmp_path / "seq" / name, tmp_path / "par" / name)
+    par = train_system(out=tmp_path / "par", progress=False, parallel=True, resume=True, **kw)
+    for rep in (seq, par):
+        assert {k: v["steps"] for k, v in rep["stages"].items()} == {"lmnet": 3, "linet": 3}
+    for stage in ("lmnet", "linet"):
+        a = load_file(str(tmp_path / "seq" / stage / "ema.safetensors"))
+        b = load_file(str(tmp_path / "par" / stage / "ema.safetensors"))
+        assert a["token_mean"].abs().sum() > 0  # the tokens' mean went in with the weights
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4)  # float order only
+    system = LesionDiffusionSystem.load(tmp_path / "par")
+    assert system.lmnet.token_mean.abs().sum() > 0

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -445,6 +446,7 @@ def run_lesiondiffusion(
             minutes=minutes,
             seed=seed,
             progress=progress,
+            parallel=(os.cpu_count() or 1) >= 2,
         )
         seconds["train"] = time.perf_counter() - t0
         atomic_json(

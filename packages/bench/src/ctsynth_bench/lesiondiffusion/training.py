@@ -117,6 +117,7 @@ def train_diffusion_stage(
     if stage == "linet" and codec is None:
         raise ValueError("the linet stage needs the codec")
     scheduler = diffusion_config(preset).ddpm()
+    net.set_token_mean(tokens)  # a function of the data: the same on resume
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator):
         batch = _flip(batch, g)
@@ -213,6 +214,47 @@ def build_training_crops(
     return crops
 
 
+def _stage_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one diffusion stage (``job`` from :func:`train_system`); runs in or out of process."""
+    from ..text import load_text_encoder
+    from .data import load_crops
+    from .stages import build_linet, build_lmnet
+    from .system import _make_codec
+
+    if "threads" in job:
+        torch.set_num_threads(job["threads"])
+    out, stage, preset = Path(job["out"]), job["stage"], job["preset"]
+    crops = job.get("crops")
+    if crops is None:
+        crops = load_crops(out / "crops.npz")
+    codec = job.get("codec")
+    if codec is None:
+        codec = _make_codec(preset, job["codec_config"], folder=out)
+    enc = job["enc_name"]
+    kind = "mask" if stage == "lmnet" else "image"
+    tokens = (
+        torch.zeros(len(crops), 8, preset.context_dim)
+        if enc is None
+        else crop_tokens(load_text_encoder(enc), crops, kind)
+    )
+    torch.manual_seed(job["seed"])  # the initial weights depend on the seed only, in any process
+    net = build_lmnet(preset) if stage == "lmnet" else build_linet(preset)
+    return train_diffusion_stage(
+        stage,
+        net,
+        crops,
+        tokens,
+        preset=preset,
+        out=out,
+        codec=codec,
+        minutes=job["minutes"],
+        max_steps=job["max_steps"],
+        seed=job["seed"],
+        resume=job["resume"],
+        progress=job["progress"],
+    )
+
+
 def train_system(
     *,
     preset: LesionDiffusionPreset,
@@ -227,12 +269,15 @@ def train_system(
     independent: int = 1200,
     seed: int = 0,
     progress: bool = True,
+    parallel: bool = False,
 ) -> dict[str, Any]:
     """Train the stages of a LesionDiffusion system into the run folder ``out``.
 
     The crops are built once and kept in ``out/crops.npz`` (reused on resume). Each stage gets the
     budget (``minutes`` or ``max_steps``) on its own. After each diffusion stage the run folder holds
-    a loadable system (``LesionDiffusionSystem.load(out)``) once both networks exist.
+    a loadable system (``LesionDiffusionSystem.load(out)``) once both networks exist. With
+    ``parallel`` LMNet and LINet train at the same time in two spawned processes of one thread
+    each (the same training as one after the other, on two cores at once).
 
     Returns:
         ``{"stages": {name: {...}}, "crops": n, "seconds": total}``.
@@ -240,7 +285,7 @@ def train_system(
     from ..text import load_text_encoder
     from .codec_stage import train_vqgan
     from .data import independent_crops, load_crops, save_crops
-    from .stages import build_linet, build_lmnet, measured_scale
+    from .stages import measured_scale
     from .system import MANIFEST, _atomic_json, _codec_config, _make_codec
 
     bad = [s for s in stages if s not in STAGES]
@@ -276,33 +321,35 @@ def train_system(
         if preset.codec == "vqgan":
             codec = _make_codec(preset, {"kind": "vqgan", "scale_factor": 1.0}, folder=out)
     codec.scale_factor = measured_scale(codec, torch.from_numpy(crops.ct[:64])[:, None].float())
-    encoder = None if no_text else load_text_encoder(enc_name)
-    for stage in ("lmnet", "linet"):
-        if stage not in stages:
-            continue
-        kind = "mask" if stage == "lmnet" else "image"
-        tokens = (
-            torch.zeros(len(crops), 8, preset.context_dim)
-            if encoder is None
-            else crop_tokens(encoder, crops, kind)
-        )
-        net = build_lmnet(preset) if stage == "lmnet" else build_linet(preset)
-        torch.manual_seed(seed)
-        report["stages"][stage] = train_diffusion_stage(
-            stage,
-            net,
-            crops,
-            tokens,
+    jobs = [
+        dict(
+            stage=stage,
+            out=str(out),
             preset=preset,
-            out=out,
-            codec=codec,
+            codec_config=_codec_config(codec),
+            enc_name=None if no_text else enc_name,
             minutes=minutes,
             max_steps=max_steps,
             seed=seed,
             resume=resume,
             progress=progress,
         )
-        report["stages"][stage]["text"] = not no_text
+        for stage in ("lmnet", "linet")
+        if stage in stages
+    ]
+    if parallel and len(jobs) > 1:
+        # One process and one thread per network: on a 2-core machine this nearly halves the wall
+        # clock of two sequential stages. Each worker reloads the crops from ``out/crops.npz``.
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_stage_worker, dict(job, threads=1)) for job in jobs]
+            results = [f.result() for f in futures]
+    else:
+        results = [_stage_worker(dict(job, crops=crops, codec=codec)) for job in jobs]
+    for job, res in zip(jobs, results, strict=True):
+        report["stages"][job["stage"]] = dict(res, text=not no_text)
     manifest = {
         "format": "ctsynth-lesiondiffusion",
         "format_version": 1,
