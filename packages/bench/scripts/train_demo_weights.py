@@ -168,10 +168,16 @@ def model_card(run: Path, res, args: argparse.Namespace, seconds: float) -> str:
     if vq.is_file():
         m = json.loads(vq.read_text())
         v, b = m["vqgan"], m["baseline_2x"]
+        why = (
+            "it passes the bar, but the lossless codec has no error at all"
+            if m["passes"]
+            else "this VQ-GAN does not pass the bar in the CPU budget"
+        )
         vq_text = (
             "Trained by `bench train lesiondiffusion --stages vqgan` (not used by the demo system, which keeps "
-            "the lossless space-to-depth codec because this VQ-GAN does not pass the bar in the CPU budget): "
-            f"{m['steps']} steps ({m['seconds'] / 60:.1f} min, codebook {m['codebook']}, window {m['window_hu']} HU). "
+            f"the lossless space-to-depth codec: {why}; the paper preset uses the VQ-GAN): "
+            f"{m['steps']} steps ({m['seconds'] / 60:.1f} min, codebook {m['codebook']}, window {m['window_hu']} HU, "
+            f"the adversarial term from step {_demo_adv_start()}). "
             f"Held-out crops ({m['held_out_crops']}): VQ-GAN PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.3f}, lesion "
             f"contrast error {v['contrast_error_hu']:.1f} HU; 2x down/up baseline PSNR {b['psnr']:.2f} dB, SSIM "
             f"{b['ssim']:.3f}, contrast error {b['contrast_error_hu']:.1f} HU. Passes the bar: {m['passes']}."
@@ -184,9 +190,10 @@ def model_card(run: Path, res, args: argparse.Namespace, seconds: float) -> str:
         if name in ("lmnet", "linet")
     )
     limits = _limits(d)
+    vq_arg = f" --vqgan-minutes {args.vqgan_minutes:g}" if args.vqgan_minutes > 0 else ""
     return f"""# LesionDiffusion demo system (shipped weights)
 
-Made by `uv run python packages/bench/scripts/train_demo_weights.py --minutes {args.minutes:g} --n-cases {args.n_cases} --independent {args.independent} --measure {args.measure}`
+Made by `uv run python packages/bench/scripts/train_demo_weights.py --minutes {args.minutes:g}{vq_arg} --n-cases {args.n_cases} --independent {args.independent} --measure {args.measure}`
 on a 2-core CPU machine; LMNet and LINet trained in parallel, one thread each, on the training engine through
 `bench train lesiondiffusion --preset demo`.
 
@@ -235,6 +242,13 @@ Raw numbers: `control.json`.
   families, not real radiological appearance. Use `bench train lesiondiffusion --preset paper` on a GPU with
   real data for anything beyond a demonstration.
 """
+
+
+def _demo_adv_start() -> int | None:
+    from ctsynth_bench.lesiondiffusion.presets import get_preset
+    from ctsynth_bench.lesiondiffusion.stages import vqgan_config
+
+    return vqgan_config(get_preset("demo")).adversarial_start
 
 
 def _limits(d: dict) -> str:

@@ -29,13 +29,15 @@ def test_shipped_weights_follow_their_text():
     system = LesionDiffusionSystem.load(None)
     assert system.run_dir is None and system.trained_with_text
     res = measure_control(system, n=8, seed=0, null=False)
-    # density (measured at n=30 for the card: hyperdense above iso- and hypodense in every box,
-    # hypo- vs isodense not separated): "hyperdense" must still lift the lesion in most boxes
+    # shape (n=30 for the card: round-like above irregular in every pair, p < 1e-9)
+    assert res.sphericity_gap > 0.05 and res.shape_pairs_right >= 7 / 8, res.summary()
+    # density (n=30 for the card: hypo < iso < hyper in every box, about 50 HU apart)
     dh = res.delta_hu
-    assert dh["hyperdense"] > max(dh["hypodense"], dh["isodense"]) + 3.0, dh
-    assert res.pair_fractions["hypo<hyper"] >= 0.75, res.pair_fractions
-    assert res.pair_fractions["iso<hyper"] >= 0.75, res.pair_fractions
-    # size: the mask spans its requested box (100 % within 30 % at n=30)
+    assert dh["hypodense"] + 20 < dh["isodense"] < dh["hyperdense"] - 20, dh
+    assert min(res.pair_fractions.values()) >= 7 / 8, res.pair_fractions
+    # size: the mask spans its requested box
     assert res.size_within_30 >= 0.75, res.summary()
     recorded = json.loads((shipped_weights_dir() / "control.json").read_text())
     assert recorded["n_shape"] >= 30 and recorded["n_density"] >= 30
+    assert recorded["shape_passes"] and recorded["density_passes"] and recorded["size_passes"]
+    assert recorded["ablation_holds"]

@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--train", action="store_true", help="train the demo system from scratch first"
         )
         p.add_argument(
-            "--train-minutes", type=float, default=None, help="with --train: minutes per stage"
+            "--train-minutes",
+            type=float,
+            default=None,
+            help="with --train: minutes of LMNet and LINet training (default 12)",
         )
         p.add_argument(
             "--n-control",

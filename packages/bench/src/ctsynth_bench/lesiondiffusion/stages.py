@@ -317,6 +317,11 @@ def vqgan_config(p: LesionDiffusionPreset) -> Any:
         crop_size=p.crop_size,
         window=HUWindow(lower=p.hu_window[0], upper=p.hu_window[1]),
         learning_rate=p.vqgan_learning_rate,
+        adversarial_start=(
+            base.adversarial_start
+            if p.vqgan_adversarial_start is None
+            else p.vqgan_adversarial_start
+        ),
     )
 
 

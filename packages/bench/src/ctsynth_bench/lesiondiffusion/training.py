@@ -282,7 +282,6 @@ def train_system(
     Returns:
         ``{"stages": {name: {...}}, "crops": n, "seconds": total}``.
     """
-    from ..text import load_text_encoder
     from .codec_stage import train_vqgan
     from .data import independent_crops, load_crops, save_crops
     from .stages import measured_scale
