@@ -405,3 +405,17 @@ def test_train_system_in_parallel_processes_equals_one_after_the_other(tmp_path)
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4)  # float order only
     system = LesionDiffusionSystem.load(tmp_path / "par")
     assert system.lmnet.token_mean.abs().sum() > 0
+
+
+def test_volume_binarize_takes_the_highest_voxels_when_the_output_stays_below_the_sweep():
+    """A tiny box whose LMNet output never reaches 0.3: the mask is the target volume's worth of the
+    highest voxels (one component), not empty; an all-zero output stays empty (the caller retries)."""
+    prob = torch.zeros(1, 1, 16, 16, 16)
+    g = np.indices((16, 16, 16)) - 8.0
+    blob = torch.from_numpy(np.exp(-(g**2).sum(0) / 4.0)).float() * 0.25  # peak 0.25 < 0.3
+    prob[0, 0] = blob
+    prob[0, 0, 1, 1, 1] = 0.2  # a far-away high voxel: not part of the largest component
+    m = S.binarize(prob, 19.0, "volume")[0, 0].numpy().astype(bool)
+    assert 10 <= m.sum() <= 19 and m[8, 8, 8] and not m[1, 1, 1]
+    assert S.binarize(prob, 19.0, 0.5).sum() == 0  # a fixed threshold keeps its meaning
+    assert S.binarize(torch.zeros(1, 1, 8, 8, 8), 5.0, "volume").sum() == 0

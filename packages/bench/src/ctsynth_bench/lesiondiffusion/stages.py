@@ -447,12 +447,24 @@ def binarize(
     """Threshold + largest component of one (1, 1, S, S, S) probability map.
 
     ``threshold="volume"`` sweeps 0.9 -> 0.3 for the volume closest to ``target_voxels`` (the
-    paper's rule); a number in (0, 1) is a fixed threshold (the network decides the volume).
+    paper's rule); when LMNet's output stays below 0.3 everywhere (tiny boxes), the sweep's limit
+    is taken: the ``target_voxels`` highest voxels of the output. A number in (0, 1) is a fixed
+    threshold (the network decides the volume).
     """
     th: Any = threshold if threshold == "volume" else float(threshold)
-    m = binarize_mask(
-        prob[0, 0].cpu().numpy(), threshold=th, target_volume=max(float(target_voxels), 1.0)
-    )
+    p = prob[0, 0].cpu().numpy()
+    m = binarize_mask(p, threshold=th, target_volume=max(float(target_voxels), 1.0))
+    if not m.any() and threshold == "volume" and (p > 0).any():
+        # Tiny boxes (a 5 mm gallstone spans about 3 LMNet voxels) can stay below the sweep's
+        # lowest threshold. The sweep's limit: the target volume's worth of LMNet's highest voxels.
+        import numpy as np
+        from scipy import ndimage
+
+        k = int(min(max(round(float(target_voxels)), 1), int((p > 0).sum())))
+        m = p >= np.partition(p[p > 0], -k)[-k]
+        lab, n = ndimage.label(m)
+        if n > 1:
+            m = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
     return torch.from_numpy(m.astype("uint8"))[None, None]
 
 
