@@ -458,13 +458,11 @@ def binarize(
         # Tiny boxes (a 5 mm gallstone spans about 3 LMNet voxels) can stay below the sweep's
         # lowest threshold. The sweep's limit: the target volume's worth of LMNet's highest voxels.
         import numpy as np
-        from scipy import ndimage
 
         k = int(min(max(round(float(target_voxels)), 1), int((p > 0).sum())))
-        m = p >= np.partition(p[p > 0], -k)[-k]
-        lab, n = ndimage.label(m)
-        if n > 1:
-            m = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+        cut = np.partition(p[p > 0], -k)[-k]  # in (0, 0.3): a valid fixed threshold
+        below = np.nextafter(cut, np.zeros_like(cut))  # in p's dtype: "> below" is ">= cut"
+        m = binarize_mask(p, threshold=float(below))  # largest component, as the sweep keeps
     return torch.from_numpy(m.astype("uint8"))[None, None]
 
 
