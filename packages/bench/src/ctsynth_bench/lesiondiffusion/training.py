@@ -230,12 +230,14 @@ def _stage_worker(job: dict[str, Any]) -> dict[str, Any]:
     codec = job.get("codec")
     if codec is None:
         codec = _make_codec(preset, job["codec_config"], folder=out)
-    enc = job["enc_name"]
+    encoder = job.get("encoder")  # loaded once by the caller when the stages run in process
+    if encoder is None and job["enc_name"] is not None:
+        encoder = load_text_encoder(job["enc_name"])
     kind = "mask" if stage == "lmnet" else "image"
     tokens = (
         torch.zeros(len(crops), 8, preset.context_dim)
-        if enc is None
-        else crop_tokens(load_text_encoder(enc), crops, kind)
+        if encoder is None
+        else crop_tokens(encoder, crops, kind)
     )
     torch.manual_seed(job["seed"])  # the initial weights depend on the seed only, in any process
     net = build_lmnet(preset) if stage == "lmnet" else build_linet(preset)
@@ -346,7 +348,12 @@ def train_system(
             futures = [pool.submit(_stage_worker, dict(job, threads=1)) for job in jobs]
             results = [f.result() for f in futures]
     else:
-        results = [_stage_worker(dict(job, crops=crops, codec=codec)) for job in jobs]
+        from ..text import load_text_encoder
+
+        encoder = None if no_text or not jobs else load_text_encoder(enc_name)
+        results = [
+            _stage_worker(dict(job, crops=crops, codec=codec, encoder=encoder)) for job in jobs
+        ]
     for job, res in zip(jobs, results, strict=True):
         report["stages"][job["stage"]] = dict(res, text=not no_text)
     manifest = {
