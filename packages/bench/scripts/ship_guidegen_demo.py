@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     dest.mkdir(parents=True)
     man = json.loads((a.run / "guidegen.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in ("tcss", "autoencoder", "generator"):
+        for stage in ("tcss", "autoencoder", "generator", "segmenter"):
             if (a.run / stage).exists():
                 ship_checkpoint(_assembled(a.run / stage, Path(tmp)), dest / stage)
     (dest / "guidegen.json").write_text(json.dumps(man, indent=1, sort_keys=True))
@@ -97,10 +97,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s['ancestral']['count_rate']:.2f}; fast ({s['fast']['calls']} calls): site "
                 f"{s['fast']['site_rate']:.2f}, count {s['fast']['count_rate']:.2f} ({s['n']} prompts)"
             )
-        if al.get("ct", {}).get("has_ct"):
+        c = al.get("ct", {})
+        if c.get("has_ct"):
             rows.append(
-                "- Organ median HU: "
-                + ", ".join(f"{k} {v:.0f}" for k, v in al["ct"]["organ_hu_median"].items())
+                "- Organ median HU in generated CTs (fraction of samples in the real range): "
+                + ", ".join(
+                    f"{k} {v:.0f} ({c['organ_hu_in_range'][k]:.2f})"
+                    for k, v in c["organ_hu_median"].items()
+                )
+            )
+            sg = c.get("segmenter")
+            if sg:
+                top = ("liver", "lung", "spleen", "kidney", "stomach", "vertebrae")
+                rows.append(
+                    f"- Segmenter trained on real CTs, Dice on {sg['n']} generated CTs against their label maps "
+                    "(on held-out real CTs): "
+                    + ", ".join(
+                        f"{k} {sg['generated_dice'][k]:.2f} ({sg['real_dice'].get(k, float('nan')):.2f})"
+                        for k in top
+                        if k in sg["generated_dice"]
+                    )
+                )
+        ae = man.get("stages", {}).get("autoencoder")
+        if ae:
+            rows.append(
+                f"- HDR autoencoder, held-out demo CTs: {ae['autoencoder_mae_hu']:.1f} HU mean absolute error "
+                f"in the body against {ae['baseline_mae_hu']:.1f} HU for the non-learned baseline "
+                f"(area down to {ae['baseline_grid']}^3, as many numbers as the latent, trilinear up)"
             )
         measured = (
             "\n".join(rows) + "\n\nMeasured with `bench run guidegen` on these weights (seed 0)."
@@ -108,9 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     if (dest / "autoencoder").exists() and (dest / "generator").exists():
         ct_stages = (
             "- **HDR autoencoder** (ct_autoencoder, KL bottleneck, label map as pyramidal condition): CT 32^3\n"
-            "  x 12 mm -> 4 x 16^3 latents.\n"
+            f"  x 12 mm -> 4 x 16^3 latents, widths {tuple(pre['ae_channels'])}, one norm group. Loss: Eq. 8 (L1\n"
+            f"  under the random HDR window with learnable k, b) + {pre.get('ae_plain_l1', 1.0)} x plain L1 (a\n"
+            "  short CPU run learns absolute HU much faster with it); both discriminators (Eq. 9) from step\n"
+            f"  {pre.get('ae_adversarial_start', 1500)}.\n"
             f"- **Latent generator** (lesion_inpaint): latents + one-hot label map, prompt tokens by\n"
-            f"  cross-attention, DDIM {pre['gen_steps']} steps, guidance {pre['gen_guidance']}."
+            f"  cross-attention, DDIM {pre['gen_steps']} steps, guidance {pre['gen_guidance']}.\n"
+            "- **Alignment segmenter** (MONAI UNet, checks only): trained on real demo CTs, reads the\n"
+            "  generated CTs for the image-mask alignment check."
         )
     else:
         ct_stages = "- **No CT stages ship** (see Training): this system makes label maps only."

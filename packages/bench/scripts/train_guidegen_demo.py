@@ -83,6 +83,8 @@ def _tcss(args: argparse.Namespace) -> None:
     preset = get_preset("demo", **over)
     if args.batch:
         preset = dataclasses.replace(preset, batch_size=args.batch)
+    if args.lr:
+        preset = dataclasses.replace(preset, lr=args.lr)
     src = args.data or args.out
     d = np.load(src / "labels.npz")
     tokens, mask = load_bank(src / "bank.safetensors")
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes-gen", type=float, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument(
+        "--lr", type=float, default=None, help="TCSS learning rate (default: the preset's)"
+    )
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     if a.device == "cpu":

@@ -363,3 +363,34 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         _atomic.atomic_write(target, fail)
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_warmup_ramps_the_learning_rate_and_resumes_exactly(tmp_path):
+    def run(folder, steps, resume):
+        torch.manual_seed(0)
+        net = TinyNet()
+        train(
+            net,
+            denoise_loss,
+            RandomCrops(),
+            run_dir=folder,
+            stage="s",
+            config=_cfg(max_steps=steps, warmup_steps=8, log_every=1),
+            resume=resume,
+            progress=False,
+        )
+        return net
+
+    torch.manual_seed(7)
+    straight = run(tmp_path / "a", 10, False)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "a" / "s")]
+    base = _cfg(max_steps=1).lr
+    assert lrs[:3] == pytest.approx([base / 8, 2 * base / 8, 3 * base / 8])
+    assert lrs[-1] == pytest.approx(base)
+    torch.manual_seed(7)
+    run(tmp_path / "b", 5, False)
+    resumed = run(tmp_path / "b", 10, True)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    with pytest.raises(TrainConfigError, match="warmup_steps"):
+        _cfg(max_steps=1, warmup_steps=-1)

@@ -120,6 +120,25 @@ def test_training_step_with_labels_and_discriminators(abdomen, gen):
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_plain_l1_term_adds_the_unwindowed_error(abdomen):
+    """``plain_l1_weight`` adds mean |x_hat - x| (model range) to Eq. 8; 0 keeps the paper's loss."""
+    x, lab = _real(abdomen)
+    losses = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        cfg = ca.HDRAutoencoderConfig(**{**TINY.__dict__, "plain_l1_weight": w})
+        model, disc = ca.HDRAutoencoder(config=cfg), ca.Discriminators(config=cfg)
+        loss, logs, out = ca.generator_loss(model, disc, x, step=0, labels=lab, generator=torch.Generator().manual_seed(1))
+        losses[w] = (float(loss.detach()), logs, out)
+    base, (loss2, logs2, out2) = losses[0.0], losses[2.0]
+    assert "plain_l1" not in base[1]
+    expected = float(torch.mean(torch.abs(out2.reconstruction - x)))
+    assert logs2["plain_l1"] == pytest.approx(expected, rel=1e-6)
+    assert loss2 == pytest.approx(base[0] + 2.0 * expected, rel=1e-5)
+    with pytest.raises(ca.ConfigError, match="plain_l1_weight"):
+        ca.HDRAutoencoderConfig(**{**TINY.__dict__, "plain_l1_weight": -1.0})
+
+
 def test_bad_label_maps_are_rejected():
     model = ca.HDRAutoencoder(config=TINY)
     x = torch.zeros(1, 1, 16, 16, 16)

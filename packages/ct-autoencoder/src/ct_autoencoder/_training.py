@@ -173,6 +173,10 @@ def generator_loss(
         loss = cfg.reconstruction_weight * rec + reg
         logs = {"rec": float(rec.detach()), "reg": float(out.regularization.detach()),
                 "k": float(ae.window.k.detach()), "b": float(ae.window.b.detach())}
+        if cfg.plain_l1_weight > 0:
+            plain = torch.mean(torch.abs(out.reconstruction - x))
+            loss = loss + cfg.plain_l1_weight * plain
+            logs["plain_l1"] = float(plain.detach())
         if features is not None and cfg.perceptual_weight > 0:
             perc = perceptual_loss_25d(hr, hx, features, generator=generator)  # Eq. (9)
             loss = loss + cfg.perceptual_weight * perc

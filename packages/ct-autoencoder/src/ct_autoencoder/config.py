@@ -189,6 +189,10 @@ class HDRAutoencoderConfig:
         b_init: Initial learnable offset ``b`` of h (Eq. 7).
         min_window_radius: Smallest sampled window radius, as a fraction of the intensity range.
         reconstruction_weight: Weight of the L1 term under h (Eq. 8).
+        plain_l1_weight: Weight of an extra L1 term between reconstruction and input in the model
+            range, without the window (0 = the paper's loss). The sampled window clips most voxels
+            of a narrow window and passes no gradient there, so absolute intensities are learnt
+            slowly; a short CPU run converges much faster with this term on.
         perceptual_weight: Weight of the perceptual term under h (Eq. 9), when a feature extractor
             is given.
         frame_weight: Generator weight of the 2D frame discriminator term.
@@ -225,6 +229,7 @@ class HDRAutoencoderConfig:
     b_init: float = -1.0
     min_window_radius: float = 0.05
     reconstruction_weight: float = 1.0
+    plain_l1_weight: float = 0.0
     perceptual_weight: float = 1.0
     frame_weight: float = 0.01
     volume_weight: float = 0.01
@@ -273,7 +278,7 @@ class HDRAutoencoderConfig:
             raise ConfigError(f"min_window_radius must be in (0, 0.5], got {self.min_window_radius}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        for n in ("commitment_cost", "kl_weight", "reconstruction_weight", "perceptual_weight", "frame_weight",
+        for n in ("commitment_cost", "kl_weight", "reconstruction_weight", "plain_l1_weight", "perceptual_weight", "frame_weight",
                   "volume_weight", "adversarial_start", "dead_code_threshold", "dead_code_interval"):
             _check_positive(n, getattr(self, n), allow_zero=True)
         _check_positive("learning_rate", self.learning_rate)

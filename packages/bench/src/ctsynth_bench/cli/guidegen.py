@@ -59,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
+        parallel=args.parallel,
     )
     for name, r in report.items():
         print(
@@ -104,7 +105,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from ..guidegen.training import train_guidegen
 
         t = time.time()
-        train_guidegen(out, preset="demo", minutes=args.minutes, progress=not args.quiet)
+        train_guidegen(
+            out, preset="demo", minutes=args.minutes, progress=not args.quiet, parallel=True
+        )
         print(f"trained in {(time.time() - t) / 60:.1f} min")
         run = out
     res = run_guidegen(
@@ -131,12 +134,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None, help="user set (default: the demo set)")
     p.add_argument("--preset", choices=["demo", "paper"], default="demo")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--stages", type=_stages, default=("tcss", "autoencoder", "generator"))
+    p.add_argument(
+        "--stages",
+        type=_stages,
+        default=("tcss", "autoencoder", "generator", "segmenter"),
+        help="comma list of tcss, autoencoder, generator, segmenter (the alignment check)",
+    )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--minutes", type=float, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train the TCSS and the CT stages at the same time in two processes (two cores)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = _group(sub, "synth", "generate synthetic cases with a trained system").add_parser(
@@ -169,7 +182,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--train", action="store_true", help="train the demo from scratch into --out first"
     )
     p.add_argument(
-        "--minutes", type=float, default=8.0, help="training budget per stage with --train"
+        "--minutes",
+        type=float,
+        default=22.0,
+        help="with --train: the TCSS budget, and the budget the CT stages share (both at once)",
     )
     p.add_argument("--n-per-site", type=int, default=8)
     p.add_argument("--n-ancestral", type=int, default=5)

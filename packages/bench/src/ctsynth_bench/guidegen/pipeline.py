@@ -140,11 +140,13 @@ def labels_to_ct(
     *,
     steps: int | None = None,
     generator: torch.Generator | None = None,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """CT in HU ``(B, C, C, C)`` for label maps ``(B, 1, S, S, S)`` and prompt tokens ``(B, L, D)``.
 
     Latent generator (label map concatenated on the latent grid, text by cross-attention, DDIM +
-    guidance) on scaled latents, then the HDR decoder conditioned on the same label map.
+    guidance) on scaled latents, then the HDR decoder conditioned on the same label map, tile by
+    tile when the CT is larger than ``tile`` (default: the preset's ``decode_tile``; 0 = whole).
     """
     if not system.has_ct:
         raise BenchError(
@@ -161,7 +163,14 @@ def labels_to_ct(
         generator=generator,
     )
     lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
-    x = system.autoencoder.decode_stage_2_outputs(z / system.autoencoder.scale_factor, lab_ct)
+    z = z / system.autoencoder.scale_factor
+    tile = p.decode_tile if tile is None else tile
+    if tile and p.ct_size > tile:
+        from ct_autoencoder import tiled_decode
+
+        x = tiled_decode(system.autoencoder, z, lab_ct, tile=tile, overlap=p.decode_overlap)
+    else:
+        x = system.autoencoder.decode_stage_2_outputs(z, lab_ct)
     return system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
 
 

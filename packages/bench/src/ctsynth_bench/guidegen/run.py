@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._labels import TUMOUR
-from .control import class_histogram_distance, null_site_rates, organ_hu, score_maps
+from ._labels import GUIDEGEN_CLASSES, NUM_CLASSES, TUMOUR
+from .control import HU_RANGES, class_histogram_distance, null_site_rates, organ_hu, score_maps
 from .data import load_gg_templates, make_case
 from .pipeline import encode, generate
 from .prompts import COUNTS, SITES, PromptFields, sample_fields
@@ -269,7 +269,7 @@ def run_guidegen(
         import shutil
 
         for item in system.path.iterdir():
-            if item.name in ("guidegen.json", "tcss", "autoencoder", "generator"):
+            if item.name in ("guidegen.json", "tcss", "autoencoder", "generator", "segmenter"):
                 dst = out / item.name
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, dst)
         if (system.path / "README.md").exists():
@@ -304,12 +304,43 @@ def run_guidegen(
         "has_ct": system.has_ct,
         "organ_hu_median": {k: float(np.median(v)) for k, v in hu.items()},
         "organ_hu_in_range": {k: float(np.mean(v)) for k, v in ok.items()},
+        "hu_ranges": {k: list(v) for k, v in HU_RANGES.items()},
     }
+    if system.has_ct:
+        align["ct"]["segmenter"] = segmenter_alignment(system, maps + nmaps, cts + ncts)
     align["seconds_total"] = time.time() - t0
     align["system"] = str(system.path)
     (out / "alignment.json").write_text(json.dumps(align, indent=1))
     _report(out, align, system)
     return align
+
+
+def segmenter_alignment(
+    system: GuideGenSystem, maps: list[np.ndarray], cts: list[np.ndarray]
+) -> dict[str, Any] | None:
+    """Dice per organ between generated label maps and the alignment segmenter's reading of
+    the generated CTs (``None`` when the system has no ``segmenter/`` stage).
+
+    The segmenter was trained on real CTs only; its Dice on held-out real CTs (recorded at
+    training) is the reference the generated pairs are read against.
+    """
+    from ..segment import dice_per_class, load_segmenter, predict
+
+    folder = system.path / "segmenter"
+    if not (folder / "config.json").exists():
+        return None
+    seg = load_segmenter(folder)
+    f = cts[0].shape[0] // maps[0].shape[0]
+    lab = np.stack([m.repeat(f, 0).repeat(f, 1).repeat(f, 2) for m in maps])
+    pred = predict(seg, torch.from_numpy(np.stack(cts)[:, None].astype(np.float32)))
+    d = dice_per_class(pred.numpy(), lab, num_classes=NUM_CLASSES)
+    real = system.info.get("stages", {}).get("segmenter", {}).get("real_dice", {})
+    generated = {
+        GUIDEGEN_CLASSES[i + 1]: float(v)
+        for i, v in enumerate(d)
+        if np.isfinite(v) and i + 1 != TUMOUR
+    }
+    return {"n": len(cts), "generated_dice": generated, "real_dice": real}
 
 
 def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
@@ -366,11 +397,47 @@ def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
     c = a["ct"]
     lines += ["## CT", ""]
     if c["has_ct"]:
-        lines += ["| organ | median HU | in real range (fraction of samples) |", "|---|---|---|"]
+        lines += [
+            "Median HU of each organ (where the label map puts it, eroded once) in the generated CTs:",
+            "",
+            "| organ | median HU | real range | in range (fraction of samples) |",
+            "|---|---|---|---|",
+        ]
         for k, v in c["organ_hu_median"].items():
-            lines.append(f"| {k} | {v:.0f} | {c['organ_hu_in_range'][k]:.2f} |")
+            lo, hi = c["hu_ranges"][k]
+            lines.append(
+                f"| {k} | {v:.0f} | {lo:.0f} to {hi:.0f} | {c['organ_hu_in_range'][k]:.2f} |"
+            )
+        sg = c.get("segmenter")
+        if sg:
+            lines += [
+                "",
+                f"A segmenter trained on real CTs only reads the {sg['n']} generated CTs; Dice between its "
+                "prediction and the label map the CT was generated from, against its Dice on held-out real CTs:",
+                "",
+                "| organ | Dice, generated CT vs its label map | Dice, real CT (held out) |",
+                "|---|---|---|",
+            ]
+            for k, v in sorted(sg["generated_dice"].items(), key=lambda kv: -kv[1]):
+                r = sg["real_dice"].get(k)
+                lines.append(f"| {k} | {v:.2f} | {'' if r is None else f'{r:.2f}'} |")
     else:
         lines.append("This system has no CT stages (label maps only).")
+    st = system.info.get("stages", {})
+    if st:
+        lines += ["", "## Training (from the run folder)", ""]
+        for name, r in st.items():
+            if not isinstance(r, dict):
+                continue
+            bits = [f"{r['steps']} steps" if "steps" in r else ""]
+            if "seconds" in r:
+                bits.append(f"{r['seconds'] / 60:.1f} min")
+            if "autoencoder_mae_hu" in r:
+                bits.append(
+                    f"held-out MAE {r['autoencoder_mae_hu']:.1f} HU against {r['baseline_mae_hu']:.1f} HU for the "
+                    f"non-learned baseline (area down to {r['baseline_grid']}^3, trilinear up: as many numbers as the latent)"
+                )
+            lines.append(f"- {name}: " + ", ".join(b for b in bits if b))
     lines += [
         "",
         "![gallery](gallery.png)",

@@ -399,9 +399,10 @@ def make_autoencoder(preset: GuideGenPreset) -> nn.Module:
         num_label_classes=NUM_CLASSES,
         crop_size=preset.ct_size,
         label_embed_dim=4,
-        norm_groups=4,
-        adversarial_start=1500,
-        learning_rate=1e-3,
+        norm_groups=preset.ae_norm_groups,
+        plain_l1_weight=preset.ae_plain_l1,
+        adversarial_start=preset.ae_adversarial_start,
+        learning_rate=preset.ae_lr,
     )
     return ca.HDRAutoencoder(config=cfg)
 
@@ -416,6 +417,7 @@ def train_autoencoder(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train the HDR autoencoder (generator + both discriminators, Eq. 7-9) on HU volumes.
 
@@ -423,8 +425,10 @@ def train_autoencoder(
         ae: ``HDRAutoencoder``.
         ct: float ``(N, 1, X, Y, Z)`` HU.
         labels: int ``(N, 1, s, s, s)`` GuideGen label maps on the label grid.
+        progress: show a tqdm bar (steps, or minutes when only a time budget is given).
     """
     import ct_autoencoder as ca
+    from tqdm.auto import tqdm
 
     device = torch.device(device)
     ae.to(device).train()
@@ -433,6 +437,9 @@ def train_autoencoder(
     g = torch.Generator().manual_seed(seed)  # ct_autoencoder draws on the CPU and moves the draws
     ct, labels = ct.to(device), labels.to(device)
     t0, step, rows = time.time(), 0, []
+    bar = tqdm(
+        total=max_steps, desc="autoencoder", disable=not progress, dynamic_ncols=True, leave=False
+    )
     while (max_steps is None or step < max_steps) and (
         minutes is None or time.time() - t0 < minutes * 60
     ):
@@ -441,6 +448,9 @@ def train_autoencoder(
         lab = labels_to_ct_grid(labels[idx].long(), x.shape[-1])
         logs = ca.training_step(ae, disc, x, opts, step=step, labels=lab, generator=g)
         step += 1
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(rec=f"{float(logs['rec']):.3f}", refresh=False)
         if step % 100 == 0 or step == 1:
             rows.append(
                 {
@@ -449,6 +459,7 @@ def train_autoencoder(
                     "seconds": time.time() - t0,
                 }
             )
+    bar.close()
     ae.eval()
     return {"steps": step, "seconds": time.time() - t0, "log": rows}
 

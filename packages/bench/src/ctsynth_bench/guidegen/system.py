@@ -94,8 +94,16 @@ def write_manifest(
     stages: dict[str, Any] | None = None,
 ) -> Path:
     """Write (or update) ``run/guidegen.json`` atomically."""
+    from ..train import manifest_lock
+
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
+    with manifest_lock(run):
+        return _write_manifest(run, preset, text_encoder=text_encoder, stages=stages)
+
+
+def _write_manifest(
+    run: Path, preset: GuideGenPreset, *, text_encoder: str, stages: dict[str, Any] | None
+) -> Path:
     path = run / "guidegen.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     merged_stages = {**old.get("stages", {}), **(stages or {})}

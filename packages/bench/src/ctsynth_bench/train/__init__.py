@@ -12,6 +12,7 @@ from ._errors import RunFolderError, TrainConfigError, TrainingError
 from ._loop import LossFn, TrainConfig, TrainResult, cpu_threads_for, train
 from ._run import (
     data_hash,
+    manifest_lock,
     plot_loss,
     read_manifest,
     read_metrics,
@@ -34,6 +35,7 @@ __all__ = [
     "data_hash",
     "dist_info",
     "init_distributed",
+    "manifest_lock",
     "plot_loss",
     "read_manifest",
     "read_metrics",

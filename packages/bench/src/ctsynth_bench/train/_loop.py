@@ -71,6 +71,8 @@ class TrainConfig:
         batch_size: Global samples per optimiser step (all processes, all micro-steps).
         grad_accum: Micro-steps per optimiser step (gradient accumulation).
         lr: AdamW learning rate (LesionDiffusion 1e-4, GuideGen 2e-5).
+        warmup_steps: Raise the learning rate linearly from ``lr / warmup_steps`` to ``lr`` over
+            this many steps (0: constant ``lr``).
         betas: AdamW betas.
         weight_decay: AdamW decoupled weight decay.
         ema_decay: EMA decay in ``[0, 1)``; ``None`` turns EMA off.
@@ -92,6 +94,7 @@ class TrainConfig:
     batch_size: int = 2
     grad_accum: int = 1
     lr: float = 1e-4
+    warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 1e-5
     ema_decay: float | None = None
@@ -122,6 +125,10 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise TrainConfigError(
                 f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise TrainConfigError(
+                f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}"
             )
         if not self.lr > 0:
             raise TrainConfigError(f"lr must be > 0, got {self.lr!r}")
@@ -245,6 +252,8 @@ def _settings(config: TrainConfig, world_size: int) -> dict[str, Any]:
     raw = asdict(config)
     out = {k: (list(raw[k]) if isinstance(raw[k], tuple) else raw[k]) for k in _RESUME_KEYS}
     out["world_size"] = world_size
+    if config.warmup_steps:  # only when used, so runs saved before the field existed resume
+        out["warmup_steps"] = config.warmup_steps
     return out
 
 
@@ -527,6 +536,9 @@ def train(
             if config.grad_clip is not None:
                 norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 record["grad_norm"] = float(norm)
+            if config.warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
             optimizer.step()
             if ema is not None:
                 ema.update(model)

@@ -17,6 +17,7 @@ Only rank 0 writes. JSON files are written atomically; ``metrics.jsonl`` is appe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,24 @@ def start_run(
 
     run = Path(run_dir)
     digest = data_hash(data)
+    if not dist_info().is_main:
+        return _open_run(run, system, preset, data, digest, seeds, device, extra)
+    with manifest_lock(run):
+        return _open_run(run, system, preset, data, digest, seeds, device, extra)
+
+
+def _open_run(
+    run: Path,
+    system: str,
+    preset: str,
+    data: Mapping[str, Any],
+    digest: str,
+    seeds: Mapping[str, int],
+    device: torch.device | str,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    from ._dist import dist_info
+
     if (run / MANIFEST).exists():
         manifest = read_manifest(run)
         for key, want in (("system", system), ("preset", preset), ("data_hash", digest)):
@@ -180,8 +199,29 @@ def start_run(
     return manifest
 
 
+@contextlib.contextmanager
+def manifest_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``RUN/.manifest.lock`` (stages trained by two processes at once
+    update the manifest one after the other, so neither update is lost)."""
+    import fcntl
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / ".manifest.lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def update_stage(run_dir: Path, stage: str, fields: Mapping[str, Any]) -> None:
     """Merge ``fields`` into ``stages[stage]`` of the manifest (created minimal if missing)."""
+    with manifest_lock(run_dir):
+        _update_stage(run_dir, stage, fields)
+
+
+def _update_stage(run_dir: Path, stage: str, fields: Mapping[str, Any]) -> None:
     if (run_dir / MANIFEST).exists():
         manifest = read_manifest(run_dir)
     else:
