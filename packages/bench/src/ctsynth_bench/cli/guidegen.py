@@ -184,7 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        default=22.0,
+        default=20.0,
         help="with --train: the TCSS budget, and the budget the CT stages share (both at once)",
     )
     p.add_argument("--n-per-site", type=int, default=8)
