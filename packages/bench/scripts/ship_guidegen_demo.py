@@ -52,6 +52,11 @@ A CPU demo of the GuideGen data flow with measured prompt control, not a clinica
 anatomy comes from two real templates (bundled abdomen and chest), smoothly deformed; tumours are
 placed by a rule (site, count, size) and rendered hypodense, so the CTs show what those rules make.
 At 24 mm voxels a small tumour is one to three voxels. Organ boundaries are coarse.
+
+Known shortfalls (see Measured): the tumour count follows the prompt in about half of the samples
+(the target is 70 %); the latent generator had 44 CPU minutes, and some CTs still carry a
+whole-volume intensity shift (on 12 real maps, one CT came out at -105 HU mean where its real CT
+is -830 HU), which shows as lung voxels above -500 HU and lowers the segmenter's lung Dice.
 """
 
 

@@ -437,6 +437,21 @@ def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
                     f"held-out MAE {r['autoencoder_mae_hu']:.1f} HU against {r['baseline_mae_hu']:.1f} HU for the "
                     f"non-learned baseline (area down to {r['baseline_grid']}^3, trilinear up: as many numbers as the latent)"
                 )
+            if "real_dice" in r:
+                bits.append(
+                    f"Dice on {r.get('held_out', '?')} held-out real CTs: "
+                    + ", ".join(
+                        f"{k} {v:.2f}"
+                        for k, v in sorted(r["real_dice"].items(), key=lambda kv: -kv[1])[:6]
+                    )
+                )
+            shown = {"steps", "seconds", "autoencoder_mae_hu", "baseline_mae_hu", "baseline_grid"}
+            shown |= {"real_dice", "held_out", "log", "state"}
+            bits += [
+                f"{k.replace('_', ' ')} {v}"
+                for k, v in r.items()
+                if k not in shown and isinstance(v, (int, str))
+            ]
             lines.append(f"- {name}: " + ", ".join(b for b in bits if b))
     lines += [
         "",

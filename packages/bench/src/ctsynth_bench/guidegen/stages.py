@@ -532,6 +532,7 @@ def make_generator(preset: GuideGenPreset) -> nn.Module:
         schedule="scaled_linear_beta",
         num_inference_steps=preset.gen_steps,
         guidance_scale=preset.gen_guidance,
+        eta=preset.gen_eta,
         cond_drop_prob=preset.cond_drop,
     )
     return LatentGenerator(
