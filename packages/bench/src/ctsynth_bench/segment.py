@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .exceptions import BenchError
@@ -262,8 +261,3 @@ def dice_per_class(
     )
     d = torch.where(sizes > 0, 2 * inter / sizes.clamp_min(1), torch.full_like(sizes, float("nan")))
     return d[1:num_classes].numpy()
-
-
-def labels_to_grid(labels: Tensor, size: int) -> Tensor:
-    """Nearest-neighbour resize of int maps ``(N, X, Y, Z)`` to ``size^3``."""
-    return F.interpolate(labels[:, None].float(), size=(size,) * 3, mode="nearest")[:, 0].long()

@@ -141,8 +141,14 @@ def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     return np.ascontiguousarray(out), new_affine
 
 
-def read_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI volume in its stored dtype, reoriented to RAS. Returns ``(array, affine)``."""
+def read_nifti_stored(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]:
+    """Read a NIfTI file as stored (voxel order, dtype, affine), a 4th axis of 1 squeezed.
+
+    Returns ``(array, affine, header)``; the header is the file's NIfTI-1 header, or None for a
+    NIfTI-2 or Analyze file (written back with a fresh one).
+    """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; a NIfTI file (.nii.gz, .nii) is expected")
@@ -156,11 +162,17 @@ def read_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {detail})") from exc
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
+    header = img.header if type(img.header) is nib.Nifti1Header else None
+    return arr, np.asarray(img.affine, dtype=np.float64), header
+
+
+def read_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI volume in its stored dtype, reoriented to RAS. Returns ``(array, affine)``."""
+    arr, affine, _ = read_nifti_stored(path)
     if arr.ndim != 3:
         raise DataError(
             f"{path}: a {arr.ndim}D image of shape {arr.shape}; a 3D volume (X, Y, Z) is expected"
         )
-    affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError(f"{path}: the affine is not a finite, invertible voxel-to-world matrix")
     return reorient_to_ras(np.asarray(arr), affine)

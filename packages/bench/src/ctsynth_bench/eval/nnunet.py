@@ -40,7 +40,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from ..data import AFFINE_ATOL, save_nifti
+from ..data import AFFINE_ATOL, read_nifti_stored, save_nifti
 from ..exceptions import BenchError, DataError
 
 __all__ = [
@@ -174,21 +174,11 @@ def _check_case_ids(train: Sequence[NnunetCase], test: Sequence[NnunetCase]) -> 
 def _read_stored(
     cid: str, what: str, path: Path
 ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]:
-    """Read a NIfTI file as stored (voxel order, affine and header), squeezing a 4th axis of 1."""
-    if not path.is_file():
-        raise DataError(f"case {cid!r}: {what} file {path} not found")
+    """:func:`ctsynth_bench.data.read_nifti_stored`, its errors naming the case."""
     try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise DataError(
-            f"case {cid!r}: {what} file {path} is not a readable NIfTI file ({type(exc).__name__})"
-        ) from exc
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    # keep a NIfTI-1 header; a NIfTI-2 or Analyze file is written with a fresh one
-    header = img.header if type(img.header) is nib.Nifti1Header else None
-    return arr, np.asarray(img.affine, dtype=np.float64), header
+        return read_nifti_stored(path)
+    except DataError as exc:
+        raise DataError(f"case {cid!r}: {what} {exc}") from exc
 
 
 def _check_affine(cid: str, what: str, affine: object) -> np.ndarray:

@@ -425,7 +425,7 @@ def train_autoencoder(
         ae: ``HDRAutoencoder``.
         ct: float ``(N, 1, X, Y, Z)`` HU.
         labels: int ``(N, 1, s, s, s)`` GuideGen label maps on the label grid.
-        progress: show a tqdm bar (steps, or minutes when only a time budget is given).
+        progress: show a tqdm bar (steps done; out of max_steps when it is given).
     """
     import ct_autoencoder as ca
     from tqdm.auto import tqdm

@@ -251,16 +251,16 @@ def train_guidegen(
     out = Path(out)
     p = get_preset(preset)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    d = prepare_data(
+        out,
+        data=Path(data) if data else None,
+        n_labels=n_labels,
+        n_ct=n_ct,
+        seed=seed,
+        workers=workers,
+    )
     rest = tuple(s for s in stages if s != "tcss")
-    if parallel and "tcss" in stages and rest:
-        prepare_data(
-            out,
-            data=Path(data) if data else None,
-            n_labels=n_labels,
-            n_ct=n_ct,
-            seed=seed,
-            workers=workers,
-        )
+    if parallel and "tcss" in stages and rest:  # each worker finds the data made above
         job = dict(
             out=str(out),
             preset=preset,
@@ -288,14 +288,6 @@ def train_guidegen(
             merged.update(r)
         write_manifest(out, p, stages=merged)
         return merged
-    d = prepare_data(
-        out,
-        data=Path(data) if data else None,
-        n_labels=n_labels,
-        n_ct=n_ct,
-        seed=seed,
-        workers=workers,
-    )
     bank = load_file(str(d / "bank.safetensors"))
     tokens, mask = bank["tokens"].float(), bank["mask"].bool()
     engine.start_run(
