@@ -40,7 +40,7 @@ DOWNLOADS = default_cache_dir() / "downloads"
 
 
 #: Fixtures that need the real sdists; tests using them get the ``sources`` marker.
-SOURCE_FIXTURES = {"archives", "extracted", "archive_cache"}
+SOURCE_FIXTURES = {"archives", "extracted", "archive_cache", "real_lesion_cache"}
 
 
 def pytest_configure(config):
@@ -94,4 +94,18 @@ def archive_cache(archives, tmp_path) -> Path:
             os.link(path, target)
         except OSError:
             shutil.copyfile(path, target)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def real_lesion_cache(archives) -> Path:
+    """The default case cache with the real lung-tumour cases converted (``bench data fetch``).
+
+    Evaluations read real lesions by case name from the default cache; this makes sure they are
+    there (converting them from the verified archives when missing) and returns the cache.
+    """
+    from ctsynth_bench.data import fetch
+
+    cache = DOWNLOADS.parent
+    fetch(cache, cases=["lung1", "lung2", "rider"], progress=False)
     return cache

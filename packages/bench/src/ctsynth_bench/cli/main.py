@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "synth": "ctsynth_bench.cli.synth",
     "run": "ctsynth_bench.cli.run",
     "perf": "ctsynth_bench.cli.perf",
+    "eval": "ctsynth_bench.cli.eval",
     "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
 }
 

@@ -24,6 +24,13 @@ def _stages(text: str) -> tuple[str, ...]:
 
 
 def _cmd_lesiondiffusion(args: argparse.Namespace) -> int:
+    import report_bbox
+
+    unknown = [t for t in args.hold_out or () if t not in report_bbox.LESION_TYPES]
+    if unknown:  # before torch loads
+        raise ValueError(
+            f"--hold-out: unknown lesion type(s) {unknown}; allowed: {', '.join(report_bbox.LESION_TYPES)}"
+        )
     from ..lesiondiffusion.presets import get_preset
     from ..lesiondiffusion.training import train_system
 
@@ -43,6 +50,9 @@ def _cmd_lesiondiffusion(args: argparse.Namespace) -> int:
         independent=args.independent,
         seed=args.seed,
         progress=not args.quiet,
+        parallel=args.parallel,
+        templates=args.templates,
+        hold_out=tuple(args.hold_out or ()),
     )
     if args.measure:
         from ..lesiondiffusion.control import measure_control
@@ -106,6 +116,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="lesions drawn with independent attributes into the templates (default 1200)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        metavar="CASE",
+        help="template cases from 'bench data list' (default: every case with an organ map)",
+    )
+    p.add_argument(
+        "--hold-out",
+        nargs="+",
+        metavar="TYPE",
+        help="leave the lesion set's cases of these lesion types out (generalisation experiment)",
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train LMNet and LINet at once in two processes of one thread each",
+    )
     p.add_argument(
         "--measure",
         type=int,

@@ -50,7 +50,7 @@ CROP_SPACING = 1.5
 REAL_LESION_CASES = ("lung1", "lung2", "rider", "chest")
 
 #: The lesion type of the real cases (all are primary lung tumours).
-REAL_LESION_TYPE = "lung_tumor"
+REAL_LESION_TYPE = "lung_cancer"
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import report_bbox
 import torch
 
 from .data import CropSet, LesionCropDataset
@@ -183,6 +185,7 @@ def build_training_crops(
     independent: int,
     seed: int,
     templates: list[Any] | None = None,
+    hold_out: Sequence[str] = (),
 ) -> CropSet:
     """The training crops: a lesion set in our layout, independent-attribute crops, template lesions.
 
@@ -193,6 +196,8 @@ def build_training_crops(
         seed: their seed.
         templates: templates for the independent crops and the real lesions (default: every
             available case with an organ map, bundled and fetched).
+        hold_out: lesion types whose cases of the lesion set are left out (the generalisation
+            experiment: the system never sees a report of these types).
     """
     from ..rulesynth import load_templates
     from .data import crops_from_dataset, independent_crops, template_lesion_crops
@@ -202,7 +207,14 @@ def build_training_crops(
     if independent > 0:
         parts.append(independent_crops(tmpl, preset, independent, seed=seed))
     if data_dir is not None:
-        parts.append(crops_from_dataset(data_dir, preset))
+        ds = crops_from_dataset(data_dir, preset)
+        if hold_out:
+            keep = [i for i, m in enumerate(ds.meta) if m.get("lesion_type") not in set(hold_out)]
+            log.info("held out %s: %d of %d dataset crops kept", list(hold_out), len(keep), len(ds))
+            if not keep:
+                raise ValueError(f"holding out {list(hold_out)} leaves no crop of {data_dir}")
+            ds = ds.subset(keep)
+        parts.append(ds)
     real = template_lesion_crops(tmpl, preset)
     if real:  # few real lesions: each is repeated 8 times (random flips make the copies differ)
         parts.append(CropSet.stack(real * 8))
@@ -272,6 +284,8 @@ def train_system(
     seed: int = 0,
     progress: bool = True,
     parallel: bool = False,
+    templates: Sequence[str] | None = None,
+    hold_out: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train the stages of a LesionDiffusion system into the run folder ``out``.
 
@@ -280,6 +294,10 @@ def train_system(
     a loadable system (``LesionDiffusionSystem.load(out)``) once both networks exist. With
     ``parallel`` LMNet and LINet train at the same time in two spawned processes of one thread
     each (the same training as one after the other, on two cores at once).
+
+    ``templates`` names the template cases (default: every available case with an organ map);
+    ``hold_out`` leaves the lesion set's cases of these lesion types out (see
+    :func:`build_training_crops`); both are recorded in the manifest.
 
     Returns:
         ``{"stages": {name: {...}}, "crops": n, "seconds": total}``.
@@ -292,6 +310,14 @@ def train_system(
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ValueError(f"unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
+    unknown = [t for t in hold_out if t not in report_bbox.LESION_TYPES]
+    if unknown:
+        raise ValueError(
+            f"unknown lesion type(s) to hold out {unknown}; allowed: {', '.join(report_bbox.LESION_TYPES)}"
+        )
+    from ..rulesynth import load_templates
+
+    tmpl = load_templates(list(templates) if templates is not None else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -299,16 +325,16 @@ def train_system(
     if resume and crop_path.is_file():
         crops = load_crops(crop_path)
     else:
-        crops = build_training_crops(data_dir, preset, independent=independent, seed=seed)
+        crops = build_training_crops(
+            data_dir, preset, independent=independent, seed=seed, templates=tmpl, hold_out=hold_out
+        )
         save_crops(crops, crop_path)
     log.info("%d training crops", len(crops))
     report: dict[str, Any] = {"stages": {}, "crops": len(crops)}
     enc_name = text_encoder or preset.text_encoder
     codec = _make_codec(preset, {"kind": preset.codec, "scale_factor": 1.0}, folder=out)
     if "vqgan" in stages:
-        from ..rulesynth import load_templates
-
-        held = independent_crops(load_templates(), preset, 48, seed=seed + 1_000_003)
+        held = independent_crops(tmpl, preset, 48, seed=seed + 1_000_003)
         report["stages"]["vqgan"] = train_vqgan(
             crops,
             held,
@@ -363,6 +389,8 @@ def train_system(
         "text_encoder": enc_name,
         "text": not no_text,
         "codec": _codec_config(codec),
+        "templates": [t.name for t in tmpl],
+        "hold_out": list(hold_out),
     }
     _atomic_json(out / MANIFEST, manifest)
     report["seconds"] = time.monotonic() - t0
