@@ -45,8 +45,10 @@ p-values: one-sided Wilcoxon signed-rank on the paired differences in the expect
 ``lesiondiffusion.control``), per type and pooled over types ("all"). With ``n`` pairs the
 smallest possible p is ``2**-n`` (n = 4: 0.0625), so the pooled rows are the ones to read.
 
-Timing: the shipped demo system makes one lesion in about 1.8 s on one CPU thread (25 DDIM
-steps); the default ``n_per_type=4`` over all 14 types makes 212 lesions (about 7 minutes).
+Timing: the shipped demo system makes one lesion in about 1.8 s on one free CPU thread (25 DDIM
+steps). The default ``n_per_type=4`` over all 14 types makes 208 lesions (up to 6 prompt arms and
+3 null draws per case): about 7 minutes on a free core; 15 minutes (4.1 s per lesion) were measured
+on a 2-core machine shared with other jobs.
 """
 
 from __future__ import annotations
@@ -729,13 +731,17 @@ def _fig_gallery(result: Mapping[str, Any], contrast: str, path: Path, title: st
     items = [g for g in result["gallery"] if g["contrast"] == contrast]
     if not items:
         return None
-    items = items[:8]
+    # one case per lesion type first (then second cases), at most 8 columns
+    items = sorted(items, key=lambda g: g["case"])[:8]
+    order = list(dict.fromkeys(g["lesion_type"] for g in result["gallery"]))
+    items.sort(key=lambda g: (order.index(g["lesion_type"]), g["case"]))
     prompts = [p for p in CONTRASTS[contrast][1] if any(p in g["arms"] for g in items)]
     label = "lesion - organ" if contrast == "density" else "HU std"
     fig = _figure(1.9 * len(items) + 1.0, 2.1 * len(prompts) + 0.6)
     axes = fig.subplots(len(prompts), len(items), squeeze=False)
-    lo, hi = 40.0 - 200.0, 40.0 + 200.0  # soft-tissue window W400 L40
     for col, g in enumerate(items):
+        lung = report_bbox.LESION_TYPES[g["lesion_type"]].organ == "lung"
+        lo, hi = (-1350.0, 150.0) if lung else (-160.0, 240.0)  # W1500 L-600 / W400 L40
         for row, p in enumerate(prompts):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -771,7 +777,7 @@ def _fig_gallery(result: Mapping[str, Any], contrast: str, path: Path, title: st
             if row == 0:
                 ax.set_title(f"{g['lesion_type']} #{g['case']}", fontsize=7)
     fig.suptitle(
-        f"{title}  (axial, field >= {_GALLERY_FIELD_MM:.0f} mm, W400 L40; same box and noise per column)",
+        f"{title}  (axial, field >= {_GALLERY_FIELD_MM:.0f} mm, W400 L40, lung W1500 L-600; same box and noise per column)",
         fontsize=9,
     )
     fig.tight_layout()
