@@ -32,8 +32,9 @@ with the fraction of lesion voxels inside the organ (of the input organ map).
 **Boundary sharpness** (margin): the median gradient magnitude ``|grad HU|`` (HU/mm, central
 differences at the CT spacing) over the voxels within one voxel of the lesion boundary, divided by
 the lesion contrast ``|median(core) - median(ring 3..5 voxels outside)|`` floored at 10 HU; unit
-1/mm, larger is sharper. ``measure_lesion``'s ``edge`` is recorded too but is often undefined
-(low contrast).
+1/mm, larger is sharper. ``measure_lesion``'s ``edge`` (share of the contrast the first voxel
+outside still lacks) is a second row, over the pairs where it is defined (it needs a contrast of
+2.5 x the noise, so it is often undefined).
 
 **Ablation** (``ablation=True``): the same statistics with the null context (text removed). There
 the arms get *independent* noise (the statistic then shows what seed noise alone produces; with
@@ -94,7 +95,10 @@ EXPECTED: dict[str, list[tuple[str, str, str]]] = {
         ("delta_hu", "hyperdense", "hypodense"),
     ],
     "variation": [("hu_std", "heterogeneous", "homogeneous")],
-    "margin": [("sharpness", "well-defined margin", "ill-defined margin")],
+    "margin": [
+        ("sharpness", "well-defined margin", "ill-defined margin"),
+        ("edge", "well-defined margin", "ill-defined margin"),
+    ],
 }
 
 _SHORT = {
@@ -607,6 +611,7 @@ def _null_text(r: dict[str, Any]) -> str:
 
 
 _UNITS = {
+    "edge": " (measure_lesion)",
     "sphericity": "",
     "convexity": "",
     "delta_hu": " (HU)",
