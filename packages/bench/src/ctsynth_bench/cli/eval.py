@@ -129,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="minutes per stage of the systems trained here for sections 4/5 (default 8)",
     )
     p.add_argument("--seg-minutes", type=float, help="minutes per segmenter (default 1)")
-    p.add_argument("--n-align", type=int, help="boxes per type in section 1 (default 6)")
+    p.add_argument("--n-align", type=int, help="boxes per type in section 1 (default 4)")
     p.add_argument("--n-generated", type=int, help="lesions per type for sections 2-4 (default 8)")
     p.add_argument("--n-rule-train", type=int, help="rule-based training cases (default 140)")
     p.add_argument("--n-rule-test", type=int, help="rule-based test cases (default 42)")

@@ -92,7 +92,7 @@ class EvalSettings:
 
     types: tuple[str, ...] = ("lung_cancer", "liver_cancer", "kidney_cancer")
     align_types: tuple[str, ...] | None = None
-    n_align: int = 6
+    n_align: int = 4
     n_generated: int = 8
     n_rule_train: int = 140
     n_rule_test: int = 42
@@ -559,6 +559,7 @@ def evaluate_lesiondiffusion(
 
     # ---- 1. text alignment
     if 1 in sections:
+        from ..rulesynth import load_templates
         from .alignment import alignment_figures, alignment_table_md, measure_alignment
 
         def align() -> dict[str, Any]:
@@ -568,6 +569,7 @@ def evaluate_lesiondiffusion(
                 n_per_type=s.n_align,
                 seed=s.seed,
                 steps=s.steps,
+                templates=load_templates(list(TEMPLATES)),
                 progress=progress,
             )
 
@@ -580,34 +582,36 @@ def evaluate_lesiondiffusion(
         from .quality import measure_quality, quality_figure, quality_table_md
 
         def quality() -> dict[str, Any]:
+            # lung cancer is the type with real lesions: generated vs real vs rule-based
             gen = _crops(
                 [gen_root / "lung_cancer"], source="generated", jitter=0.0, per=1, seed=s.seed
             )
+            real = real_lesion_crops(
+                list(s.real_test) + list(s.real_train), per_lesion=8, jitter=0.05, seed=s.seed
+            )
+            rule_lung = _crops(
+                [rule_train], source="rule", jitter=0.0, per=1, seed=s.seed, types=["lung_cancer"]
+            )
             gen_all = _crops(
-                sorted(p for p in gen_root.iterdir() if p.is_dir()),
-                source="generated",
-                jitter=0.0,
-                per=1,
-                seed=s.seed,
+                [gen_root / t for t in s.types], source="generated", jitter=0.0, per=1, seed=s.seed
             )
-            real = real_lesion_crops(list(s.real_test) + list(s.real_train), per_lesion=1)
             rule = _crops(
-                [rule_test], source="rule", jitter=0.0, per=1, seed=s.seed, types=gen_all.types()
+                [rule_train], source="rule", jitter=0.0, per=1, seed=s.seed, types=list(s.types)
             )
-            rule_lung = rule.of_type("lung_cancer")
             res = {
                 "lung_cancer": measure_quality(
                     gen,
                     {"real lung tumours": real, "rule-based lung_cancer": rule_lung},
+                    seed=s.seed,
                     progress=progress,
                 ),
-                "all_types": measure_quality(
-                    gen_all, {"rule-based (same types)": rule}, progress=progress
+                "downstream types": measure_quality(
+                    gen_all, {"rule-based (same types)": rule}, seed=s.seed, progress=progress
                 ),
             }
             quality_figure(
-                gen_all,
-                {"real lung tumours": real, "rule-based": rule},
+                gen,
+                {"real lung tumours": real, "rule-based": rule_lung},
                 fig_dir / "quality_gallery.png",
             )
             return res
