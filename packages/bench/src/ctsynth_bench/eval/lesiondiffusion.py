@@ -199,6 +199,10 @@ class _Parts:
         self.seconds: dict[str, float] = {}
         self.progress = progress
 
+    def has(self, name: str) -> bool:
+        """Whether the part ``name`` finished in an earlier call (its result is kept)."""
+        return (self.root / f"{name}.json").is_file()
+
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         path = self.root / f"{name}.json"
         if path.is_file():
@@ -527,22 +531,33 @@ def evaluate_lesiondiffusion(
     rule_test = root / "data" / "rule_test"
     gen_root = root / "data" / "generated"
     want = set(sections)
-    if want & {2, 3, 4, 5}:
-
-        def make_sets() -> dict[str, Any]:
-            made: dict[str, Any] = {"rule_train": str(rule_train)}
-            if data is None and want & {3, 4, 5}:
+    # each set is a part of its own: a later call with more sections makes only what is missing
+    if data is None and want & {2, 3, 4, 5}:
+        parts.run(
+            "rule_train",
+            lambda: str(
                 _rule_set(
                     rule_train, n=s.n_rule_train, seed=s.seed + 1, types=None, progress=progress
                 )
-            if want & {2, 3, 4}:
+            ),
+        )
+    if want & {3, 4}:
+        parts.run(
+            "rule_test",
+            lambda: str(
                 _rule_set(
                     rule_test, n=s.n_rule_test, seed=s.seed + 2, types=None, progress=progress
                 )
-                made["rule_test"] = str(rule_test)
-            if want & {2, 3}:
-                gen_types = sorted(set(s.types) | ({"lung_cancer"} if 2 in want else set()))
-                synthesize_typed_set(
+            ),
+        )
+    if want & {2, 3}:
+        # lung cancer always: it is the type with real lesions (section 2)
+        gen_types = sorted(set(s.types) | {"lung_cancer"})
+        parts.run(
+            "generated",
+            lambda: [
+                str(f)
+                for f in synthesize_typed_set(
                     system,
                     gen_root,
                     types=gen_types,
@@ -552,13 +567,11 @@ def evaluate_lesiondiffusion(
                     steps=s.steps,
                     progress=progress,
                 )
-                made.update(generated=str(gen_root), generated_types=gen_types)
-            return made
-
-        results["data"] = parts.run("data", make_sets)
+            ],
+        )
 
     # ---- 1. text alignment
-    if 1 in sections:
+    if 1 in want or parts.has("alignment"):
         from ..rulesynth import load_templates
         from .alignment import alignment_figures, alignment_table_md, measure_alignment
 
@@ -578,7 +591,7 @@ def evaluate_lesiondiffusion(
         results["alignment_md"] = alignment_table_md(results["alignment"])
 
     # ---- 2. image quality
-    if 2 in sections:
+    if 2 in want or parts.has("quality"):
         from .quality import measure_quality, quality_figure, quality_table_md
 
         def quality() -> dict[str, Any]:
@@ -624,7 +637,7 @@ def evaluate_lesiondiffusion(
         )
 
     # ---- 3. downstream
-    if 3 in sections:
+    if 3 in want or parts.has("downstream"):
         from .downstream import downstream_figure, downstream_table_md, run_downstream
 
         def downstream() -> dict[str, Any]:
@@ -670,14 +683,14 @@ def evaluate_lesiondiffusion(
     # ---- 4/5 systems
     sys_root = root / "systems"
     ref_dir = Path(reference_run) if reference_run else sys_root / "text"
-    if {4, 5} & set(sections):
+    if {4, 5} & want:
         parts.run(
             "train_reference",
             lambda: _system_facts(
                 _train_system(ref_dir, rule_dir=rule_train, s=s, progress=progress)
             ),
         )
-    if 4 in sections:
+    if 4 in want or parts.has("ablation"):
         nt_dir = Path(no_text_run) if no_text_run else sys_root / "no_text"
         parts.run(
             "train_no_text",
@@ -737,7 +750,7 @@ def evaluate_lesiondiffusion(
             return rows
 
         results["ablation"] = parts.run("ablation", ablation)
-    if 5 in sections:
+    if 5 in want or parts.has("generalisation"):
         ho_dir = Path(held_out_run) if held_out_run else sys_root / f"held_out_{s.held_out_type}"
         parts.run(
             "train_held_out",
