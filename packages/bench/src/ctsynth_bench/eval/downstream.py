@@ -334,37 +334,75 @@ class _UnetBackend:
 
 
 class _NnunetBackend:
-    """Trains and scores nnU-Net v2 (3d_fullres, fold ``all``) with a short trainer."""
+    """Trains and scores nnU-Net v2 (3d_fullres, fold ``all``, :func:`.nnunet.train_nnunet`); a
+    model is a raw dataset of the crops (an axis-aligned affine of the crop spacing), planned and
+    preprocessed with nnU-Net's integrity check, and its short training under ``root``."""
+
+    iterations_per_epoch = 25
 
     def __init__(self, *, minutes: float | None, max_steps: int | None, seed: int, root: Path):
         self.minutes, self.max_steps, self.seed, self.root = minutes, max_steps, seed, root
-        self.next_id = 500
+
+    def _dataset_id(self, folder: Path) -> int:
+        f = folder / "dataset_id.json"
+        if f.is_file():
+            return int(json.loads(f.read_text()))
+        used = {int(p.stem) for p in (self.root / "ids").glob("*.json")}
+        ds_id = min(set(range(500, 1000)) - used)
+        _atomic_json(self.root / "ids" / f"{ds_id}.json", str(folder))
+        _atomic_json(f, ds_id)
+        return ds_id
 
     def fit(self, train: LesionCropSet, folder: Path, init: Path | None) -> dict[str, Any]:
-        from .nnunet import train_nnunet_on_crops
-
-        ds_id = (
-            int(json.loads((folder / "dataset_id.json").read_text()))
-            if (folder / "dataset_id.json").is_file()
-            else None
+        from .nnunet import (
+            NnunetCase,
+            export_dataset,
+            nnunet_env,
+            plan_and_preprocess,
+            train_nnunet,
         )
-        if ds_id is None:
-            ds_id = 500 + len(list(self.root.glob("ids/*.json")))
-            _atomic_json(self.root / "ids" / f"{ds_id}.json", str(folder))
-            _atomic_json(folder / "dataset_id.json", ds_id)
+
         t0 = time.monotonic()
-        info = train_nnunet_on_crops(
-            train,
-            root=self.root,
+        ds_id = self._dataset_id(folder)
+        affine = np.diag([train.spacing] * 3 + [1.0])
+        cases = [
+            NnunetCase(f"crop{i:05d}", train.ct[i], train.lesion[i].astype(np.uint8), affine)
+            for i in range(len(train))
+        ]
+        export_dataset(
+            cases,
+            nnunet_env(self.root)["nnUNet_raw"],
             dataset_id=ds_id,
-            name=folder.parent.name + "_" + folder.name,
+            name=f"{folder.parent.name}_{folder.name}",
+            labels={"background": 0, "lesion": 1},
+            overwrite=True,
+        )
+        plan_and_preprocess(ds_id, self.root)
+        it = self.iterations_per_epoch
+        epochs = 10**6 if self.max_steps is None else max(1, math.ceil(self.max_steps / it))
+        ckpt = None
+        if init is not None:
+            ckpt = (
+                Path(json.loads((init / "model.json").read_text()))
+                / "fold_all"
+                / "checkpoint_final.pth"
+            )
+        model_dir = train_nnunet(
+            ds_id,
+            self.root,
+            epochs=epochs,
+            iterations_per_epoch=it,
             minutes=self.minutes,
-            max_iterations=self.max_steps,
-            init=None if init is None else Path(json.loads((init / "model.json").read_text())),
+            init=ckpt,
             seed=self.seed,
         )
-        _atomic_json(folder / "model.json", str(info["model_dir"]))
-        return {"steps": info["iterations"], "train_seconds": time.monotonic() - t0}
+        _atomic_json(folder / "model.json", str(model_dir))
+        done = json.loads((model_dir / "fold_all" / "short_training.json").read_text())
+        return {
+            "steps": done["iterations"],
+            "train_seconds": done["seconds"],
+            "total_seconds": time.monotonic() - t0,
+        }
 
     def score(self, folder: Path, test: LesionCropSet) -> dict[str, Any]:
         from .nnunet import predict_nnunet
