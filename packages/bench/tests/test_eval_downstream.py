@@ -127,6 +127,9 @@ def test_run_downstream_rows_resume_table_and_figure(tmp_path, monkeypatch):
     lung = res["rows"][0]
     assert set(lung["scores"]) == {"real lung"} and lung["scores"]["real lung"]["n"] == 3
     assert lung["steps"] == 2 and lung["train_n"] == 4 and lung["train_seconds"] > 0
+    assert res["window"] == list(ds.LESION_WINDOW)
+    seg = ds.load_segmenter(tmp_path / "models" / "lung_cancer" / "ld_ft" / "run" / "segmenter")
+    assert seg.config.window == ds.LESION_WINDOW  # fine-tuning keeps the base model's window
     assert set(res["rows"][-1]["scores"]) == {"held-out"}
     assert res["rows"][-1]["scores"]["held-out"]["n"] == 2
     assert json.loads((tmp_path / "downstream.json").read_text()) == json.loads(json.dumps(res))

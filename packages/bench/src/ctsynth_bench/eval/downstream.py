@@ -308,8 +308,17 @@ def _atomic_json(path: Path, obj: Any) -> None:
 class _UnetBackend:
     """Trains and scores the MONAI UNet; a model is its engine run folder."""
 
-    def __init__(self, *, minutes: float | None, max_steps: int | None, seed: int, progress: bool):
+    def __init__(
+        self,
+        *,
+        minutes: float | None,
+        max_steps: int | None,
+        seed: int,
+        window: tuple[float, float],
+        progress: bool,
+    ):
         self.minutes, self.max_steps, self.seed, self.progress = minutes, max_steps, seed, progress
+        self.window = window
 
     def fit(self, train: LesionCropSet, folder: Path, init: Path | None) -> dict[str, Any]:
         base = load_segmenter(init / "run" / "segmenter") if init is not None else None
@@ -322,6 +331,7 @@ class _UnetBackend:
             max_steps=self.max_steps,
             init=base,
             seed=self.seed,
+            window=self.window,
             resume=resume,
             progress=self.progress,
         )
@@ -378,7 +388,7 @@ class _NnunetBackend:
             overwrite=True,
         )
         plan_and_preprocess(ds_id, self.root)
-        it = self.iterations_per_epoch
+        it = min(self.iterations_per_epoch, self.max_steps or self.iterations_per_epoch)
         epochs = 10**6 if self.max_steps is None else max(1, math.ceil(self.max_steps / it))
         ckpt = None
         if init is not None:
@@ -425,6 +435,7 @@ def run_downstream(
     max_steps_per_model: int | None = None,
     types: Sequence[str] | None = None,
     segmenter: Literal["unet", "nnunet"] = "unet",
+    window: tuple[float, float] = LESION_WINDOW,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -449,6 +460,7 @@ def run_downstream(
         minutes_per_model / max_steps_per_model: budget of each training (at least one).
         types: restrict to these lesion types.
         segmenter: ``"unet"`` (:func:`train_lesion_segmenter`) or ``"nnunet"`` (nnU-Net v2).
+        window: the UNet's HU window (nnU-Net normalises by its own plan).
         seed: training seed.
         progress: tqdm bar over the models.
 
@@ -483,7 +495,11 @@ def run_downstream(
     out.mkdir(parents=True, exist_ok=True)
     if segmenter == "unet":
         backend: Any = _UnetBackend(
-            minutes=minutes_per_model, max_steps=max_steps_per_model, seed=seed, progress=False
+            minutes=minutes_per_model,
+            max_steps=max_steps_per_model,
+            seed=seed,
+            window=tuple(window),
+            progress=False,
         )
     else:
         backend = _NnunetBackend(
@@ -512,6 +528,7 @@ def run_downstream(
             "max_steps_per_model": max_steps_per_model,
         },
         "seed": seed,
+        "window": list(window) if segmenter == "unet" else None,
         "types": all_types,
         "tests": {
             name: {"n": len(t), "types": t.types(), "source": t.source} for name, t in tests.items()
