@@ -1,7 +1,9 @@
-"""Downstream evaluation of synthetic sets: export to nnU-Net v2, plan and preprocess.
+"""Downstream evaluation of synthetic sets: nnU-Net v2 export, planning, short training, prediction.
 
 See :mod:`ctsynth_bench.eval.nnunet`. nnU-Net itself is optional (the ``nnunet`` extra); only
-:func:`plan_and_preprocess` needs it.
+:func:`plan_and_preprocess`, :func:`train_nnunet` and :func:`predict_nnunet` need it. The Tab. 1
+experiment (segmenters trained on synthetic, real and fine-tuned sets) is
+:mod:`ctsynth_bench.eval.downstream`.
 """
 
 from .nnunet import (
@@ -13,6 +15,8 @@ from .nnunet import (
     export_dataset,
     nnunet_env,
     plan_and_preprocess,
+    predict_nnunet,
+    train_nnunet,
 )
 
 __all__ = [
@@ -24,4 +28,6 @@ __all__ = [
     "export_dataset",
     "nnunet_env",
     "plan_and_preprocess",
+    "predict_nnunet",
+    "train_nnunet",
 ]
