@@ -23,8 +23,6 @@ from ctsynth_bench.eval.nnunet import (
 from ctsynth_bench.eval.sets import LesionCropSet
 from ctsynth_bench.exceptions import BenchError
 
-pytest.importorskip("nnunetv2")
-
 S, SP = 32, 1.5
 
 
