@@ -1,9 +1,11 @@
-"""Evaluation of synthetic sets: export to nnU-Net v2, plan and preprocess; text alignment and
-image quality of generated lesions.
+"""Evaluation of synthetic lesions and sets (``bench eval lesiondiffusion``).
 
-See :mod:`ctsynth_bench.eval.nnunet`, :mod:`ctsynth_bench.eval.alignment` and
-:mod:`ctsynth_bench.eval.quality`. nnU-Net itself is optional (the ``nnunet`` extra); only
-:func:`plan_and_preprocess` needs it.
+* :mod:`.sets`: lesion crops on one grid from generated, rule-based and real lesions;
+* :mod:`.alignment`: text alignment in CT (Fig. 4); :mod:`.quality`: FID / KID / LPIPS;
+* :mod:`.downstream`: the Tab. 1 segmentation experiment with a small UNet or nnU-Net v2;
+* :mod:`.nnunet`: export to nnU-Net v2, plan and preprocess, short training, prediction
+  (nnU-Net is optional, the ``nnunet`` extra);
+* :mod:`.lesiondiffusion`: the whole evaluation and its report.
 """
 
 from .alignment import alignment_figures, alignment_table_md, measure_alignment
@@ -16,6 +18,8 @@ from .nnunet import (
     export_dataset,
     nnunet_env,
     plan_and_preprocess,
+    predict_nnunet,
+    train_nnunet,
 )
 from .quality import measure_quality, quality_figure, quality_table_md
 
@@ -32,6 +36,8 @@ __all__ = [
     "measure_quality",
     "nnunet_env",
     "plan_and_preprocess",
+    "predict_nnunet",
     "quality_figure",
     "quality_table_md",
+    "train_nnunet",
 ]

@@ -1,9 +1,8 @@
-"""Hand a synthetic set to nnU-Net v2: export to its raw format, then plan and preprocess.
+"""Hand a synthetic set to nnU-Net v2: export, plan and preprocess, train briefly, predict.
 
 nnU-Net v2 (Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
 image segmentation", Nature Methods 2021) is the downstream segmenter of the bench: a synthetic set
-is judged by how well an nnU-Net trained on it segments real CT. This module does the steps before
-training:
+is judged by how well an nnU-Net trained on it segments real CT. This module does the steps:
 
 * :func:`export_dataset` validates every case, then writes ``Dataset{ID:03d}_{name}/`` in nnU-Net's
   raw layout (``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, optional ``imagesTs/``
@@ -13,9 +12,13 @@ training:
 * :func:`nnunet_env` names the three folders nnU-Net reads from its environment, under one root.
 * :func:`plan_and_preprocess` runs ``nnUNetv2_plan_and_preprocess`` with that environment, nnU-Net's
   own dataset-integrity check included, and returns the preprocessed dataset folder.
+* :func:`train_nnunet` trains nnU-Net's own trainer with a short schedule (a subclass,
+  :data:`SHORT_TRAINER`) on the CPU in a subprocess; :func:`predict_nnunet` segments arrays with
+  the trained model (``nnUNetPredictor``).
 
-Only :func:`plan_and_preprocess` needs nnU-Net, an optional dependency:
-``pip install "ctsynth-bench[nnunet]"`` (in this repository: ``uv sync --extra nnunet``).
+Only :func:`plan_and_preprocess`, :func:`train_nnunet` and :func:`predict_nnunet` need nnU-Net, an
+optional dependency: ``pip install "ctsynth-bench[nnunet]"`` (in this repository:
+``uv sync --extra nnunet``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ __all__ = [
     "export_dataset",
     "nnunet_env",
     "plan_and_preprocess",
+    "predict_nnunet",
+    "train_nnunet",
 ]
 
 log = logging.getLogger(__name__)
@@ -565,3 +570,335 @@ def plan_and_preprocess(
         if not data_dir.is_dir():
             raise BenchError(f"{_PLAN_SCRIPT} finished but wrote no {data_dir}; see {log_path}")
     return out
+
+
+# ------------------------------------------------------------------------- short training, predict
+
+#: Name of the short trainer (a subclass of nnU-Net's ``nnUNetTrainer`` made in the worker); the
+#: model folder is ``nnUNet_results/Dataset.../nnUNetTrainerShort__nnUNetPlans__<config>``.
+SHORT_TRAINER = "nnUNetTrainerShort"
+
+
+def _run_worker(func: str, args: dict, root: str | os.PathLike[str], log_path: Path, threads: int):
+    """Run ``ctsynth_bench.eval.nnunet.<func>(args)`` in a subprocess with nnU-Net's environment
+    (nnU-Net reads its folders when first imported, so they are set before the import)."""
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise BenchError(f"nnU-Net v2 (nnunetv2) is not installed; {INSTALL_HINT}")
+    env = {
+        **os.environ,
+        **nnunet_env(root),
+        "nnUNet_n_proc_DA": "0",  # augment in the training process, no worker pool
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "f",
+        "OMP_NUM_THREADS": str(threads),
+    }
+    code = f"import json, sys; from ctsynth_bench.eval.nnunet import {func}; {func}(json.loads(sys.argv[1]))"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    log_path.write_text(proc.stdout)
+    if proc.returncode != 0:
+        raise BenchError(
+            f"nnU-Net {func.strip('_')} failed (exit {proc.returncode}); full output in {log_path}:\n"
+            f"{_failure_summary(proc.stdout)}"
+        )
+
+
+def train_nnunet(
+    dataset_id: int,
+    root: str | os.PathLike[str],
+    *,
+    configuration: str = "3d_fullres",
+    epochs: int = 1,
+    iterations_per_epoch: int = 5,
+    val_iterations_per_epoch: int = 1,
+    minutes: float | None = None,
+    init: str | os.PathLike[str] | None = None,
+    initial_lr: float = 1e-2,
+    seed: int = 0,
+    threads: int = 1,
+) -> Path:
+    """Train nnU-Net v2 on a planned and preprocessed dataset, briefly, on the CPU.
+
+    nnU-Net's default schedule (1000 epochs of 250 iterations) is for GPUs and days; this runs its
+    own ``nnUNetTrainer`` (data augmentation, deep supervision, Dice + CE, poly learning rate) as the
+    subclass :data:`SHORT_TRAINER` with ``epochs`` x ``iterations_per_epoch`` iterations, stopping
+    early after ``minutes`` (checked after each epoch). It trains on every case (fold ``"all"``)
+    in a subprocess with :func:`nnunet_env` set; the output goes to
+    ``<root>/logs/train_Dataset{ID:03d}_<config>.log``.
+
+    Args:
+        dataset_id: a dataset :func:`plan_and_preprocess` has prepared under ``root``.
+        root: the folder of :func:`nnunet_env`.
+        configuration: ``"3d_fullres"``, ``"2d"`` or ``"3d_lowres"`` (planned).
+        epochs / iterations_per_epoch / val_iterations_per_epoch: the schedule.
+        minutes: stop after the epoch that passes this wall-clock budget.
+        init: a ``checkpoint_final.pth`` to start from (fine-tuning); nnU-Net copies every weight of
+            matching name and shape except the segmentation heads.
+        initial_lr: nnU-Net's SGD learning rate (poly-decayed over ``epochs``).
+        seed: seed of torch, numpy and random in the worker.
+        threads: torch CPU threads of the worker.
+
+    Returns:
+        The model folder (holding ``plans.json``, ``dataset.json`` and
+        ``fold_all/checkpoint_final.pth`` and ``fold_all/short_training.json`` with the epochs,
+        iterations and seconds done), for :func:`predict_nnunet`.
+
+    Raises:
+        BenchError: nnU-Net missing, bad arguments, no preprocessed dataset, or training failed.
+    """
+    dataset_id = _check_dataset_id(dataset_id)
+    if configuration not in NNUNET_CONFIGURATIONS:
+        raise BenchError(
+            f"unknown nnU-Net configuration {configuration!r}; allowed: "
+            f"{list(NNUNET_CONFIGURATIONS)}"
+            + _did_you_mean(str(configuration), NNUNET_CONFIGURATIONS)
+        )
+    for name, v in (
+        ("epochs", epochs),
+        ("iterations_per_epoch", iterations_per_epoch),
+        ("val_iterations_per_epoch", val_iterations_per_epoch),
+        ("threads", threads),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise BenchError(f"{name} must be a positive integer, got {v!r}")
+    if minutes is not None and not minutes > 0:
+        raise BenchError(f"minutes must be > 0, got {minutes!r}")
+    if init is not None and not Path(init).is_file():
+        raise BenchError(f"init {init} is not a file; give a checkpoint_final.pth")
+    env_dirs = nnunet_env(root)
+    pre = _dataset_folders(Path(env_dirs["nnUNet_preprocessed"]), dataset_id)
+    if not pre or not (pre[0] / f"{_PLANS}.json").is_file():
+        raise BenchError(
+            f"dataset {dataset_id} is not preprocessed under {root}; run plan_and_preprocess first"
+        )
+    model_dir = (
+        Path(env_dirs["nnUNet_results"])
+        / pre[0].name
+        / f"{SHORT_TRAINER}__{_PLANS}__{configuration}"
+    )
+    if model_dir.exists():  # a fresh training every call (nnU-Net would append to its logs)
+        shutil.rmtree(model_dir)
+    args = {
+        "dataset": pre[0].name,
+        "configuration": configuration,
+        "epochs": epochs,
+        "iterations_per_epoch": iterations_per_epoch,
+        "val_iterations_per_epoch": val_iterations_per_epoch,
+        "seconds": None if minutes is None else 60.0 * minutes,
+        "init": None if init is None else str(Path(init).resolve()),
+        "initial_lr": initial_lr,
+        "seed": seed,
+        "threads": threads,
+    }
+    log_path = Path(root) / "logs" / f"train_Dataset{dataset_id:03d}_{configuration}.log"
+    log.info(
+        "training nnU-Net on %s (%s, %d x %d iterations)",
+        pre[0].name,
+        configuration,
+        epochs,
+        iterations_per_epoch,
+    )
+    _run_worker("_train_worker", args, root, log_path, threads)
+    if not (model_dir / "fold_all" / "checkpoint_final.pth").is_file():
+        raise BenchError(
+            f"nnU-Net training wrote no checkpoint_final.pth in {model_dir}; see {log_path}"
+        )
+    return model_dir
+
+
+def _train_worker(args: dict) -> None:
+    """The subprocess of :func:`train_nnunet` (nnU-Net's environment is set)."""
+    import random
+    import time
+
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    torch.set_num_threads(int(args["threads"]))
+    random.seed(args["seed"])
+    np.random.seed(args["seed"])  # noqa: NPY002 - nnU-Net's augmentations draw from it
+    torch.manual_seed(args["seed"])
+
+    class nnUNetTrainerShort(nnUNetTrainer):
+        """nnU-Net's trainer with a short schedule and a wall-clock budget."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=None):
+            super().__init__(
+                plans, configuration, fold, dataset_json, device or torch.device("cpu")
+            )
+            self.num_epochs = int(args["epochs"])
+            self.num_iterations_per_epoch = int(args["iterations_per_epoch"])
+            self.num_val_iterations_per_epoch = int(args["val_iterations_per_epoch"])
+            self.initial_lr = float(args["initial_lr"])
+            self.save_every = 10**9  # only the final checkpoint
+
+        def run_training(self) -> None:
+            self.on_train_start()
+            t0 = time.monotonic()
+            done = 0
+            for _ in range(self.current_epoch, self.num_epochs):
+                self.on_epoch_start()
+                self.on_train_epoch_start()
+                outs = [
+                    self.train_step(next(self.dataloader_train))
+                    for _ in range(self.num_iterations_per_epoch)
+                ]
+                self.on_train_epoch_end(outs)
+                with torch.no_grad():
+                    self.on_validation_epoch_start()
+                    vals = [
+                        self.validation_step(next(self.dataloader_val))
+                        for _ in range(self.num_val_iterations_per_epoch)
+                    ]
+                    self.on_validation_epoch_end(vals)
+                self.on_epoch_end()
+                done += 1
+                if args["seconds"] is not None and time.monotonic() - t0 > args["seconds"]:
+                    break
+            self.on_train_end()
+            info = {
+                "epochs": done,
+                "iterations": done * self.num_iterations_per_epoch,
+                "seconds": time.monotonic() - t0,
+            }
+            with open(os.path.join(self.output_folder, "short_training.json"), "w") as f:
+                json.dump(info, f)
+
+    base = os.path.join(nnUNet_preprocessed, args["dataset"])
+    plans = load_json(os.path.join(base, f"{_PLANS}.json"))
+    plans["continue_training"] = False
+    trainer = nnUNetTrainerShort(
+        plans=plans,
+        configuration=args["configuration"],
+        fold="all",
+        dataset_json=load_json(os.path.join(base, "dataset.json")),
+        device=torch.device("cpu"),
+    )
+    if args["init"] is not None:
+        trainer.initialize()
+        load_pretrained_weights(trainer.network, args["init"], verbose=False)
+    trainer.run_training()
+
+
+def predict_nnunet(
+    model_dir: str | os.PathLike[str],
+    images: np.ndarray,
+    *,
+    spacing: float | Sequence[float],
+    work_dir: str | os.PathLike[str],
+    threads: int = 1,
+) -> np.ndarray:
+    """Label maps of ``images`` from a model of :func:`train_nnunet`.
+
+    The images are written as NIfTI (int16 HU, an axis-aligned affine of ``spacing``) to
+    ``work_dir/images``, segmented by ``nnUNetPredictor`` (sliding window, Gaussian weighting, no
+    test-time mirroring) in a subprocess, and read back in the same voxel order.
+
+    Args:
+        model_dir: the folder :func:`train_nnunet` returned.
+        images: HU volumes ``(N, X, Y, Z)``.
+        spacing: voxel size in mm (one number: isotropic).
+        work_dir: scratch folder (created; its ``images`` and ``labels`` are replaced).
+        threads: torch CPU threads of the worker.
+
+    Returns:
+        uint8 labels ``(N, X, Y, Z)``.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "fold_all" / "checkpoint_final.pth").is_file():
+        raise BenchError(
+            f"{model_dir} has no fold_all/checkpoint_final.pth; train it with train_nnunet"
+        )
+    images = np.asarray(images)
+    if images.ndim != 4 or not len(images):
+        raise BenchError(f"images must be (N, X, Y, Z) with N >= 1, got shape {images.shape}")
+    sp = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
+    affine = np.diag([*sp, 1.0])
+    work = Path(work_dir)
+    inp, outp = work / "images", work / "labels"
+    for d in (inp, outp):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    names = [f"case{i:05d}" for i in range(len(images))]
+    for n, im in zip(names, images, strict=True):
+        save_nifti(inp / f"{n}_0000{_FILE_ENDING}", np.rint(im), affine, dtype="int16")
+    args = {
+        "model_dir": str(model_dir.resolve()),
+        "inputs": [str((inp / f"{n}_0000{_FILE_ENDING}").resolve()) for n in names],
+        "outputs": [str((outp / n).resolve()) for n in names],
+        "threads": threads,
+    }
+    _run_worker("_predict_worker", args, work, work / "predict.log", threads)
+    out = []
+    for n in names:
+        f = outp / f"{n}{_FILE_ENDING}"
+        if not f.is_file():
+            raise BenchError(f"nnU-Net wrote no {f}; see {work / 'predict.log'}")
+        out.append(read_nifti_stored(f)[0].astype(np.uint8))
+    return np.stack(out)
+
+
+def _predict_worker(args: dict) -> None:
+    """The subprocess of :func:`predict_nnunet`."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    torch.set_num_threads(int(args["threads"]))
+    model_dir = args["model_dir"]
+    ckpt = torch.load(
+        os.path.join(model_dir, "fold_all", "checkpoint_final.pth"),
+        map_location="cpu",
+        weights_only=False,
+    )
+    plans = PlansManager(load_json(os.path.join(model_dir, "plans.json")))
+    dataset_json = load_json(os.path.join(model_dir, "dataset.json"))
+    conf = plans.get_configuration(ckpt["init_args"]["configuration"])
+    # the short trainer builds nnU-Net's own network, so the base class rebuilds it
+    net = nnUNetTrainer.build_network_architecture(
+        plans,
+        conf,
+        determine_num_input_channels(plans, conf, dataset_json),
+        plans.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        net,
+        plans,
+        conf,
+        [ckpt["network_weights"]],
+        dataset_json,
+        ckpt["trainer_name"],
+        ckpt.get("inference_allowed_mirroring_axes"),
+    )
+    predictor.predict_from_files_sequential(
+        [[f] for f in args["inputs"]],
+        args["outputs"],
+        save_probabilities=False,
+        overwrite=True,
+        folder_with_segs_from_prev_stage=None,
+    )
