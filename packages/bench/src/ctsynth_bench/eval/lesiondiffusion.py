@@ -458,7 +458,6 @@ def evaluate_lesiondiffusion(
     Raises:
         EvalError: bad settings, ``out`` holding another evaluation, a missing system or case.
     """
-    import torch
 
     from ..lesiondiffusion.system import MANIFEST, LesionDiffusionSystem
 
@@ -516,7 +515,6 @@ def evaluate_lesiondiffusion(
         real_lesion_crops(list(s.real_test) + list(s.real_train), per_lesion=1)
 
     parts = _Parts(root, progress)
-    torch.set_grad_enabled(False)
     system = LesionDiffusionSystem.load(run)
     templates = _template_inputs(TEMPLATES)
     figures: dict[str, Path] = {}
@@ -593,6 +591,7 @@ def evaluate_lesiondiffusion(
     # ---- 2. image quality
     if 2 in want or parts.has("quality"):
         from .quality import measure_quality, quality_figure, quality_table_md
+        from .sets import crops_from_folder
 
         def quality() -> dict[str, Any]:
             # lung cancer is the type with real lesions: generated vs real vs rule-based
@@ -602,31 +601,24 @@ def evaluate_lesiondiffusion(
             real = real_lesion_crops(
                 list(s.real_test) + list(s.real_train), per_lesion=8, jitter=0.05, seed=s.seed
             )
-            rule_lung = _crops(
-                [rule_train], source="rule", jitter=0.0, per=1, seed=s.seed, types=["lung_cancer"]
+            refs = {"real lung tumours": real}
+            rule_lung = crops_from_folder(
+                rule_train, source="rule", per_lesion=1, seed=s.seed, types=["lung_cancer"]
             )
+            if len(rule_lung) >= 2:  # a user's set may have no lung lesions
+                refs["rule-based lung_cancer"] = rule_lung
             gen_all = _crops(
                 [gen_root / t for t in s.types], source="generated", jitter=0.0, per=1, seed=s.seed
             )
-            rule = _crops(
-                [rule_train], source="rule", jitter=0.0, per=1, seed=s.seed, types=list(s.types)
+            res = {"lung_cancer": measure_quality(gen, refs, seed=s.seed, progress=progress)}
+            rule = crops_from_folder(
+                rule_train, source="rule", per_lesion=1, seed=s.seed, types=list(s.types)
             )
-            res = {
-                "lung_cancer": measure_quality(
-                    gen,
-                    {"real lung tumours": real, "rule-based lung_cancer": rule_lung},
-                    seed=s.seed,
-                    progress=progress,
-                ),
-                "downstream types": measure_quality(
+            if len(rule) >= 2 and len(gen_all) >= 2:
+                res["downstream types"] = measure_quality(
                     gen_all, {"rule-based (same types)": rule}, seed=s.seed, progress=progress
-                ),
-            }
-            quality_figure(
-                gen,
-                {"real lung tumours": real, "rule-based": rule_lung},
-                fig_dir / "quality_gallery.png",
-            )
+                )
+            quality_figure(gen, refs, fig_dir / "quality_gallery.png")
             return res
 
         results["quality"] = parts.run("quality", quality)
@@ -668,7 +660,7 @@ def evaluate_lesiondiffusion(
                 tests={"held-out rule-based": test_rule, "real lung tumours": real_test},
                 types=list(s.types),
                 minutes_per_model=s.seg_minutes,
-                max_steps=s.seg_max_steps,
+                max_steps_per_model=s.seg_max_steps,
                 segmenter=s.segmenter,
                 out=root / "downstream",
                 seed=s.seed,
@@ -707,6 +699,9 @@ def evaluate_lesiondiffusion(
             test_rule = _crops(
                 [rule_test], source="rule", jitter=0.25, per=1, seed=s.seed + 7, types=s.types
             )
+            real_test = real_lesion_crops(
+                list(s.real_test), jitter=0.25, per_lesion=4, seed=s.seed + 7
+            )
             for label, folder in (("with text", ref_dir), ("text removed", nt_dir)):
                 sysx = LesionDiffusionSystem.load(folder)
                 ctrl = measure_control(sysx, n=s.n_control, seed=s.seed, steps=s.steps, null=False)
@@ -731,16 +726,20 @@ def evaluate_lesiondiffusion(
                         per=s.crops_per_lesion,
                         seed=s.seed,
                     )
-                    torch.set_grad_enabled(True)
                     seg = train_lesion_segmenter(
                         train,
                         minutes=s.seg_minutes,
                         max_steps=s.seg_max_steps,
                         seed=s.seed,
                         run_dir=root / "ablation_seg" / f"{label.replace(' ', '_')}_{lt}",
+                        resume=True,
                     )
-                    torch.set_grad_enabled(False)
-                    seg_rows[lt] = score_segmenter(seg, test_rule.of_type(lt))
+                    tests = {"held-out rule-based": test_rule.of_type(lt)}
+                    if lt == "lung_cancer":
+                        tests["real lung tumours"] = real_test
+                    seg_rows[lt] = {
+                        name: score_segmenter(seg, t) for name, t in tests.items() if len(t)
+                    }
                 rows[label] = {
                     "system": _system_facts(folder),
                     "control": ctrl.to_dict(),

@@ -33,11 +33,19 @@ def _minutes(sec: float) -> str:
 
 
 def _ablation_md(res: dict[str, Any], types: list[str]) -> list[str]:
+    cols = list(
+        dict.fromkeys(
+            (t, test)
+            for row in res.values()
+            for t in types
+            for test in row["downstream"].get(t, {})
+        )
+    )
     lines = [
         "| system | steps (LMNet / LINet) | sphericity round - irregular (p) | lesion - organ HU "
         "hypo / iso / hyper | ordered | size within 30 % | realised attributes agree with the "
-        "rules | " + " | ".join(f"Dice {t}" for t in types) + " |",
-        "|---" * (7 + len(types)) + "|",
+        "rules | " + " | ".join(f"Dice {t} on {test}" for t, test in cols) + " |",
+        "|---" * (7 + len(cols)) + "|",
     ]
     for label, row in res.items():
         c = row["control"]
