@@ -51,8 +51,9 @@ def _cmd_eval_lesiondiffusion(args: argparse.Namespace) -> int:
             kw[name] = getattr(args, name)
     if args.seg_minutes is not None:
         kw["seg_minutes"] = args.seg_minutes
-    if args.train_minutes is not None:
+    if args.train_minutes is not None or args.train_steps is not None:
         kw["train_minutes"] = args.train_minutes
+        kw["train_max_steps"] = args.train_steps
     if args.held_out_type:
         kw["held_out_type"] = args.held_out_type
     settings = EvalSettings(segmenter=args.segmenter, **kw)
@@ -124,9 +125,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-text-run", help="section 4: a system trained with --no-text")
     p.add_argument("--held-out-run", help="section 5: a system trained with --hold-out TYPE")
     p.add_argument(
+        "--train-steps",
+        type=int,
+        help="optimizer steps per stage of the systems trained here for sections 4/5 (default 1200)",
+    )
+    p.add_argument(
         "--train-minutes",
         type=float,
-        help="minutes per stage of the systems trained here for sections 4/5 (default 8)",
+        help="or minutes per stage (with --train-steps: whichever ends first)",
     )
     p.add_argument("--seg-minutes", type=float, help="minutes per segmenter (default 1)")
     p.add_argument("--n-align", type=int, help="boxes per type in section 1 (default 4)")

@@ -103,8 +103,8 @@ class EvalSettings:
     n_control: int = 20
     held_out_type: str = "bladder_cancer"
     n_held_out: int = 12
-    train_minutes: float | None = 8.0
-    train_max_steps: int | None = None
+    train_minutes: float | None = None
+    train_max_steps: int | None = 1200
     train_independent: int = 1200
     train_parallel: bool = True
     real_train: tuple[str, ...] = ("chest",)

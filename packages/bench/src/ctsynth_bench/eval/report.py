@@ -32,6 +32,14 @@ def _minutes(sec: float) -> str:
     return f"{sec / 60:.1f} min" if sec >= 60 else f"{sec:.0f} s"
 
 
+def _budget(res: dict[str, Any]) -> str:
+    steps = {
+        f"{st.get('lmnet', '?')} / {st.get('linet', '?')}"
+        for st in (row["system"]["steps"] for row in res.values())
+    }
+    return "LMNet / LINet steps " + ", ".join(sorted(steps))
+
+
 def _ablation_md(res: dict[str, Any], types: list[str]) -> list[str]:
     cols = list(
         dict.fromkeys(
@@ -149,7 +157,7 @@ def write_eval_report(summary: Any, settings: Any) -> Path:
             "## 4. Ablation without text (Tab. 2)",
             "",
             "Both systems are trained here the same way (same rule-based set, templates, seed and "
-            f"budget: {s.train_minutes} min per stage), one with the reports, one with the null "
+            f"budget, here {_budget(r['ablation'])}), one with the reports, one with the null "
             "context only. Text control on "
             f"{s.n_control} held-out boxes with the same noise across prompts; realised attributes "
             f"of {s.n_generated} lesions per type against the rule table; Dice of a segmenter "
