@@ -140,7 +140,7 @@ def test_all_sections_end_to_end_tiny(tiny_rule_set, real_lesion_cache, tmp_path
 
     s = EvalSettings(
         types=("kidney_cyst",),
-        align_types=("liver_cyst",),
+        align_types=("liver_cancer",),
         n_align=1,
         n_generated=2,
         n_rule_test=5,  # 14 types cycled: the fifth is kidney_cyst

@@ -271,6 +271,7 @@ def synthesize_typed_set(
             out=folder,
             n=n_per_type,
             seed=seed * 1000 + k,
+            prefix=f"{lt}_",  # case ids unique across the types
             steps=steps,
             progress=progress,
         )
