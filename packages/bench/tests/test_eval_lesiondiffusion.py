@@ -199,3 +199,12 @@ def test_all_sections_end_to_end_tiny(tiny_rule_set, real_lesion_cache, tmp_path
         evaluate_lesiondiffusion(
             ship, **dict(kw, settings=EvalSettings(held_out_type="liver_cyst", train_max_steps=1))
         )
+
+
+def test_missing_real_lesions_named_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CTSYNTH_CACHE", str(tmp_path / "empty_cache"))
+    out = tmp_path / "ev"
+    assert _cli(["eval", "lesiondiffusion", "--out", str(out), "--sections", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lung1" in err[0] and "bench data fetch" in err[0]
+    assert not out.exists()

@@ -506,14 +506,13 @@ def evaluate_lesiondiffusion(
             raise EvalError(
                 f"{root} holds an evaluation with other settings; give a new --out or remove it"
             )
-    root.mkdir(parents=True, exist_ok=True)
-    _atomic_json(root / EVAL_INFO, {"key": info})
-    # the real lesions are checked before anything long starts
+    # the real lesions are checked before anything is written
     from .sets import real_lesion_crops
 
-    real_needed = bool({2, 3} & set(sections))
-    if real_needed:
+    if {2, 3, 4} & set(sections):
         real_lesion_crops(list(s.real_test) + list(s.real_train), per_lesion=1)
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic_json(root / EVAL_INFO, {"key": info})
 
     parts = _Parts(root, progress)
     system = LesionDiffusionSystem.load(run)
