@@ -795,6 +795,8 @@ def evaluate_lesiondiffusion(
 
         results["generalisation"] = parts.run("generalisation", generalisation)
 
+    for path in sorted(parts.root.glob("*.json")):  # parts of earlier calls count too
+        parts.seconds.setdefault(path.stem, float(json.loads(path.read_text()).get("seconds", 0)))
     summary = EvalSummary(
         out=root,
         report=root / "report.md",

@@ -32,6 +32,14 @@ def _minutes(sec: float) -> str:
     return f"{sec / 60:.1f} min" if sec >= 60 else f"{sec:.0f} s"
 
 
+def _system_label(folder: str) -> str:
+    from ..lesiondiffusion.system import shipped_weights_dir
+
+    if Path(folder).resolve() == shipped_weights_dir().resolve():
+        return "the shipped demo weights"
+    return f"run folder `{Path(folder).name}`"
+
+
 def _budget(res: dict[str, Any]) -> str:
     steps = {
         f"{st.get('lmnet', '?')} / {st.get('linet', '?')}"
@@ -60,7 +68,7 @@ def _ablation_md(res: dict[str, Any], types: list[str]) -> list[str]:
         a = row["agreement"]
         st = row["system"]["steps"]
         dh = c.get("delta_hu") or {}
-        dice = [_f(row["downstream"].get(t, {}).get("dice_mean")) for t in types]
+        dice = [_f(row["downstream"].get(t, {}).get(test, {}).get("dice_mean")) for t, test in cols]
         lines.append(
             f"| {label} | {st.get('lmnet', '?')} / {st.get('linet', '?')} | "
             f"{_f(c['sphericity_gap'], '+.3f')} ({_f(c['shape_p'], '.2g')}) | "
@@ -118,7 +126,7 @@ def write_eval_report(summary: Any, settings: Any) -> Path:
     lines = [
         "# LesionDiffusion evaluation",
         "",
-        f"System: `{r['system']['folder']}` (text: {r['system']['text']}). "
+        f"System: {_system_label(r['system']['folder'])} (trained with text: {r['system']['text']}). "
         f"Total time: {_minutes(sum(sec.values()))} "
         f"({', '.join(f'{k} {_minutes(v)}' for k, v in sec.items())}).",
         "",
