@@ -157,8 +157,20 @@ def test_all_sections_end_to_end_tiny(tiny_rule_set, real_lesion_cache, tmp_path
     )
     out = tmp_path / "ev"
     ship = shipped_weights_dir()
+
+    def snapshot() -> dict[str, str]:
+        import hashlib
+
+        return {
+            str(f.relative_to(ship)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(ship.rglob("*"))
+            if f.is_file()
+        }
+
+    before = snapshot()
     kw = dict(out=out, data=tiny_rule_set, settings=s, reference_run=ship)
     summ = evaluate_lesiondiffusion(ship, **kw)
+    assert snapshot() == before  # a given system is read, never trained or written
     text = summ.report.read_text()
     for head in (
         "## 1. Text alignment",

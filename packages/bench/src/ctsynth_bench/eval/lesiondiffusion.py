@@ -392,8 +392,9 @@ def _train_system(
     from ..lesiondiffusion.system import MANIFEST
     from ..lesiondiffusion.training import train_system
 
-    if (out / MANIFEST).is_file() and (out / "train_log.json").is_file():
-        return out  # trained by an earlier, interrupted evaluation
+    # only folders inside the evaluation are trained (a given system is never written to); one
+    # trained by an earlier, interrupted call is continued to the same budget
+    resume = (out / MANIFEST).is_file() or (out / "crops.npz").is_file()
     train_system(
         preset=get_preset("demo"),
         out=out,
@@ -401,6 +402,7 @@ def _train_system(
         stages=("lmnet", "linet"),
         minutes=s.train_minutes,
         max_steps=s.train_max_steps,
+        resume=resume,
         no_text=no_text,
         independent=s.train_independent,
         seed=s.seed,
@@ -679,7 +681,9 @@ def evaluate_lesiondiffusion(
         parts.run(
             "train_reference",
             lambda: _system_facts(
-                _train_system(ref_dir, rule_dir=rule_train, s=s, progress=progress)
+                ref_dir
+                if reference_run
+                else _train_system(ref_dir, rule_dir=rule_train, s=s, progress=progress)
             ),
         )
     if 4 in want or parts.has("ablation"):
@@ -687,7 +691,11 @@ def evaluate_lesiondiffusion(
         parts.run(
             "train_no_text",
             lambda: _system_facts(
-                _train_system(nt_dir, rule_dir=rule_train, s=s, no_text=True, progress=progress)
+                nt_dir
+                if no_text_run
+                else _train_system(
+                    nt_dir, rule_dir=rule_train, s=s, no_text=True, progress=progress
+                )
             ),
         )
 
@@ -754,7 +762,9 @@ def evaluate_lesiondiffusion(
         parts.run(
             "train_held_out",
             lambda: _system_facts(
-                _train_system(
+                ho_dir
+                if held_out_run
+                else _train_system(
                     ho_dir, rule_dir=rule_train, s=s, hold_out=(s.held_out_type,), progress=progress
                 )
             ),
