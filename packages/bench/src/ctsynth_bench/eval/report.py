@@ -126,7 +126,8 @@ def write_eval_report(summary: Any, settings: Any) -> Path:
     lines = [
         "# LesionDiffusion evaluation",
         "",
-        f"System: {_system_label(r['system']['folder'])} (trained with text: {r['system']['text']}). "
+        f"System: {_system_label(r['system']['folder'])}, preset `{r.get('preset', '?')}` "
+        f"(trained with text: {r['system']['text']}). "
         f"Total time: {_minutes(sum(sec.values()))} "
         f"({', '.join(f'{k} {_minutes(v)}' for k, v in sec.items())}).",
         "",
