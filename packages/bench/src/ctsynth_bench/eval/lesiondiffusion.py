@@ -524,6 +524,7 @@ def evaluate_lesiondiffusion(
     results: dict[str, Any] = {
         "system": _system_facts(run),
         "preset": system.preset.name if hasattr(system.preset, "name") else "demo",
+        "data_dir": str(data) if data is not None else None,
     }
 
     # ---- data

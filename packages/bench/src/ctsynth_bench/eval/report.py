@@ -116,6 +116,24 @@ def _general_md(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _data_line(r: dict[str, Any], s: Any) -> str:
+    out = "**Data.** Templates: the bundled real CTs `abdomen` and `chest`."
+    if not {"quality", "downstream", "ablation", "generalisation"} & set(r):
+        return out
+    given = r.get("data_dir")
+    train = (
+        f"the given lesion set `{Path(given).name}`"
+        if given
+        else f"{s.n_rule_train} rule-based cases (14 lesion types cycled)"
+    )
+    return (
+        f"{out} Training set: {train}. Held-out test set: {s.n_rule_test} rule-based cases (14 "
+        f"types cycled, another seed). LesionDiffusion lesions: {s.n_generated} per type. Real "
+        f"lung tumours: {', '.join(s.real_train)} for training, {', '.join(s.real_test)} for "
+        "testing (`bench data fetch`). Lesion crops for sections 2-3: 48^3 voxels at 1.5 mm."
+    )
+
+
 def write_eval_report(summary: Any, settings: Any) -> Path:
     """Write ``summary.report`` from the parts of an evaluation."""
     root = Path(summary.out)
@@ -131,12 +149,7 @@ def write_eval_report(summary: Any, settings: Any) -> Path:
         f"Total time: {_minutes(sum(sec.values()))} "
         f"({', '.join(f'{k} {_minutes(v)}' for k, v in sec.items())}).",
         "",
-        "**Data.** Templates: the bundled real CTs `abdomen` and `chest`. Rule-based sets: "
-        f"{s.n_rule_train} training cases and {s.n_rule_test} held-out test cases (14 lesion types "
-        "cycled, different seeds). LesionDiffusion lesions: "
-        f"{s.n_generated} per type. Real lung tumours: {', '.join(s.real_train)} for training, "
-        f"{', '.join(s.real_test)} for testing (`bench data fetch`). Lesion crops for sections 2-3: "
-        "48^3 voxels at 1.5 mm.",
+        _data_line(r, s),
         "",
     ]
     if "alignment" in r:
