@@ -64,6 +64,9 @@ import numpy as np
 import report_bbox
 from scipy import ndimage, stats
 
+from ..lesiondiffusion.pipeline import _location_class
+from ..lesiondiffusion.run import _template_for
+
 __all__ = [
     "CONTRASTS",
     "alignment_figures",
@@ -164,15 +167,6 @@ def boundary_sharpness(ct: np.ndarray, lesion: np.ndarray, spacing: Sequence[flo
     ring = (dout > 3) & (dout <= 5)
     contrast = abs(float(np.median(c[core])) - float(np.median(c[ring]))) if ring.any() else 0.0
     return float(np.median(gmag[band])) / max(contrast, 10.0)
-
-
-def _location_class(report: report_bbox.Report) -> str:
-    return {
-        "within the parenchymal organ": "within",
-        "protruding from the parenchymal organ": "protruding",
-        "within the lumen of a hollow organ": "lumen",
-        "wall thickening": "wall",
-    }[report.lesion_location]
 
 
 def _location(lesion: np.ndarray, organs: np.ndarray, report: report_bbox.Report) -> dict[str, Any]:
@@ -355,14 +349,6 @@ def _with(report: report_bbox.Report, **kw: Any) -> report_bbox.Report:
     d = report.to_dict()
     d.update(kw)
     return report_bbox.Report.from_dict(d)
-
-
-def _template_for(lesion_type: str, inputs: Mapping[str, Any]) -> str | None:
-    organ = report_bbox.LESION_TYPES[lesion_type].organ
-    ids = np.asarray(report_bbox.organ_ids(organ))
-    counts = {name: int(np.isin(inp.organs, ids).sum()) for name, inp in inputs.items()}
-    best = max(counts, key=lambda k: counts[k])
-    return best if counts[best] >= 50 else None
 
 
 def _seeds(seed: int, type_index: int, case: int) -> tuple[np.random.Generator, int]:

@@ -365,6 +365,7 @@ class _NnunetBackend:
 
     def fit(self, train: LesionCropSet, folder: Path, init: Path | None) -> dict[str, Any]:
         from .nnunet import (
+            NETWORK_FILE,
             NnunetCase,
             export_dataset,
             nnunet_env,
@@ -392,11 +393,7 @@ class _NnunetBackend:
         epochs = 10**6 if self.max_steps is None else max(1, math.ceil(self.max_steps / it))
         ckpt = None
         if init is not None:
-            ckpt = (
-                Path(json.loads((init / "model.json").read_text()))
-                / "fold_all"
-                / "checkpoint_final.pth"
-            )
+            ckpt = Path(json.loads((init / "model.json").read_text())) / "fold_all" / NETWORK_FILE
         model_dir = train_nnunet(
             ds_id,
             self.root,

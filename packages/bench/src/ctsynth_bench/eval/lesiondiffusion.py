@@ -234,10 +234,10 @@ def _template_inputs(names: Sequence[str]) -> dict[str, Any]:
 
 
 def _best_template(lesion_type: str, inputs: dict[str, Any]) -> str:
-    ids = np.asarray(report_bbox.organ_ids(report_bbox.LESION_TYPES[lesion_type].organ))
-    counts = {k: int(np.isin(v.organs, ids).sum()) for k, v in inputs.items()}
-    best = max(counts, key=lambda k: counts[k])
-    if counts[best] < 50:
+    from ..lesiondiffusion.run import _template_for
+
+    best = _template_for(lesion_type, inputs)
+    if best is None:
         raise EvalError(f"no template of {list(inputs)} holds the organ of {lesion_type}")
     return best
 
@@ -317,6 +317,7 @@ def _crops(
 
 def _agreement(folders: Sequence[Path]) -> dict[str, Any]:
     """The realised attributes of a lesion set against the rule table, plus placement and size."""
+    from ..lesiondiffusion.pipeline import _location_class
     from ..lesiondiffusion.reports import _location
     from ..rulesynth._stats import check_rules, load_and_measure, type_agreement
 
@@ -339,12 +340,7 @@ def _agreement(folders: Sequence[Path]) -> dict[str, Any]:
             shell = ndimage.binary_dilation(m, iterations=1) & ~m
             placement.append(float(np.isin(org[shell], ids).mean()) if shell.any() else 0.0)
             loc = _location(m, org, rep.organ)
-            want = {
-                "within the parenchymal organ": "within",
-                "protruding from the parenchymal organ": "protruding",
-                "within the lumen of a hollow organ": "lumen",
-                "wall thickening": "wall",
-            }[rep.lesion_location]
+            want = _location_class(rep)
             location_ok.append(loc == want)
             spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
             idx = np.argwhere(m)

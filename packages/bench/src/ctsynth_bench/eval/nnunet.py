@@ -577,6 +577,10 @@ def plan_and_preprocess(
 #: Name of the short trainer (a subclass of nnU-Net's ``nnUNetTrainer`` made in the worker); the
 #: model folder is ``nnUNet_results/Dataset.../nnUNetTrainerShort__nnUNetPlans__<config>``.
 SHORT_TRAINER = "nnUNetTrainerShort"
+#: What a trained model keeps beside nnU-Net's own checkpoint, so it is read without unpickling:
+#: the network's weights, and its configuration, trainer name and mirroring axes.
+NETWORK_FILE = "network.safetensors"
+NETWORK_INFO = "network.json"
 
 
 def _run_worker(func: str, args: dict, root: str | os.PathLike[str], log_path: Path, threads: int):
@@ -640,15 +644,17 @@ def train_nnunet(
         configuration: ``"3d_fullres"``, ``"2d"`` or ``"3d_lowres"`` (planned).
         epochs / iterations_per_epoch / val_iterations_per_epoch: the schedule.
         minutes: stop after the epoch that passes this wall-clock budget.
-        init: a ``checkpoint_final.pth`` to start from (fine-tuning); nnU-Net copies every weight of
-            matching name and shape except the segmentation heads.
+        init: the ``fold_all/network.safetensors`` of a trained model to start from (fine-tuning);
+            every weight of matching name and shape is copied except the segmentation heads, as
+            nnU-Net's ``load_pretrained_weights`` does.
         initial_lr: nnU-Net's SGD learning rate (poly-decayed over ``epochs``).
         seed: seed of torch, numpy and random in the worker.
         threads: torch CPU threads of the worker.
 
     Returns:
         The model folder (holding ``plans.json``, ``dataset.json`` and
-        ``fold_all/checkpoint_final.pth`` and ``fold_all/short_training.json`` with the epochs,
+        ``fold_all/network.safetensors`` + ``network.json`` (read without unpickling), nnU-Net's
+        own ``checkpoint_final.pth`` and ``fold_all/short_training.json`` with the epochs,
         iterations and seconds done), for :func:`predict_nnunet`.
 
     Raises:
@@ -672,7 +678,7 @@ def train_nnunet(
     if minutes is not None and not minutes > 0:
         raise BenchError(f"minutes must be > 0, got {minutes!r}")
     if init is not None and not Path(init).is_file():
-        raise BenchError(f"init {init} is not a file; give a checkpoint_final.pth")
+        raise BenchError(f"init {init} is not a file; give the {NETWORK_FILE} of a trained model")
     env_dirs = nnunet_env(root)
     pre = _dataset_folders(Path(env_dirs["nnUNet_preprocessed"]), dataset_id)
     if not pre or not (pre[0] / f"{_PLANS}.json").is_file():
@@ -707,10 +713,8 @@ def train_nnunet(
         iterations_per_epoch,
     )
     _run_worker("_train_worker", args, root, log_path, threads)
-    if not (model_dir / "fold_all" / "checkpoint_final.pth").is_file():
-        raise BenchError(
-            f"nnU-Net training wrote no checkpoint_final.pth in {model_dir}; see {log_path}"
-        )
+    if not (model_dir / "fold_all" / NETWORK_FILE).is_file():
+        raise BenchError(f"nnU-Net training wrote no {NETWORK_FILE} in {model_dir}; see {log_path}")
     return model_dir
 
 
@@ -722,8 +726,8 @@ def _train_worker(args: dict) -> None:
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(int(args["threads"]))
     random.seed(args["seed"])
@@ -786,9 +790,27 @@ def _train_worker(args: dict) -> None:
         device=torch.device("cpu"),
     )
     if args["init"] is not None:
+        # as nnU-Net's own load_pretrained_weights (every weight but the segmentation heads), read
+        # from safetensors: nnU-Net's .pth checkpoints would have to be unpickled
         trainer.initialize()
-        load_pretrained_weights(trainer.network, args["init"], verbose=False)
+        own = trainer.network.state_dict()
+        for key, value in load_file(args["init"]).items():
+            if ".seg_layers." not in key and key in own and own[key].shape == value.shape:
+                own[key] = value
+        trainer.network.load_state_dict(own)
     trainer.run_training()
+    out = os.path.join(trainer.output_folder, NETWORK_FILE)
+    # clone: the encoder is shared by reference in the decoder, safetensors stores no aliases
+    save_file({k: v.detach().clone() for k, v in trainer.network.state_dict().items()}, out)
+    with open(os.path.join(trainer.output_folder, NETWORK_INFO), "w") as fh:
+        json.dump(
+            {
+                "configuration": args["configuration"],
+                "trainer_name": type(trainer).__name__,
+                "mirroring_axes": trainer.inference_allowed_mirroring_axes,
+            },
+            fh,
+        )
 
 
 def predict_nnunet(
@@ -816,10 +838,8 @@ def predict_nnunet(
         uint8 labels ``(N, X, Y, Z)``.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "fold_all" / "checkpoint_final.pth").is_file():
-        raise BenchError(
-            f"{model_dir} has no fold_all/checkpoint_final.pth; train it with train_nnunet"
-        )
+    if not (model_dir / "fold_all" / NETWORK_FILE).is_file():
+        raise BenchError(f"{model_dir} has no fold_all/{NETWORK_FILE}; train it with train_nnunet")
     images = np.asarray(images)
     if images.ndim != 4 or not len(images):
         raise BenchError(f"images must be (N, X, Y, Z) with N >= 1, got shape {images.shape}")
@@ -857,17 +877,15 @@ def _predict_worker(args: dict) -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from safetensors.torch import load_file
 
     torch.set_num_threads(int(args["threads"]))
     model_dir = args["model_dir"]
-    ckpt = torch.load(
-        os.path.join(model_dir, "fold_all", "checkpoint_final.pth"),
-        map_location="cpu",
-        weights_only=False,
-    )
+    info = load_json(os.path.join(model_dir, "fold_all", NETWORK_INFO))
+    weights = load_file(os.path.join(model_dir, "fold_all", NETWORK_FILE))
     plans = PlansManager(load_json(os.path.join(model_dir, "plans.json")))
     dataset_json = load_json(os.path.join(model_dir, "dataset.json"))
-    conf = plans.get_configuration(ckpt["init_args"]["configuration"])
+    conf = plans.get_configuration(info["configuration"])
     # the short trainer builds nnU-Net's own network, so the base class rebuilds it
     net = nnUNetTrainer.build_network_architecture(
         plans,
@@ -890,10 +908,10 @@ def _predict_worker(args: dict) -> None:
         net,
         plans,
         conf,
-        [ckpt["network_weights"]],
+        [weights],
         dataset_json,
-        ckpt["trainer_name"],
-        ckpt.get("inference_allowed_mirroring_axes"),
+        info["trainer_name"],
+        None if info["mirroring_axes"] is None else tuple(info["mirroring_axes"]),
     )
     predictor.predict_from_files_sequential(
         [[f] for f in args["inputs"]],
