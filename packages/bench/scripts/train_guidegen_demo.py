@@ -35,6 +35,8 @@ VARIANTS = {
     "shipped": {},
     # the same without tumour weighting
     "noweight": {"tumour_weight": 1.0},
+    # without the field probe (the first shipped TCSS: its injection carried the site only)
+    "nofields": {"field_weight": 0.0},
     # plain cross-attention to the tokens instead of knowledge injection (the paper's ablation)
     "crossattn": {"tcss": {"conditioning": "crossattn"}},
 }
@@ -61,11 +63,17 @@ def _bank(out: Path) -> None:
     print(f"bank: {tokens.shape[0]} prompts, {tokens.shape[1]} tokens", flush=True)
 
 
-def load_bank(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def load_bank(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens, mask and field targets (site, count, size) of the prompt bank."""
+    from ctsynth_bench.guidegen.stages import field_targets
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     d = load_file(str(path))
-    return d["tokens"], d["mask"].bool()
+    with safe_open(str(path), "pt") as fh:
+        prompts = json.loads(fh.metadata()["prompts"])
+    fields = field_targets([PromptFields.from_dict(f) for f in prompts])
+    return d["tokens"], d["mask"].bool(), fields
 
 
 def cell_of(fields_json: str) -> int:
@@ -87,7 +95,7 @@ def _tcss(args: argparse.Namespace) -> None:
         preset = dataclasses.replace(preset, lr=args.lr)
     src = args.data or args.out
     d = np.load(src / "labels.npz")
-    tokens, mask = load_bank(src / "bank.safetensors")
+    tokens, mask, fields = load_bank(src / "bank.safetensors")
     cell = torch.tensor([cell_of(s) for s in d["fields"]])
     choices = cell[:, None] * PER_CELL + torch.arange(PER_CELL)[None]
     data = TCSSData(
@@ -95,6 +103,7 @@ def _tcss(args: argparse.Namespace) -> None:
         choices=choices,
         bank_tokens=tokens,
         bank_mask=mask,
+        bank_fields=fields,
     )
     synth = SemanticSynthesizer(config=preset.tcss)
     if args.init is not None:  # warm start from an earlier checkpoint of the same design
@@ -178,7 +187,7 @@ def _ct(args: argparse.Namespace) -> None:
                 * scale
             )
         z = torch.cat(zs).cpu()
-    tokens, _ = load_bank(args.out / "bank.safetensors")
+    tokens, _, _ = load_bank(args.out / "bank.safetensors")
     rng = np.random.default_rng(args.seed)
     pick = [cell_of(s) * PER_CELL + int(rng.integers(PER_CELL)) for s in d["fields"]]
     tok = tokens[pick].float()

@@ -7,7 +7,10 @@
   and it must be the prompted organ; a component has one site, so chance is near one in five.
   Chance levels are measured, not assumed: the same rules on samples drawn with the text removed
   (the null prompt), for each site.
-* **Count**: the number of connected tumour components (26-connectivity) equals the prompt's.
+* **Count**: the number of connected tumour components (26-connectivity) equals the prompt's;
+  the confusion table (prompted count x generated count) shows where it fails.
+* **Size**: voxels per tumour component for ``small`` and ``large`` prompts, and how often a
+  ``large`` sample's tumours are bigger than a ``small`` one's (0.5 = the size is ignored).
 * **Sampler**: the fast sampler against the ancestral one, by site and count accuracy, the
   distance of the class-volume histogram to the real maps', and network calls.
 * **Image**: median HU of each organ in the generated CT against real ranges.
@@ -28,11 +31,13 @@ __all__ = [
     "HU_RANGES",
     "SiteCount",
     "class_histogram_distance",
+    "count_confusion",
     "null_site_rates",
     "organ_hu",
     "score_maps",
     "site_dominant",
     "site_hits",
+    "size_order",
     "tumour_count",
     "tumour_sites",
 ]
@@ -129,6 +134,49 @@ def score_maps(maps: Sequence[np.ndarray], fields: Sequence[PromptFields]) -> Si
         dominant_rate=float(np.mean(dom)),
         per_site_dominant=per_dom,
     )
+
+
+def count_confusion(
+    maps: Sequence[np.ndarray], fields: Sequence[PromptFields], *, max_count: int = 4
+) -> dict[str, list[int]]:
+    """``{prompted count: [samples with 0, 1, ..., >= max_count generated components]}``."""
+    out: dict[str, list[int]] = {}
+    for m, f in zip(maps, fields, strict=True):
+        row = out.setdefault(str(f.count), [0] * (max_count + 1))
+        row[min(tumour_count(m), max_count)] += 1
+    return dict(sorted(out.items()))
+
+
+def _voxels_per_tumour(labels: np.ndarray) -> float:
+    k = tumour_count(labels)
+    return float((labels == TUMOUR).sum() / k) if k else float("nan")
+
+
+def size_order(maps: Sequence[np.ndarray], fields: Sequence[PromptFields]) -> dict[str, float]:
+    """Median voxels per tumour for ``small`` and ``large`` prompts, and the ordered-pair rate.
+
+    ``order_rate`` is the probability that a ``large`` sample has more voxels per tumour than a
+    ``small`` one (ties count half; maps without a tumour are left out): 0.5 when the size in the
+    prompt is ignored, 1.0 when every large tumour is bigger than every small one.
+    """
+    vol = {z: [] for z in ("small", "large")}
+    for m, f in zip(maps, fields, strict=True):
+        v = _voxels_per_tumour(m)
+        if not np.isnan(v):
+            vol[f.size].append(v)
+    small, large = np.asarray(vol["small"]), np.asarray(vol["large"])
+    if small.size == 0 or large.size == 0:
+        return {
+            "small_voxels": float("nan"),
+            "large_voxels": float("nan"),
+            "order_rate": float("nan"),
+        }
+    diff = large[:, None] - small[None, :]
+    return {
+        "small_voxels": float(np.median(small)),
+        "large_voxels": float(np.median(large)),
+        "order_rate": float(((diff > 0) + 0.5 * (diff == 0)).mean()),
+    }
 
 
 def null_site_rates(maps: Sequence[np.ndarray], *, rule: str = "touch") -> dict[str, float]:

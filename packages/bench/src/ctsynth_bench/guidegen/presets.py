@@ -39,6 +39,12 @@ class GuideGenPreset:
         cond_drop: probability of training a sample with the null prompt (enables guidance and
             the no-text measurement).
         guidance: classifier-free guidance scale of the TCSS at sampling (1 = off).
+        field_weight: weight of the field probe's cross-entropy (site, count and size read
+            linearly from the knowledge-injection contexts, :class:`~.stages.FieldProbe`); 0 = the
+            paper's loss alone.
+        count_augment: probability that a training input ``x_t`` (``t < 0.7 T``) gets one tumour
+            added or removed while the target keeps the prompt's count
+            (:func:`~.stages.perturb_tumours`), so the network learns to correct the count; 0 = off.
         calibrate: add ``-log(class weight)`` to the TCSS's x0 logits at sampling (undoes the
             weighted loss's bias towards the tumour class).
         lr: learning rate of the TCSS.
@@ -75,6 +81,8 @@ class GuideGenPreset:
     ce_weight: float = 1.0
     cond_drop: float = 0.15
     guidance: float = 2.0
+    field_weight: float = 0.0
+    count_augment: float = 0.0
     calibrate: bool = True
     lr: float = 1e-3
     batch_size: int = 8
@@ -149,7 +157,7 @@ def _demo_tcss(**kw: Any) -> SynthesizerConfig:
 
 
 PRESETS: dict[str, GuideGenPreset] = {
-    "demo": GuideGenPreset(name="demo", tcss=_demo_tcss()),
+    "demo": GuideGenPreset(name="demo", tcss=_demo_tcss(), field_weight=1.0, count_augment=0.5),
     "paper": GuideGenPreset(
         name="paper",
         tcss=SynthesizerConfig(

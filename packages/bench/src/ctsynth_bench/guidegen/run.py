@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from ._labels import GUIDEGEN_CLASSES, NUM_CLASSES, TUMOUR
-from .control import HU_RANGES, class_histogram_distance, null_site_rates, organ_hu, score_maps
+from .control import (
+    HU_RANGES,
+    class_histogram_distance,
+    count_confusion,
+    null_site_rates,
+    organ_hu,
+    score_maps,
+    size_order,
+)
 from .data import load_gg_templates, make_case
 from .pipeline import encode, generate
 from .prompts import COUNTS, SITES, PromptFields, sample_fields
@@ -120,11 +128,14 @@ def alignment_check(
             "calls_per_sample": calls,
             "seconds": t_fast,
             "class_distance_to_real": class_histogram_distance(np.stack(maps), real),
+            "count_confusion": count_confusion(maps, fields),
+            "size": size_order(maps, fields),
         },
         "real_maps": {
             "site_rate": real_score.site_rate,
             "dominant_rate": real_score.dominant_rate,
             "count_rate": real_score.count_rate,
+            "size": size_order(list(real), [c.fields for c in real_cases]),
             "n": real_score.n,
         },
         "text_removed": {
@@ -133,6 +144,7 @@ def alignment_check(
             "dominant_rate_for_prompts": null_text.dominant_rate,
             "site_rate_for_prompts": null_text.site_rate,
             "count_rate_for_prompts": null_text.count_rate,
+            "size_for_prompts": size_order(null_maps, fields),
             "tumour_rate": null_text.tumour_rate,
             "calls_per_sample": null_calls,
         },
@@ -343,6 +355,19 @@ def segmenter_alignment(
     return {"n": len(cts), "generated_dice": generated, "real_dice": real}
 
 
+def _size_lines(f: dict[str, Any], n: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    if "size" not in f:  # a report written before the size check
+        return []
+    z, zn, zr = f["size"], n["size_for_prompts"], r["size"]
+    return [
+        f"- Size: median voxels per tumour {z['small_voxels']:.1f} for `small` prompts and "
+        f"{z['large_voxels']:.1f} for `large` (real demo maps {zr['small_voxels']:.1f} and "
+        f"{zr['large_voxels']:.1f}); a `large` sample has the bigger tumours in "
+        f"**{z['order_rate']:.2f}** of pairs (0.5 = size ignored; text removed {zn['order_rate']:.2f}, "
+        f"real maps {zr['order_rate']:.2f}).",
+    ]
+
+
 def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
     f, n = a["fast"], a["text_removed"]
     lines = [
@@ -371,6 +396,17 @@ def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
         f"(a tumour can fill most of a small organ), and {r['site_rate']:.2f} under the touch rule.",
         f"- Count matches the prompt: **{f['count_rate']:.2f}** (target >= 0.70); text removed: {n['count_rate_for_prompts']:.2f}.",
         f"- Maps with a tumour: {f['tumour_rate']:.2f} with text, {n['tumour_rate']:.2f} without.",
+        *_size_lines(f, n, r),
+        "",
+        "Generated tumour components by prompted count (with text):",
+        "",
+        "| prompted | 0 | 1 | 2 | 3 | 4+ |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {k} | " + " | ".join(str(v) for v in row) + " |"
+            for k, row in f.get("count_confusion", {}).items()
+        ],
+        "",
         f"- {f['n']} samples with text, {f['n']} without; {f['calls_per_sample']} network calls per sample "
         f"(guidance batches prompt and null prompt in one call).",
         f"- Class-volume distance to real demo maps (total variation): {f['class_distance_to_real']:.3f}.",

@@ -19,7 +19,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,13 +29,19 @@ import torch.nn.functional as F
 from cat_diffusion import CategoricalDiffusionLoss, CategoricalSampler, SemanticSynthesizer
 from torch import Tensor, nn
 
-from ._labels import NUM_CLASSES
+from ._labels import NUM_CLASSES, TUMOUR
 from .presets import GuideGenPreset, tumour_class_weights
+from .prompts import COUNTS, SITES, SIZES, PromptFields
 
 __all__ = [
+    "FIELD_NAMES",
+    "FieldProbe",
     "GuidedTCSS",
     "TCSSNet",
+    "field_targets",
+    "make_field_probe",
     "null_prompt",
+    "perturb_tumours",
     "sample_label_maps",
     "train_tcss",
 ]
@@ -43,25 +49,165 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: Prompt fields the field probe reads from the knowledge-injection contexts.
+FIELD_NAMES = ("site", "count", "size")
+
+
+def field_targets(fields: Sequence[PromptFields]) -> Tensor:
+    """Class index of each prompt's site, count and size, ``(P, 3)`` int64 (the probe's targets)."""
+    return torch.tensor(
+        [[list(SITES).index(f.site), f.count - 1, SIZES.index(f.size)] for f in fields],
+        dtype=torch.long,
+    )
+
+
+class FieldProbe(nn.Module):
+    """Linear read-out of the prompt's site, count and size from the per-level contexts.
+
+    Trained beside the TCSS (``GuideGenPreset.field_weight``): its cross-entropy flows into the
+    knowledge-injection module and makes every field reach the contexts the backbone attends to.
+    Without it, the injection of the demo learnt to carry the site only: changing the count in a
+    prompt moved the contexts by 0.07 % and the network's output not at all.
+
+    Args:
+        dim: context size (``cross_attention_dim``).
+        levels: number of levels that receive a context.
+    """
+
+    def __init__(self, dim: int, levels: int) -> None:
+        super().__init__()
+        self.sizes = (len(SITES), max(max(c) for c in COUNTS.values()), len(SIZES))
+        self.head = nn.Linear(dim * levels, sum(self.sizes))
+
+    def forward(self, levels: list[Tensor | None]) -> list[Tensor]:
+        """Logits of each field ``[(B, n_site), (B, n_count), (B, n_size)]``."""
+        pooled = torch.cat([lv.mean(1) for lv in levels if lv is not None], dim=-1)
+        return list(self.head(pooled).split(self.sizes, dim=-1))
+
+    def loss(self, levels: list[Tensor | None], targets: Tensor, keep: Tensor) -> Tensor:
+        """Mean cross-entropy over fields on the samples in ``keep`` (prompted, not dropped)."""
+        if not bool(keep.any()):
+            return targets.new_zeros((), dtype=torch.float32)
+        logits = self(levels)
+        return sum(
+            F.cross_entropy(lg[keep], targets[keep, i]) for i, lg in enumerate(logits)
+        ) / len(logits)
+
+
+def perturb_tumours(
+    x: Tensor, t: Tensor, *, p: float, t_max: int, generator: torch.Generator
+) -> Tensor:
+    """Add or remove one tumour in some of the inputs ``x_t``; the target ``x_0`` stays the same.
+
+    Why: the sampler draws every voxel on its own, so at high noise the number of tumour seeds it
+    starts is random (close to Poisson in the prompted tumour volume) whatever the count. Training
+    only ever shows the network ``x_t`` made from maps with the right number of tumours, so it never
+    learns to remove a surplus tumour or add a missing one. Here, for a sample with probability
+    ``p`` and ``t < t_max``, one tumour component of ``x_t`` is turned into its organ, or one
+    voxel of that organ, one voxel apart from every tumour, becomes tumour.
+
+    Args:
+        x: one-hot ``x_t`` ``(B, N, *S)``.
+        t: timesteps ``(B,)``.
+        p: probability per sample.
+        t_max: only timesteps below this are perturbed.
+        generator: CPU generator of the choices.
+
+    Returns:
+        The perturbed one-hot input (``x`` itself when nothing changed).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    s26 = np.ones((3,) * (x.ndim - 2), dtype=bool)
+    draws = torch.rand(x.shape[0], 3, generator=generator).numpy()
+    pick = [b for b in range(x.shape[0]) if draws[b, 0] < p and int(t[b]) < t_max]
+    if not pick:
+        return x
+    lab = x.argmax(1).cpu().numpy()
+    out = x.clone()
+    for b in pick:
+        tum = lab[b] == TUMOUR
+        comp, k = ndimage.label(tum, structure=s26)
+        if k == 0:
+            continue
+        shell = ndimage.binary_dilation(tum, structure=s26) & ~tum
+        vals = lab[b][shell]
+        vals = vals[(vals != 0) & (vals != TUMOUR)]
+        if vals.size == 0:
+            continue
+        organ = int(np.bincount(vals).argmax())
+        new = lab[b].copy()
+        if draws[b, 1] < 0.5:  # remove one component (larger ones more likely: they look real)
+            sizes = np.bincount(comp.ravel())[1:].astype(np.float64)
+            r = draws[b, 2] * sizes.sum()
+            i = 1 + min(int(np.searchsorted(np.cumsum(sizes), r, side="right")), k - 1)
+            new[comp == i] = organ
+        else:  # add one voxel of tumour in the organ, apart from the others
+            far = ~ndimage.binary_dilation(tum, structure=s26, iterations=2)
+            cand = np.argwhere((lab[b] == organ) & far)
+            if len(cand) == 0:
+                continue
+            new[tuple(cand[int(draws[b, 2] * len(cand)) % len(cand)])] = TUMOUR
+        out[b] = F.one_hot(torch.from_numpy(new).long(), x.shape[1]).movedim(-1, 0).to(x)
+    return out
+
+
 class TCSSNet(nn.Module):
     """Calls a ``SemanticSynthesizer`` with ``context=(tokens, mask)`` so the loss passes masks.
 
+    With a probe, ``context=(tokens, mask, field_targets, kept)`` also computes the probe's loss
+    on the same per-level contexts in the same forward (so DDP sees one forward per step); it is
+    left in :attr:`field_loss`.
+
     Args:
         synth: the TCSS network.
+        probe: optional :class:`FieldProbe` trained beside it (knowledge injection only).
     """
 
-    def __init__(self, synth: SemanticSynthesizer) -> None:
+    def __init__(
+        self,
+        synth: SemanticSynthesizer,
+        probe: FieldProbe | None = None,
+        *,
+        count_augment: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.synth = synth
+        self.probe = probe
+        self.field_loss: Tensor | None = None
+        self.count_augment = float(count_augment)
+        self._aug_gen = torch.Generator().manual_seed(seed)
 
-    def forward(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, context: tuple[Tensor, ...] | None = None) -> Tensor:
         """Logits ``(B, N, *S)`` for one-hot ``x`` ``(B, N, *S)``, ``t`` ``(B,)``, ``(tokens, mask)``."""
         if context is None:
             raise ValueError("TCSSNet needs context=(tokens (B, L, D), mask (B, L) bool)")
-        tokens, mask = context
+        tokens, mask = context[0], context[1]
+        if self.training and self.count_augment > 0:
+            x = perturb_tumours(
+                x,
+                t,
+                p=self.count_augment,
+                t_max=int(0.7 * self.synth.config.num_train_timesteps),
+                generator=self._aug_gen,
+            )
         if self.synth.config.conditioning != "injection":
-            mask = None  # plain cross-attention takes no mask; padding tokens are zero
-        return self.synth(x, t, context=tokens, context_mask=mask)
+            return self.synth(x, t, context=tokens)  # plain cross-attention: padding tokens are 0
+        levels = self.synth.encode_context(tokens, mask)
+        self.field_loss = None
+        if self.probe is not None and len(context) == 4:
+            self.field_loss = self.probe.loss(levels, context[2], context[3])
+        return self.synth.unet(x, t, context=levels)
+
+
+def make_field_probe(synth: SemanticSynthesizer, weight: float) -> FieldProbe | None:
+    """A probe for ``synth`` when ``weight > 0`` and it uses knowledge injection, else None."""
+    cfg = synth.config
+    if weight <= 0 or cfg.conditioning != "injection":
+        return None
+    return FieldProbe(cfg.cross_attention_dim, len(synth.unet.context_levels))
 
 
 def null_prompt(
@@ -74,18 +220,27 @@ def null_prompt(
 
 
 def drop_prompts(
-    tokens: Tensor, mask: Tensor, p: float, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    """Replace each sample's prompt by the null prompt with probability ``p`` (condition dropout)."""
+    tokens: Tensor,
+    mask: Tensor,
+    p: float,
+    generator: torch.Generator | None,
+    *,
+    return_kept: bool = False,
+) -> Any:
+    """Replace each sample's prompt by the null prompt with probability ``p`` (condition dropout).
+
+    With ``return_kept``, also returns the ``(B,)`` bool of samples that kept their prompt.
+    """
     if p <= 0:
-        return tokens, mask
+        kept = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        return (tokens, mask, kept) if return_kept else (tokens, mask)
     gdev = generator.device if generator is not None else tokens.device
     drop = (torch.rand(tokens.shape[0], generator=generator, device=gdev) < p).to(tokens.device)
     tokens = torch.where(drop[:, None, None], torch.zeros_like(tokens), tokens)
     null_mask = torch.zeros_like(mask)
     null_mask[:, 0] = True
     mask = torch.where(drop[:, None], null_mask, mask)
-    return tokens, mask
+    return (tokens, mask, ~drop) if return_kept else (tokens, mask)
 
 
 class GuidedTCSS(nn.Module):
@@ -236,12 +391,15 @@ class TCSSData:
             prompts of the map's realised site/count/size, or a user case's own prompt).
         bank_tokens: ``(P, L, D)`` prompt tokens.
         bank_mask: ``(P, L)`` bool.
+        bank_fields: ``(P, 3)`` int64 field targets of the prompts (:func:`field_targets`), or
+            None (no field probe).
     """
 
     labels: Tensor
     choices: Tensor
     bank_tokens: Tensor
     bank_mask: Tensor
+    bank_fields: Tensor | None = None
 
     def to(self, device: torch.device | str) -> TCSSData:
         return TCSSData(
@@ -249,20 +407,27 @@ class TCSSData:
             self.choices.to(device),
             self.bank_tokens.to(device),
             self.bank_mask.to(device),
+            None if self.bank_fields is None else self.bank_fields.to(device),
         )
 
-    def prompts(self, choices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """One random prompt per row of ``choices`` ``(B, K)``: tokens ``(B, L, D)``, mask ``(B, L)``."""
+    def prompts(
+        self, choices: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One random prompt per row of ``choices`` ``(B, K)``: tokens ``(B, L, D)``, mask
+        ``(B, L)`` and field targets ``(B, 3)`` (None without ``bank_fields``)."""
         col = torch.randint(
             choices.shape[1], (choices.shape[0],), generator=generator, device=generator.device
         )
         p = choices.gather(1, col.to(choices.device)[:, None])[:, 0].to(self.bank_tokens.device)
-        return self.bank_tokens[p].float(), self.bank_mask[p]
+        fields = None if self.bank_fields is None else self.bank_fields[p]
+        return self.bank_tokens[p].float(), self.bank_mask[p], fields
 
-    def batch(self, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Label maps ``(B, 1, S, S, S)`` int64 with one of their prompts each."""
-        tok, msk = self.prompts(self.choices[idx], generator)
-        return self.labels[idx].long(), tok, msk
+    def batch(
+        self, idx: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Label maps ``(B, 1, S, S, S)`` int64 with one of their prompts each (and its fields)."""
+        tok, msk, fields = self.prompts(self.choices[idx], generator)
+        return self.labels[idx].long(), tok, msk, fields
 
 
 def train_tcss(
@@ -305,13 +470,14 @@ def train_tcss(
 
     device = torch.device(device)
     synth = synth.to(device).train()
-    net = TCSSNet(synth)
+    probe = None if data.bank_fields is None else make_field_probe(synth, preset.field_weight)
+    net = TCSSNet(synth, probe, count_augment=preset.count_augment, seed=seed).to(device)
     tw = preset.tumour_weight if tumour_weight is None else tumour_weight
     loss_fn = CategoricalDiffusionLoss(
         ce_weight=preset.ce_weight, class_weights=tumour_class_weights(tw)
     )
     sched = synth.make_scheduler()
-    opt = torch.optim.AdamW(synth.parameters(), lr=preset.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=preset.lr, weight_decay=1e-4)
     ema = EMA(synth, 0.995)
     step = 0
     if start is not None:
@@ -332,14 +498,19 @@ def train_tcss(
         if minutes is not None and time.time() - t0 > minutes * 60:
             break
         idx = torch.randint(n, (preset.batch_size,), generator=g, device=g.device).to(device)
-        x0, tok, msk = data.batch(idx, g)
-        tok, msk = drop_prompts(tok, msk, preset.cond_drop, g)
+        x0, tok, msk, fields = data.batch(idx, g)
+        tok, msk, kept = drop_prompts(tok, msk, preset.cond_drop, g, return_kept=True)
         for pg in opt.param_groups:
             pg["lr"] = preset.lr * min(1.0, (step + 1) / warm)
-        res = loss_fn(net, sched, x0, context=(tok, msk), generator=g)
+        ctx = (tok, msk) if probe is None or fields is None else (tok, msk, fields, kept)
+        res = loss_fn(net, sched, x0, context=ctx, generator=g)
+        total = res.loss
+        fl = net.field_loss
+        if fl is not None:
+            total = total + preset.field_weight * fl
         opt.zero_grad(set_to_none=True)
-        res.loss.backward()
-        torch.nn.utils.clip_grad_norm_(synth.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         ema.update(synth, step)
         step += 1
@@ -354,6 +525,8 @@ def train_tcss(
                 "ce": float(res.ce),
                 "seconds": time.time() - t0,
             }
+            if fl is not None:
+                row["fields"] = float(fl.detach())
             rows.append(row)
             if on_log:
                 on_log(row)

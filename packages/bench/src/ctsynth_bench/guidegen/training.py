@@ -40,6 +40,19 @@ PER_CELL = 16
 CT_SHARES = {"autoencoder": 0.45, "generator": 0.40, "segmenter": 0.15}
 
 
+def _bank_fields(path: Path) -> list[PromptFields]:
+    """The prompt fields stored in a bank's metadata (one per row of its tokens)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    if "prompts" not in meta:
+        raise BenchError(
+            f"{path}: the prompt bank has no stored prompt fields; delete it to remake it"
+        )
+    return [PromptFields.from_dict(f) for f in json.loads(meta["prompts"])]
+
+
 def _encode_bank(fields: Sequence[PromptFields], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -236,8 +249,10 @@ def train_guidegen(
         TCSSNet,
         autoencode_error,
         drop_prompts,
+        field_targets,
         labels_to_ct_grid,
         make_autoencoder,
+        make_field_probe,
         make_generator,
         measure_scale,
         train_autoencoder,
@@ -290,6 +305,7 @@ def train_guidegen(
         return merged
     bank = load_file(str(d / "bank.safetensors"))
     tokens, mask = bank["tokens"].float(), bank["mask"].bool()
+    fields = field_targets(_bank_fields(d / "bank.safetensors"))
     engine.start_run(
         out,
         system="guidegen",
@@ -327,15 +343,31 @@ def train_guidegen(
             td = on_dev.setdefault(
                 str(x0.device),
                 TCSSData(
-                    tdata.labels[:0], tdata.choices[:0], tokens.to(x0.device), mask.to(x0.device)
+                    tdata.labels[:0],
+                    tdata.choices[:0],
+                    tokens.to(x0.device),
+                    mask.to(x0.device),
+                    fields.to(x0.device),
                 ),
             )
-            tok, msk = td.prompts(ch.to(x0.device), g)
-            tok, msk = drop_prompts(tok, msk, p.cond_drop, g)
-            r = loss(model, sched, x0.long(), context=(tok, msk), generator=g)
-            return r.loss, {"kl": float(r.kl), "ce": float(r.ce)}
+            tok, msk, fld = td.prompts(ch.to(x0.device), g)
+            tok, msk, kept = drop_prompts(tok, msk, p.cond_drop, g, return_kept=True)
+            r = loss(model, sched, x0.long(), context=(tok, msk, fld, kept), generator=g)
+            logs = {"kl": float(r.kl), "ce": float(r.ce)}
+            total = r.loss
+            fl = getattr(model, "module", model).field_loss  # DDP wraps the TCSSNet
+            if fl is not None:
+                total = total + p.field_weight * fl
+                logs["fields"] = float(fl)
+            return total, logs
 
-        net = TCSSNet(SemanticSynthesizer(config=p.tcss))
+        synth0 = SemanticSynthesizer(config=p.tcss)
+        net = TCSSNet(
+            synth0,
+            make_field_probe(synth0, p.field_weight),
+            count_augment=p.count_augment,
+            seed=seed,
+        )
         res = engine.train(
             net,
             tcss_loss,
@@ -365,9 +397,9 @@ def train_guidegen(
         ema_path = res.stage_dir / "ema.safetensors"
         if ema_path.exists():
             ema = load_file(str(ema_path))
-            if all(k.startswith("synth.") for k in ema):
+            if any(k.startswith("synth.") for k in ema):  # the probe's weights are left out
                 save_file(
-                    {k[len("synth.") :]: v for k, v in ema.items()},
+                    {k[len("synth.") :]: v for k, v in ema.items() if k.startswith("synth.")},
                     str(ema_path.with_suffix(".tmp")),
                 )
                 ema_path.with_suffix(".tmp").replace(ema_path)
