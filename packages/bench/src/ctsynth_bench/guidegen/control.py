@@ -32,6 +32,7 @@ __all__ = [
     "SiteCount",
     "class_histogram_distance",
     "count_confusion",
+    "count_correlation",
     "null_site_rates",
     "organ_hu",
     "score_maps",
@@ -145,6 +146,21 @@ def count_confusion(
         row = out.setdefault(str(f.count), [0] * (max_count + 1))
         row[min(tumour_count(m), max_count)] += 1
     return dict(sorted(out.items()))
+
+
+def count_correlation(maps: Sequence[np.ndarray], fields: Sequence[PromptFields]) -> float:
+    """Spearman correlation of prompted and generated tumour counts (0 when the count is ignored).
+
+    A softer measure than the exact match: it shows whether more tumours in the prompt give more
+    tumours in the map, even when the number is not exact.
+    """
+    from scipy.stats import spearmanr
+
+    gen = [tumour_count(m) for m in maps]
+    want = [f.count for f in fields]
+    if len(set(gen)) < 2 or len(set(want)) < 2:
+        return 0.0
+    return float(spearmanr(want, gen).statistic)
 
 
 def _voxels_per_tumour(labels: np.ndarray) -> float:

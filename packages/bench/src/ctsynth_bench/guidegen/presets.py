@@ -41,10 +41,13 @@ class GuideGenPreset:
         guidance: classifier-free guidance scale of the TCSS at sampling (1 = off).
         field_weight: weight of the field probe's cross-entropy (site, count and size read
             linearly from the knowledge-injection contexts, :class:`~.stages.FieldProbe`); 0 = the
-            paper's loss alone.
+            paper's loss alone. On the demo it made the contexts carry count and size (changing the
+            count moved them by 0.07 % before, 110 % after) and the size follow the prompt.
         count_augment: probability that a training input ``x_t`` (``t < 0.7 T``) gets one tumour
             added or removed while the target keeps the prompt's count
-            (:func:`~.stages.perturb_tumours`), so the network learns to correct the count; 0 = off.
+            (:func:`~.stages.perturb_tumours`), meant to teach the network to correct the count; 0 =
+            off (the default: fine-tuning the demo TCSS for 4,140 steps with 0.5 did not raise the
+            count match, 0.43 against 0.46 without it on 144 prompts).
         calibrate: add ``-log(class weight)`` to the TCSS's x0 logits at sampling (undoes the
             weighted loss's bias towards the tumour class).
         lr: learning rate of the TCSS.
@@ -157,7 +160,7 @@ def _demo_tcss(**kw: Any) -> SynthesizerConfig:
 
 
 PRESETS: dict[str, GuideGenPreset] = {
-    "demo": GuideGenPreset(name="demo", tcss=_demo_tcss(), field_weight=1.0, count_augment=0.5),
+    "demo": GuideGenPreset(name="demo", tcss=_demo_tcss(), field_weight=1.0),
     "paper": GuideGenPreset(
         name="paper",
         tcss=SynthesizerConfig(

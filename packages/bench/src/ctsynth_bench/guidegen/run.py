@@ -28,6 +28,7 @@ from .control import (
     HU_RANGES,
     class_histogram_distance,
     count_confusion,
+    count_correlation,
     null_site_rates,
     organ_hu,
     score_maps,
@@ -129,6 +130,7 @@ def alignment_check(
             "seconds": t_fast,
             "class_distance_to_real": class_histogram_distance(np.stack(maps), real),
             "count_confusion": count_confusion(maps, fields),
+            "count_correlation": count_correlation(maps, fields),
             "size": size_order(maps, fields),
         },
         "real_maps": {
@@ -144,6 +146,7 @@ def alignment_check(
             "dominant_rate_for_prompts": null_text.dominant_rate,
             "site_rate_for_prompts": null_text.site_rate,
             "count_rate_for_prompts": null_text.count_rate,
+            "count_correlation_for_prompts": count_correlation(null_maps, fields),
             "size_for_prompts": size_order(null_maps, fields),
             "tumour_rate": null_text.tumour_rate,
             "calls_per_sample": null_calls,
@@ -395,6 +398,15 @@ def _report(out: Path, a: dict[str, Any], system: GuideGenSystem) -> None:
         f"text removed, chance {a['chance_dominant_rate']:.2f}; real demo maps reach {r['dominant_rate']:.2f} "
         f"(a tumour can fill most of a small organ), and {r['site_rate']:.2f} under the touch rule.",
         f"- Count matches the prompt: **{f['count_rate']:.2f}** (target >= 0.70); text removed: {n['count_rate_for_prompts']:.2f}.",
+        *(
+            [
+                f"- Count rank correlation (Spearman, prompted vs generated components): "
+                f"**{f['count_correlation']:.2f}** with text, {n['count_correlation_for_prompts']:.2f} with the "
+                "text removed (0 = the count is ignored)."
+            ]
+            if "count_correlation" in f
+            else []
+        ),
         f"- Maps with a tumour: {f['tumour_rate']:.2f} with text, {n['tumour_rate']:.2f} without.",
         *_size_lines(f, n, r),
         "",

@@ -99,8 +99,8 @@ def perturb_tumours(
 ) -> Tensor:
     """Add or remove one tumour in some of the inputs ``x_t``; the target ``x_0`` stays the same.
 
-    Why: the sampler draws every voxel on its own, so at high noise the number of tumour seeds it
-    starts is random (close to Poisson in the prompted tumour volume) whatever the count. Training
+    Why: the sampler draws every voxel on its own, so the number of tumour seeds it starts at high
+    noise is random even when the predicted tumour volume is right. Training
     only ever shows the network ``x_t`` made from maps with the right number of tumours, so it never
     learns to remove a surplus tumour or add a missing one. Here, for a sample with probability
     ``p`` and ``t < t_max``, one tumour component of ``x_t`` is turned into its organ, or one

@@ -358,7 +358,7 @@ def train_guidegen(
             fl = getattr(model, "module", model).field_loss  # DDP wraps the TCSSNet
             if fl is not None:
                 total = total + p.field_weight * fl
-                logs["fields"] = float(fl)
+                logs["fields"] = float(fl.detach())
             return total, logs
 
         synth0 = SemanticSynthesizer(config=p.tcss)
