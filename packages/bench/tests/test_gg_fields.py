@@ -9,6 +9,7 @@ cross-entropy trains the injection module.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from cat_diffusion import SemanticSynthesizer
 from ctsynth_bench.guidegen.presets import get_preset
@@ -133,3 +134,15 @@ def test_perturb_tumours_adds_or_removes_exactly_one() -> None:
             assert 20 in classes and len(classes) == 2, classes
         changes.append(kb - ka)
     assert changes.count(1) >= 3 and changes.count(-1) >= 3, changes
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_every_preset_builds_all_its_networks(name: str) -> None:
+    """The paper preset once asked for 32 norm groups at width 64, which the autoencoder refuses."""
+    from ctsynth_bench.guidegen.stages import make_autoencoder, make_generator
+
+    p = get_preset(name)
+    synth = SemanticSynthesizer(config=p.tcss)
+    ae = make_autoencoder(p)
+    gen = make_generator(p)
+    assert all(sum(t.numel() for t in m.parameters()) > 0 for m in (synth, ae, gen))

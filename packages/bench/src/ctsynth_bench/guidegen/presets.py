@@ -184,7 +184,7 @@ PRESETS: dict[str, GuideGenPreset] = {
         lr=2e-5,
         batch_size=2,
         ae_channels=(64, 128, 128),
-        ae_norm_groups=32,
+        ae_norm_groups=16,  # 4 channels per group at width 64 (ct_autoencoder needs >= 3)
         ae_plain_l1=0.0,
         ae_adversarial_start=20_000,
         ae_lr=2e-5,
