@@ -66,14 +66,11 @@ def _bank(out: Path) -> None:
 def load_bank(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokens, mask and field targets (site, count, size) of the prompt bank."""
     from ctsynth_bench.guidegen.stages import field_targets
-    from safetensors import safe_open
+    from ctsynth_bench.guidegen.training import bank_fields
     from safetensors.torch import load_file
 
     d = load_file(str(path))
-    with safe_open(str(path), "pt") as fh:
-        prompts = json.loads(fh.metadata()["prompts"])
-    fields = field_targets([PromptFields.from_dict(f) for f in prompts])
-    return d["tokens"], d["mask"].bool(), fields
+    return d["tokens"], d["mask"].bool(), field_targets(bank_fields(path))
 
 
 def cell_of(fields_json: str) -> int:

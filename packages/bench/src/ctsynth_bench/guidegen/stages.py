@@ -34,7 +34,6 @@ from .presets import GuideGenPreset, tumour_class_weights
 from .prompts import COUNTS, SITES, SIZES, PromptFields
 
 __all__ = [
-    "FIELD_NAMES",
     "FieldProbe",
     "GuidedTCSS",
     "TCSSNet",
@@ -47,10 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-#: Prompt fields the field probe reads from the knowledge-injection contexts.
-FIELD_NAMES = ("site", "count", "size")
 
 
 def field_targets(fields: Sequence[PromptFields]) -> Tensor:

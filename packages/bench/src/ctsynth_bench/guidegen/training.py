@@ -29,7 +29,7 @@ from .presets import get_preset, tumour_class_weights
 from .prompts import PromptFields, cells, parse_prompt, prompt_bank
 from .system import write_manifest
 
-__all__ = ["STAGES", "prepare_data", "train_guidegen"]
+__all__ = ["STAGES", "bank_fields", "prepare_data", "train_guidegen"]
 
 log = logging.getLogger(__name__)
 STAGES = ("tcss", "autoencoder", "generator", "segmenter")
@@ -40,7 +40,7 @@ PER_CELL = 16
 CT_SHARES = {"autoencoder": 0.45, "generator": 0.40, "segmenter": 0.15}
 
 
-def _bank_fields(path: Path) -> list[PromptFields]:
+def bank_fields(path: Path) -> list[PromptFields]:
     """The prompt fields stored in a bank's metadata (one per row of its tokens)."""
     from safetensors import safe_open
 
@@ -305,7 +305,6 @@ def train_guidegen(
         return merged
     bank = load_file(str(d / "bank.safetensors"))
     tokens, mask = bank["tokens"].float(), bank["mask"].bool()
-    fields = field_targets(_bank_fields(d / "bank.safetensors"))
     engine.start_run(
         out,
         system="guidegen",
@@ -323,6 +322,7 @@ def train_guidegen(
     write_manifest(out, p)
     report: dict[str, Any] = {}
     if "tcss" in stages:
+        fields = field_targets(bank_fields(d / "bank.safetensors"))
         lab = np.load(d / "labels.npz")
         tdata = TCSSData(
             labels=torch.from_numpy(lab["labels"][:, None]),
