@@ -15,6 +15,7 @@ from cat_diffusion import (
     SemanticSynthesizer,
     SynthesizerConfig,
     get_preset,
+    kl_loss,
     load_checkpoint,
     save_checkpoint,
 )
@@ -232,3 +233,33 @@ def test_other_conditionings(conditioning: str) -> None:
         assert model(x, t).shape == (1, 3, 8, 8, 8)
         with pytest.raises(ShapeError, match="unconditional"):
             model(x, t, torch.randn(1, 4, 6))
+
+
+def test_noise_weights_travel_with_the_config_and_shape_training_and_sampling(tmp_path) -> None:
+    """A class with zero noise weight never appears by noise: not in x_t, not in the prior."""
+    cfg = dataclasses.replace(TINY, noise_weights=(1.0, 1.0, 0.0))
+    model = SemanticSynthesizer(config=cfg)
+    _wake(model)
+    sched = model.make_scheduler()
+    assert sched.noise_weights == (0.5, 0.5, 0.0)
+    assert SynthesizerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert load_checkpoint(save_checkpoint(model, tmp_path / "ck")).make_scheduler().noise_weights == (0.5, 0.5, 0.0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    x0[:, :, 2:4, 2:4, 2:4] = 2
+    out = CategoricalDiffusionLoss(ce_weight=1.0)(model, sched, x0, context=torch.randn(2, 2, 6), generator=g)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    # t = 0 steps to the clean data, where every impossible class has log-probability -inf
+    model.zero_grad()
+    xt0 = sched.add_noise(x0, None, 0, generator=g)
+    logits = model(sched.one_hot(xt0), torch.zeros(2, dtype=torch.long), context=torch.randn(2, 2, 6))
+    kl = kl_loss(sched, logits, x0, xt0, 0)
+    kl.backward()
+    assert torch.isfinite(kl) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    xt = sched.add_noise(x0, None, torch.tensor([19, 19]), generator=g)
+    assert int((xt == 2).sum()) <= int((x0 == 2).sum())  # class 2 only where the data has it
+    prior = sched.sample_prior((2, 1, 8, 8, 8), generator=g)
+    assert int((prior == 2).sum()) == 0
+    with pytest.raises(ConfigError, match="noise_weights"):
+        dataclasses.replace(TINY, noise_weights=(1.0, 1.0))

@@ -170,3 +170,132 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ShapeError, match="logits over num_classes=3"):
         sched.step(torch.zeros(1, 4, 2), 0, torch.zeros(1, 1, 2, dtype=torch.long))
     assert issubclass(CatDiffusionError, ValueError)
+
+
+# ---------------------------------------------------------------- non-uniform noise marginal
+# D3PM "uniform-like" transitions with a marginal m: Q_t = (1 - beta_t) I + beta_t 1 m^T. The
+# brute-force references below build them as matrices, independently of the closed forms.
+NOISE_W = (2.0, 1.0, 0.0, 1.0)  # class 2 is never made by noise
+
+
+def m_step_matrix(sched: CategoricalScheduler, t: int, m: torch.Tensor) -> torch.Tensor:
+    n = sched.num_classes
+    beta = float(sched.betas[t])
+    return (1 - beta) * torch.eye(n, dtype=torch.float64) + beta * torch.ones(n, 1, dtype=torch.float64) * m
+
+
+def m_product(sched: CategoricalScheduler, s: int, t: int, m: torch.Tensor) -> torch.Tensor:
+    out = torch.eye(sched.num_classes, dtype=torch.float64)
+    for k in range(s + 1, t + 1):
+        out = out @ m_step_matrix(sched, k, m)
+    return out
+
+
+def _m() -> torch.Tensor:
+    w = torch.tensor(NOISE_W, dtype=torch.float64)
+    return w / w.sum()
+
+
+def test_noise_weights_closed_form_and_prior() -> None:
+    sched = CategoricalScheduler(num_classes=4, num_train_timesteps=25, noise_weights=NOISE_W)
+    m = _m()
+    torch.testing.assert_close(sched.noise_probs, m)
+    x0 = torch.arange(4).view(4, 1, 1)
+    for t in (1, 5, 13, 25):
+        got = sched.q_probs(sched.one_hot(x0, torch.float64), t - 1)[:, :, 0]
+        torch.testing.assert_close(got, m_product(sched, 0, t, m), rtol=1e-9, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    prior = sched.sample_prior((1, 1, 40000), generator=g)
+    hist = torch.bincount(prior.reshape(-1), minlength=4).double() / 40000
+    assert hist[2] == 0
+    assert torch.all((hist - m).abs() < 5 * torch.sqrt(m * (1 - m) / 40000) + 1e-9), hist
+
+
+def test_noise_weights_add_noise_matches_sequential_sampling_and_never_makes_the_zero_class() -> None:
+    sched = CategoricalScheduler(num_classes=4, num_train_timesteps=30, noise_weights=NOISE_W)
+    m = _m()
+    g = torch.Generator().manual_seed(1)
+    n_vox = 40000
+    for d in (0, 2):
+        x0 = torch.full((1, 1, n_vox), d, dtype=torch.long)
+        for t in (1, 9, 30):
+            direct = sched.add_noise(x0, None, t - 1, generator=g)[0, 0]
+            hist = torch.bincount(direct, minlength=4).double() / n_vox
+            p = m_product(sched, 0, t, m)[d]
+            sigma = torch.sqrt(p * (1 - p) / n_vox)
+            assert torch.all((hist - p).abs() < 5 * sigma + 1e-9), (d, t, hist, p)
+            if d != 2:
+                assert int((direct == 2).sum()) == 0
+
+
+def test_noise_weights_posterior_equals_bayes_rule_and_keeps_marginals() -> None:
+    sched = CategoricalScheduler(num_classes=4, num_train_timesteps=12, noise_weights=NOISE_W)
+    m, n = _m(), 4
+    xt, x0 = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    xt, x0 = xt.reshape(-1, 1, 1), x0.reshape(-1, 1, 1)
+    checked = 0
+    for t in range(1, 13):
+        for s in sorted({t - 1, 0, t // 2}):
+            if s >= t:
+                continue
+            got = sched.q_posterior(xt, x0, t - 1, s - 1)[:, :, 0].double()
+            q_s0, q_ts, q_t0 = m_product(sched, 0, s, m), m_product(sched, s, t, m), m_product(sched, 0, t, m)
+            for row in range(n * n):
+                j, d = int(xt[row]), int(x0[row])
+                if q_t0[d, j] == 0:  # x_t = 2 cannot come from x_0 != 2
+                    assert j == 2 and d != 2
+                    continue
+                brute = torch.stack([q_ts[k, j] * q_s0[d, k] / q_t0[d, j] for k in range(n)])
+                torch.testing.assert_close(got[row], brute, atol=1e-6, rtol=1e-5)
+                checked += 1
+            for d in range(n):  # sum_{x_t} q(x_s | x_t, x_0) q(x_t | x_0) = q(x_s | x_0)
+                rows = [r for r in range(n * n) if int(x0[r]) == d and q_t0[d, int(xt[r])] > 0]
+                mix = sum(q_t0[d, int(xt[r])] * got[r] for r in rows)
+                torch.testing.assert_close(mix, q_s0[d], atol=1e-6, rtol=0)
+    assert checked > 100
+
+
+def test_noise_weights_model_distribution_marginalises_over_possible_classes() -> None:
+    """p_theta(x_s | x_t) = sum over x0 classes that could have given x_t, renormalised."""
+    sched = CategoricalScheduler(num_classes=4, num_train_timesteps=40, noise_weights=NOISE_W)
+    m, n = _m(), 4
+    g = torch.Generator().manual_seed(3)
+    xt = torch.tensor([[[0, 1, 2, 3, 2, 0]]]).expand(5, 1, 6).contiguous()
+    logits = torch.randn(5, n, 6, generator=g, dtype=torch.float64) * 2
+    f = torch.softmax(logits, 1)
+    for t, s in [(1, 0), (17, 16), (40, 39), (40, 10), (25, 0)]:
+        got = sched.model_log_probs(logits, xt, t - 1, s - 1).exp()
+        assert torch.isfinite(got).all()
+        q_s0, q_ts, q_t0 = m_product(sched, 0, s, m), m_product(sched, s, t, m), m_product(sched, 0, t, m)
+        for b in range(5):
+            for v in range(6):
+                j = int(xt[b, 0, v])
+                ok = [d for d in range(n) if q_t0[d, j] > 0]
+                brute = sum(
+                    f[b, d, v] * torch.stack([q_ts[k, j] * q_s0[d, k] / q_t0[d, j] for k in range(n)])
+                    for d in ok
+                ) / sum(f[b, d, v] for d in ok)
+                torch.testing.assert_close(got[b, :, v], brute, atol=1e-10, rtol=1e-8)
+        # a voxel showing the never-noised class stays that class
+        assert torch.allclose(got[:, 2, 2], torch.ones(5, dtype=torch.float64))
+
+
+def test_uniform_noise_weights_match_the_default() -> None:
+    a = CategoricalScheduler(num_classes=5, num_train_timesteps=20)
+    b = CategoricalScheduler(num_classes=5, num_train_timesteps=20, noise_weights=[3.0] * 5)
+    g = torch.Generator().manual_seed(4)
+    xt = torch.randint(0, 5, (3, 1, 7), generator=g)
+    logits = torch.randn(3, 5, 7, generator=g, dtype=torch.float64)
+    for t, s in [(19, 3), (5, -1)]:
+        torch.testing.assert_close(a.model_log_probs(logits, xt, t, s), b.model_log_probs(logits, xt, t, s))
+        torch.testing.assert_close(a.q_posterior(xt, xt.flip(-1), t, s), b.q_posterior(xt, xt.flip(-1), t, s))
+
+
+@pytest.mark.parametrize(
+    ("weights", "words"),
+    [([1.0, 1.0], "4 finite non-negative"), ([1.0, -1.0, 1.0, 1.0], "non-negative"),
+     ([0.0, 0.0, 5.0, 0.0], "at least two"), ([1.0, float("nan"), 1.0, 1.0], "finite")],
+)
+def test_bad_noise_weights_raise(weights: list[float], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        CategoricalScheduler(num_classes=4, num_train_timesteps=10, noise_weights=weights)

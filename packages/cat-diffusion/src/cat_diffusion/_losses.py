@@ -119,7 +119,9 @@ def kl_loss(
     """
     q = scheduler.q_posterior(x_t, x0, timesteps).to(model_output.dtype)
     log_p = scheduler.model_log_probs(model_output, x_t, timesteps)
-    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)  # (B, *S), 0 log 0 = 0
+    # 0 log 0 = 0 on both sides: log_p is -inf where a class is impossible (a noise weight of 0)
+    log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)
+    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)  # (B, *S)
     return _reduce(kl, _weights(x0, class_weights, scheduler.num_classes, kl.dtype))
 
 

@@ -51,6 +51,8 @@ class SynthesizerConfig:
         injection_layers: transformer decoder blocks in knowledge injection.
         injection_heads: attention heads in knowledge injection.
         fast_steps: default number of steps of the fast sampler.
+        noise_weights: relative weight of each class in the forward process's noise (``None``:
+            uniform, the paper's); see :class:`CategoricalScheduler`.
     """
 
     num_classes: int = 21
@@ -70,6 +72,7 @@ class SynthesizerConfig:
     injection_layers: int = 2
     injection_heads: int = 4
     fast_steps: int = 50
+    noise_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spatial_size", tuple(int(v) for v in self.spatial_size))
@@ -99,8 +102,22 @@ class SynthesizerConfig:
                 f"spatial_size {self.spatial_size} must be divisible by {factor} for {len(self.channels)} "
                 f"levels; closest valid size: {near}."
             )
+        if self.noise_weights is not None:
+            object.__setattr__(self, "noise_weights", tuple(float(v) for v in self.noise_weights))
+            CategoricalScheduler(**self.make_scheduler_args())  # raises on bad weights
         if not 1 <= self.fast_steps <= self.num_train_timesteps:
             raise ConfigError(f"fast_steps must be in [1, {self.num_train_timesteps}], got {self.fast_steps}.")
+
+    def make_scheduler_args(self) -> dict[str, Any]:
+        """Keyword arguments of the :class:`CategoricalScheduler` this configuration trains with."""
+        args: dict[str, Any] = dict(
+            num_classes=self.num_classes,
+            num_train_timesteps=self.num_train_timesteps,
+            schedule=self.schedule,
+        )
+        if self.noise_weights is not None:
+            args["noise_weights"] = self.noise_weights
+        return args
 
     @property
     def spatial_dims(self) -> int:
@@ -217,11 +234,7 @@ class SemanticSynthesizer(nn.Module):
 
     def make_scheduler(self) -> CategoricalScheduler:
         """The scheduler this network was configured for."""
-        return CategoricalScheduler(
-            num_classes=self.config.num_classes,
-            num_train_timesteps=self.config.num_train_timesteps,
-            schedule=self.config.schedule,
-        )
+        return CategoricalScheduler(**self.config.make_scheduler_args())
 
     def encode_context(self, context: Tensor | None, context_mask: Tensor | None = None) -> Any:
         """Turn encoded prompt tokens into what the UNet attends to.

@@ -1,4 +1,4 @@
-"""Multinomial diffusion with uniform transitions: schedule, forward process, posteriors, step.
+"""Multinomial diffusion: schedule, forward process, posteriors, step.
 
 Notation (GuideGen Sec. 3.1; Hoogeboom et al. 2021, "Argmax flows and multinomial diffusion"):
 
@@ -34,6 +34,14 @@ over classes), ``p_theta(x_s | x_t) = sum_d f_d q(x_s | x_t, x_0 = d) = A f``. T
 has a closed form in O(N) per voxel:
 ``p_theta(k) = a_k (abar_s w_k + (1 - abar_s) / N sum_d w_d)`` with ``w_d = f_d / Z_d``.
 It is evaluated in log space for stability.
+
+**Noise marginal.** The paper's noise is uniform (``m = 1/N`` above). ``noise_weights`` gives any
+marginal ``m`` (``m_k >= 0``, summing to 1) in its place, the "uniform-like" transitions of Austin
+et al. 2021 (D3PM): ``q(x_t | x_0) = C(abar_t e(x_0) + (1 - abar_t) m)``. Every formula above
+holds with ``1/N`` replaced by ``m_{x_t}`` in ``a`` and ``Z`` and by ``m_k`` in ``b``. A class with
+``m_k = 0`` is never made by noise, so wherever it shows in ``x_t`` it is data: a rare class of
+one-voxel objects (a tumour on a coarse grid) then never has noise look-alikes to tell apart. In the
+model distribution ``x_0 = d`` with ``Z_d = 0`` (impossible given ``x_t``) gets no weight.
 """
 
 from __future__ import annotations
@@ -109,6 +117,9 @@ class CategoricalScheduler:
         beta_end: last beta of the linear schedule.
         final_step: what the last reverse step (to ``x_0``) does: ``"argmax"`` takes the most
             probable class (GuideGen Sec. 3.1), ``"sample"`` draws from ``f_theta``.
+        noise_weights: relative weight of each class in the noise marginal ``m`` (``N``
+            non-negative numbers, normalised here; at least two positive). ``None`` (default) is
+            the paper's uniform noise.
     """
 
     def __init__(
@@ -121,6 +132,7 @@ class CategoricalScheduler:
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         final_step: FinalStep = "argmax",
+        noise_weights: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}.")
@@ -145,6 +157,23 @@ class CategoricalScheduler:
                     f"linear betas need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}."
                 )
             betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+        if noise_weights is None:
+            m = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+        else:
+            m = torch.as_tensor([float(v) for v in noise_weights], dtype=torch.float64)
+            if m.shape != (num_classes,) or not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
+                raise ConfigError(
+                    f"noise_weights must be {num_classes} finite non-negative numbers (one per class), "
+                    f"got {list(noise_weights)}."
+                )
+            if int((m > 0).sum()) < 2:
+                raise ConfigError(
+                    f"noise_weights must give at least two classes a positive weight, got {list(noise_weights)}."
+                )
+            m = m / m.sum()
+        self.noise_weights = None if noise_weights is None else tuple(float(v) for v in m)
+        self.noise_probs = m  # (N,) float64, the noise marginal m
+        self._uniform = noise_weights is None
         self.num_classes = num_classes
         self.num_train_timesteps = num_train_timesteps
         self.schedule = schedule
@@ -249,6 +278,8 @@ class CategoricalScheduler:
                 "log_abar": self.log_alphas_cumprod.to(device=device, dtype=dt),
                 "abar": self.alphas_cumprod.to(device=device, dtype=dt),
                 "one_minus_abar": (-torch.expm1(self.log_alphas_cumprod)).to(device=device, dtype=dt),
+                "m": self.noise_probs.to(device=device, dtype=dt),
+                "m_cdf": self.noise_probs.cumsum(0).to(device=device, dtype=dt),
             }
             self._device_tables[device] = tables
         return tables[name]
@@ -281,7 +312,8 @@ class CategoricalScheduler:
         i = self._index(t, x0_probs.shape[0], x0_probs.device)
         abar = self._coef("abar", i, x0_probs.ndim).to(x0_probs.dtype)
         one_minus = self._coef("one_minus_abar", i, x0_probs.ndim).to(x0_probs.dtype)
-        return abar * x0_probs + one_minus / self.num_classes
+        m = self._table("m", x0_probs.device).to(x0_probs.dtype)
+        return abar * x0_probs + one_minus * m.view(1, -1, *([1] * (x0_probs.ndim - 2)))
 
     def add_noise(
         self,
@@ -294,7 +326,8 @@ class CategoricalScheduler:
         """Sample ``x_t ~ q(x_t | x_0)`` (Eq. 2) for integer label maps.
 
         Each voxel keeps its class with probability ``abar_t`` and otherwise takes a class drawn
-        uniformly; this gives ``P(x_t = x_0) = abar_t + (1 - abar_t) / N`` as Eq. 2 requires.
+        from the noise marginal (uniform by default); this gives ``P(x_t = x_0) = abar_t +
+        (1 - abar_t) m_{x_0}`` as Eq. 2 requires.
 
         Args:
             x0: clean int label map ``(B, 1, *S)`` in ``[0, N)``.
@@ -324,10 +357,17 @@ class CategoricalScheduler:
             raise ShapeError("noise must hold uniform numbers in [0, 1).")
         abar = self._coef("abar", i, x0.ndim).to(torch.float64)
         keep = u < abar
-        # Rescale the remaining mass (abar, 1) to a uniform class index.
-        rand_class = torch.floor((u - abar) / (1 - abar).clamp_min(1e-300) * self.num_classes)
-        rand_class = rand_class.clamp(0, self.num_classes - 1).long()
-        return torch.where(keep, x0, rand_class)
+        # Rescale the remaining mass (abar, 1) to [0, 1) and read a class off the noise marginal.
+        v = (u - abar) / (1 - abar).clamp_min(1e-300)
+        return torch.where(keep, x0, self._noise_class(v))
+
+    def _noise_class(self, v: Tensor) -> Tensor:
+        """Class of each uniform number ``v`` in ``[0, 1)`` under the noise marginal (inverse CDF)."""
+        if self._uniform:
+            return torch.floor(v * self.num_classes).clamp(0, self.num_classes - 1).long()
+        cdf = self._table("m_cdf", v.device).to(torch.float64)
+        idx = torch.searchsorted(cdf, v.to(torch.float64).contiguous(), right=True)
+        return idx.clamp_(max=self.num_classes - 1).long()
 
     # ------------------------------------------------------------------ posteriors
     def _pair(self, t: Tensor | int, s: Tensor | int | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -361,8 +401,10 @@ class CategoricalScheduler:
         log_ab_s = self._coef("log_abar", s, ndim)
         alpha_ts = torch.exp(log_ab_t - log_ab_s)
         abar_s = torch.exp(log_ab_s)
-        a = alpha_ts * self.one_hot(x_t, torch.float64) + (1 - alpha_ts) / n
-        b = abar_s * self.one_hot(x0, torch.float64) + (1 - abar_s) / n
+        m = self._table("m", x_t.device).to(torch.float64)
+        m_xt = m[x_t.long()]  # (B, 1, *S): m of the observed class
+        a = alpha_ts * self.one_hot(x_t, torch.float64) + (1 - alpha_ts) * m_xt
+        b = abar_s * self.one_hot(x0, torch.float64) + (1 - abar_s) * m.view(1, n, *([1] * (ndim - 2)))
         post = a * b
         return (post / post.sum(dim=1, keepdim=True)).to(dtype)
 
@@ -394,17 +436,25 @@ class CategoricalScheduler:
         log_ab_s = self._coef("log_abar", s, ndim)
         alpha_ts = torch.exp(log_ab_t - log_ab_s)
         is_xt = F.one_hot(x_t[:, 0], n).movedim(-1, 1).bool()
+        m = self._table("m", x_t.device)
+        # m of the observed class: a scalar for uniform noise, else one value per voxel.
+        m_xt = m[:1] if self._uniform else m[x_t.long()]
         # a_k = q(x_t | x_s = k); Z_d = q(x_t | x_0 = d); both take two values per voxel.
-        log_a_same = torch.log(alpha_ts + (1 - alpha_ts) / n).to(dtype)
-        log_a_diff = torch.log((1 - alpha_ts) / n).to(dtype)
-        log_z_same = torch.log(torch.exp(log_ab_t) + (-torch.expm1(log_ab_t)) / n).to(dtype)
-        log_z_diff = torch.log(-torch.expm1(log_ab_t) / n).to(dtype)
+        log_a_same = torch.log(alpha_ts + (1 - alpha_ts) * m_xt).to(dtype)
+        log_a_diff = torch.log((1 - alpha_ts) * m_xt).to(dtype)
+        log_z_same = torch.log(torch.exp(log_ab_t) + (-torch.expm1(log_ab_t)) * m_xt).to(dtype)
+        log_z_diff = torch.log(-torch.expm1(log_ab_t) * m_xt).to(dtype)
         log_a = torch.where(is_xt, log_a_same, log_a_diff)
         log_f = torch.log_softmax(model_output, dim=1)
         log_w = log_f - torch.where(is_xt, log_z_same, log_z_diff)
+        if not self._uniform:
+            # x_0 = d with Z_d = 0 cannot have given x_t: no weight. A very negative finite value
+            # instead of -inf keeps logaddexp's gradient finite where both of its terms vanish.
+            log_w = torch.where(is_xt | (m_xt > 0), log_w, torch.full_like(log_w, torch.finfo(dtype).min / 4))
         abar_s = torch.exp(log_ab_s)
         log_abar_s = log_ab_s.to(dtype)
-        log_mix = torch.log((1 - abar_s) / n).to(dtype)  # -inf when s == 0
+        # log((1 - abar_s) m_k): -inf when s is the clean data or m_k = 0
+        log_mix = torch.log((1 - abar_s) * m.view(1, n, *([1] * (ndim - 2)))).to(dtype)
         inner = torch.logaddexp(log_abar_s + log_w, log_mix + torch.logsumexp(log_w, dim=1, keepdim=True))
         return torch.log_softmax(log_a + inner, dim=1)
 
@@ -483,10 +533,10 @@ class CategoricalScheduler:
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Draw ``x_T ~ C(1/N)`` (uniform over the classes), an int64 label map of ``shape``."""
+        """Draw ``x_T ~ C(m)`` (the noise marginal; uniform by default), an int64 label map of ``shape``."""
         shape = tuple(int(v) for v in shape)
         if len(shape) < 3 or shape[1] != 1:
             raise ShapeError(f"shape must be (B, 1, *spatial), got {shape}.")
         dev = torch.device(device) if device is not None else torch.device("cpu")
         u = draw_rand(shape, generator=generator, device=dev, dtype=torch.float64)
-        return torch.floor(u * self.num_classes).clamp_(max=self.num_classes - 1).long()
+        return self._noise_class(u)
