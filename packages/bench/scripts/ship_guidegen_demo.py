@@ -35,7 +35,8 @@ Trained by `packages/bench/scripts/train_guidegen_demo.py` and packaged by
   16^3 grid of 24 mm voxels (a 384 mm cube), channels {channels}, attention (and so the prompt)
   at the 8^3 and 4^3 levels and the middle block, 8 queries, T = {T} (cosine), fast sampler
   {fast} steps, guidance {guidance}. Loss: KL of Eq. 6 + x0 cross-entropy, tumour class weight
-  {tw}, condition dropout {drop} (null prompt = one zero token).
+  {tw}, condition dropout {drop} (null prompt = one zero token), field probe weight {fw}.
+  Noise: {noise}.
 {ct_stages}
 - Sampling undoes the tumour weight in the x0 logits (adds `-log w`), so tumours keep their trained
   size; without it tumours grew to 50-90 voxels.
@@ -53,11 +54,24 @@ anatomy comes from two real templates (bundled abdomen and chest), smoothly defo
 placed by a rule (site, count, size) and rendered hypodense, so the CTs show what those rules make.
 At 24 mm voxels a small tumour is one to three voxels. Organ boundaries are coarse.
 
-Known shortfalls (see Measured): the tumour count follows the prompt in about half of the samples
-(the target is 70 %); the latent generator had 44 CPU minutes, and some CTs still carry a
+Known shortfalls (see Measured): the tumour count matches the prompt in fewer than half of the
+samples (the target is 70 %): more tumours in the prompt give more tumours in the map, but spare
+seeds appear at high noise (see the bench README); the latent generator had 44 CPU minutes, and some CTs still carry a
 whole-volume intensity shift (on 12 real maps, one CT came out at -105 HU mean where its real CT
 is -830 HU), which shows as lung voxels above -500 HU and lowers the segmenter's lung Dice.
 """
+
+
+def _noise_text(weights: list[float] | None) -> str:
+    """The TCSS's noise marginal in words."""
+    if weights is None:
+        return "uniform over the 21 classes (the paper's)"
+    from ctsynth_bench.guidegen._labels import GUIDEGEN_CLASSES
+
+    left_out = [GUIDEGEN_CLASSES[i] for i, w in enumerate(weights) if w == 0]
+    if len(set(w for w in weights if w > 0)) == 1:
+        return "uniform over every class but " + ", ".join(left_out) + " (noise never makes one)"
+    return f"class weights {weights}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             guidance=pre["guidance"],
             tw=pre["tumour_weight"],
             drop=pre["cond_drop"],
+            fw=pre.get("field_weight", 0.0),
+            noise=_noise_text(t.get("noise_weights")),
             training=training,
             measured=measured,
         )

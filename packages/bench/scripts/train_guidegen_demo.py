@@ -37,6 +37,8 @@ VARIANTS = {
     "noweight": {"tumour_weight": 1.0},
     # without the field probe (the first shipped TCSS: its injection carried the site only)
     "nofields": {"field_weight": 0.0},
+    # the paper's uniform noise instead of the demo's tumour-free noise
+    "uniform": {"tcss": {"noise_weights": None}},
     # plain cross-attention to the tokens instead of knowledge injection (the paper's ablation)
     "crossattn": {"tcss": {"conditioning": "crossattn"}},
 }
@@ -106,9 +108,13 @@ def _tcss(args: argparse.Namespace) -> None:
     if args.init is not None:  # warm start from an earlier checkpoint of the same design
         from cat_diffusion import load_checkpoint
 
-        synth = load_checkpoint(args.init)
-        if synth.config != preset.tcss:
+        init = load_checkpoint(args.init)
+        if dataclasses.replace(init.config, noise_weights=None) != dataclasses.replace(
+            preset.tcss, noise_weights=None
+        ):
             raise SystemExit(f"--init {args.init}: its TCSS config differs from the variant's")
+        # the same network; only the noise may differ (the weights carry over)
+        synth.load_state_dict(init.state_dict())
         synth.train()
     out = args.out / args.variant
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from cat_diffusion import SemanticSynthesizer
+from ctsynth_bench.guidegen._labels import TUMOUR
 from ctsynth_bench.guidegen.presets import get_preset
 from ctsynth_bench.guidegen.prompts import COUNTS, SITES, SIZES, PromptFields, sample_fields
 from ctsynth_bench.guidegen.stages import (
@@ -146,3 +147,26 @@ def test_every_preset_builds_all_its_networks(name: str) -> None:
     ae = make_autoencoder(p)
     gen = make_generator(p)
     assert all(sum(t.numel() for t in m.parameters()) > 0 for m in (synth, ae, gen))
+
+
+def test_demo_noise_never_makes_a_tumour_and_the_paper_keeps_uniform_noise() -> None:
+    """The demo TCSS's noise leaves the tumour class out: a tumour voxel in ``x_t`` is data."""
+    from ctsynth_bench.guidegen.data import load_gg_templates, make_case
+    from ctsynth_bench.guidegen.presets import TUMOUR_FREE_NOISE
+
+    assert get_preset("paper").tcss.noise_weights is None
+    p = get_preset("demo")
+    assert p.tcss.noise_weights == TUMOUR_FREE_NOISE
+    sched = SemanticSynthesizer(config=p.tcss).make_scheduler()
+    g = torch.Generator().manual_seed(0)
+    prior = sched.sample_prior((4, 1, *p.tcss.spatial_size), generator=g)
+    assert int((prior == TUMOUR).sum()) == 0
+    # every other class is drawn by the noise
+    assert len(torch.unique(prior)) == TUMOUR
+    case = make_case(load_gg_templates(), 3, 0, with_ct=False, site="liver", count=2)
+    x0 = torch.from_numpy(case.labels)[None, None].long().expand(8, 1, -1, -1, -1)
+    for t in (10, 100, 199):
+        xt = sched.add_noise(x0, None, t, generator=g)
+        assert not bool(((xt == TUMOUR) & (x0 != TUMOUR)).any())
+        if t == 100:  # about half of the tumour voxels survive mid-way
+            assert 0 < int((xt == TUMOUR).sum()) < int((x0 == TUMOUR).sum())
