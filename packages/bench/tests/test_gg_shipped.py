@@ -2,7 +2,7 @@
 
 Ten prompts (two per site, counts 1 and 2), the fast sampler with the shipped guidance, and the
 same prompts with the text removed (the null prompt). The shipped weights must hit the prompted
-organ far more often with the text than without it.
+organ far more often with the text than without it, and make larger tumours for ``large``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ from ctsynth_bench.guidegen.pipeline import encode, generate
 from ctsynth_bench.guidegen.prompts import SITES, sample_fields
 from ctsynth_bench.guidegen.system import load_system, shipped_dir
 
-#: Measured on the shipped weights when they were made: 1.0 with the text, 0.1 without it.
+#: Measured on the shipped weights when they were made: 0.9 with the text, 0.1 without it; 9 of
+#: the 10 maps have a tumour (the report: 0.97 of 40).
 SITE_MIN = 0.8
 MARGIN_MIN = 0.5
+TUMOUR_RATE_MIN = 0.9
+#: Size: a ``large`` sample has the bigger tumours in 0.90 of pairs in the report (0.5 = the size
+#: is ignored, as it was by the TCSS shipped before the field probe: 0.58).
+SIZE_ORDER_MIN = 0.75
 #: CT stages, measured on the shipped weights when they were made (the test's own cases):
 #: autoencoder / baseline error 0.65; liver median HU in range 6 of 6, lung 4 of 6 (the weak
 #: organ, see the model card's shortfalls); segmenter Dice liver 0.85; liver -> lung -591 HU.
@@ -49,9 +54,28 @@ def test_shipped_weights_follow_the_prompt() -> None:
     )
     hit = score_maps([m.numpy() for m in with_text.labels], fields)
     chance = score_maps([m.numpy() for m in no_text.labels], fields)
-    assert hit.tumour_rate == 1.0
+    assert hit.tumour_rate >= TUMOUR_RATE_MIN, hit
     assert hit.site_rate >= SITE_MIN, (hit, chance)
     assert hit.site_rate - chance.site_rate >= MARGIN_MIN, (hit, chance)
+
+
+def test_shipped_weights_follow_the_prompted_size() -> None:
+    """Liver tumours: 8 ``small`` and 8 ``large`` prompts, otherwise alike; large ones come out bigger."""
+    from ctsynth_bench.guidegen.control import size_order
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    system = load_system(stages=("tcss",))
+    rng = np.random.default_rng(7)
+    fields = [
+        sample_fields(rng, site="liver", count=1, size=z)
+        for z in ("small", "large")
+        for _ in range(8)
+    ]
+    tok, mask = encode(system, [f.text for f in fields], len(fields))
+    maps = generate(system, tok, mask, with_ct=False, generator=torch.Generator().manual_seed(0))
+    order = size_order([m.numpy() for m in maps.labels], fields)
+    assert order["order_rate"] >= SIZE_ORDER_MIN, order
+    assert order["large_voxels"] > order["small_voxels"], order
 
 
 def _demo_cases(n: int, seed: int) -> list:
