@@ -294,8 +294,9 @@ def test_uniform_noise_weights_match_the_default() -> None:
 @pytest.mark.parametrize(
     ("weights", "words"),
     [([1.0, 1.0], "4 finite non-negative"), ([1.0, -1.0, 1.0, 1.0], "non-negative"),
-     ([0.0, 0.0, 5.0, 0.0], "at least two"), ([1.0, float("nan"), 1.0, 1.0], "finite")],
+     ([0.0, 0.0, 5.0, 0.0], "at least two"), ([1.0, float("nan"), 1.0, 1.0], "finite"),
+     (2.0, "4 numbers"), (["a", 1, 1, 1], "4 numbers")],
 )
-def test_bad_noise_weights_raise(weights: list[float], words: str) -> None:
+def test_bad_noise_weights_raise(weights: object, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         CategoricalScheduler(num_classes=4, num_train_timesteps=10, noise_weights=weights)

@@ -160,7 +160,12 @@ class CategoricalScheduler:
         if noise_weights is None:
             m = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
         else:
-            m = torch.as_tensor([float(v) for v in noise_weights], dtype=torch.float64)
+            try:
+                m = torch.as_tensor([float(v) for v in noise_weights], dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"noise_weights must be {num_classes} numbers (one per class), got {noise_weights!r}."
+                ) from None
             if m.shape != (num_classes,) or not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
                 raise ConfigError(
                     f"noise_weights must be {num_classes} finite non-negative numbers (one per class), "
