@@ -92,6 +92,10 @@ def _tcss(args: argparse.Namespace) -> None:
         preset = dataclasses.replace(preset, batch_size=args.batch)
     if args.lr:
         preset = dataclasses.replace(preset, lr=args.lr)
+    if args.mass_weight is not None:
+        preset = dataclasses.replace(preset, mass_weight=args.mass_weight)
+    if args.mass_near is not None:
+        preset = dataclasses.replace(preset, mass_near=args.mass_near)
     src = args.data or args.out
     d = np.load(src / "labels.npz")
     tokens, mask, fields = load_bank(src / "bank.safetensors")
@@ -250,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes-gen", type=float, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument(
+        "--mass-weight", type=float, default=None, help="override of the tumour-mass loss weight"
+    )
+    p.add_argument("--mass-near", type=int, default=None, help="override of the mass term's near")
     p.add_argument(
         "--lr", type=float, default=None, help="TCSS learning rate (default: the preset's)"
     )

@@ -170,3 +170,36 @@ def test_demo_noise_never_makes_a_tumour_and_the_paper_keeps_uniform_noise() -> 
         assert not bool(((xt == TUMOUR) & (x0 != TUMOUR)).any())
         if t == 100:  # about half of the tumour voxels survive mid-way
             assert 0 < int((xt == TUMOUR).sum()) < int((x0 == TUMOUR).sum())
+
+
+def test_tumour_mass_term_is_trained_only_when_its_weight_is_set() -> None:
+    """``mass_weight`` adds cat_diffusion's class-mass term for the tumour, split at ``mass_near``."""
+    torch.set_num_threads(1)
+    bank = [sample_fields(np.random.default_rng(i)) for i in range(4)]
+    tokens, mask = encode_prompts(load_text_encoder("minilm"), [f.text for f in bank])
+    labels = torch.zeros(4, 1, 16, 16, 16, dtype=torch.uint8)
+    labels[:, :, 4:12, 4:12, 4:12] = 3
+    labels[:, :, 6, 6, 6] = TUMOUR
+    labels[:, :, 10, 10, 10] = TUMOUR
+    data = TCSSData(
+        labels=labels,
+        choices=torch.arange(4)[:, None],
+        bank_tokens=tokens,
+        bank_mask=mask,
+        bank_fields=field_targets(bank),
+    )
+    logs = {}
+    for w in (0.0, 0.5):
+        torch.manual_seed(0)
+        preset = get_preset("demo", mass_weight=w, batch_size=2)
+        assert preset.mass_near == 2
+        _, res = train_tcss(
+            SemanticSynthesizer(config=preset.tcss), data, preset, max_steps=1, seed=0
+        )
+        logs[w] = res["log"][-1]
+    assert "mass" not in logs[0.0]
+    row = logs[0.5]
+    assert row["mass"] > 0
+    assert abs(row["loss"] - (row["kl"] + row["ce"] + 0.5 * row["mass"])) < 1e-4 * row["loss"]
+    # the same step without the term has the same KL and CE (the term only adds to the loss)
+    assert abs(logs[0.0]["ce"] - row["ce"]) < 1e-6 and abs(logs[0.0]["kl"] - row["kl"]) < 1e-6

@@ -1,4 +1,4 @@
-"""KL loss of Eq. 5-6, cross-entropy and timestep sampling."""
+"""KL loss of Eq. 5-6, cross-entropy, the class-mass term and timestep sampling."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from cat_diffusion import (
     CategoricalDiffusionLoss,
     CategoricalScheduler,
+    class_mass_loss,
     cross_entropy_loss,
     kl_loss,
     sample_timesteps,
@@ -96,3 +97,109 @@ def test_full_loss_backpropagates_into_a_model() -> None:
     torch.testing.assert_close(out.loss.detach(), out.kl + 0.5 * out.ce)
     with pytest.raises(ConfigError):
         CategoricalDiffusionLoss(kl_weight=0.0, ce_weight=0.0)
+
+
+def test_class_mass_loss_matches_a_hand_count() -> None:
+    # one sample, four voxels, class 2 counted; x_t shows voxel 3 as class 2 (excluded from both sides)
+    x0 = torch.tensor([[[2, 2, 0, 2]]])
+    xt = torch.tensor([[[2, 0, 1, 2]]])
+    logits = torch.log(torch.tensor([[[0.2, 0.5, 0.6, 0.1], [0.2, 0.1, 0.3, 0.1], [0.6, 0.4, 0.1, 0.8]]]))
+    pred = 0.4 + 0.1  # hidden voxels 1 and 2 (voxel 0 is shown as class 2 too)
+    true = 1.0  # voxel 1 is class 2 in x0 and hidden in x_t
+    expected = (pred - true) ** 2 / (1 + true)
+    torch.testing.assert_close(class_mass_loss(logits, x0, xt, 2), torch.tensor(expected))
+    # a batch is the mean of its samples
+    both = class_mass_loss(torch.cat([logits, logits.flip(-1)]), torch.cat([x0, x0]), torch.cat([xt, xt]), 2)
+    one = class_mass_loss(logits.flip(-1), x0, xt, 2)
+    torch.testing.assert_close(both, (torch.tensor(expected) + one) / 2)
+
+
+def test_class_mass_loss_uses_calibrated_probabilities() -> None:
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, 3, (2, 1, 4, 4, 4), generator=g)
+    xt = torch.randint(0, 3, (2, 1, 4, 4, 4), generator=g)
+    logits = torch.randn(2, 3, 4, 4, 4, generator=g)
+    w = torch.tensor([1.0, 1.0, 20.0])
+    biased = logits + torch.log(w).reshape(1, 3, 1, 1, 1)  # what a weighted CE's optimum looks like
+    torch.testing.assert_close(
+        class_mass_loss(biased, x0, xt, 2, class_weights=w), class_mass_loss(logits, x0, xt, 2)
+    )
+    with pytest.raises(ConfigError, match="class_weights"):
+        class_mass_loss(logits, x0, xt, 2, class_weights=[1.0, 0.0, 2.0])
+    with pytest.raises(ConfigError, match="cls"):
+        class_mass_loss(logits, x0, xt, 3)
+
+
+def test_class_mass_loss_pulls_spare_probability_down_once_every_voxel_is_shown() -> None:
+    # x_t already shows the only class-1 voxel: probability of class 1 anywhere else is surplus
+    x0 = torch.zeros(1, 1, 3, 3, 3, dtype=torch.long)
+    x0[0, 0, 1, 1, 1] = 1
+    xt = x0.clone()
+    logits = torch.zeros(1, 2, 3, 3, 3)
+    logits[:, 1] = -2.0  # about 0.12 of class 1 on each of 26 hidden voxels
+    logits.requires_grad_(True)
+    loss = class_mass_loss(logits, x0, xt, 1)
+    assert float(loss.detach()) > 9.0  # (26 * 0.119) ** 2
+    loss.backward()
+    hidden = torch.ones(3, 3, 3, dtype=torch.bool)
+    hidden[1, 1, 1] = False
+    assert bool((logits.grad[0, 1][hidden] > 0).all())  # descent lowers every spare class-1 logit
+    assert float(logits.grad[0, :, 1, 1, 1].abs().sum()) == 0.0  # the shown voxel is left alone
+    # and is zero where the prediction adds up to the truth
+    x0[0, 0, 0, 0, 0] = 1  # one hidden class-1 voxel: 26 voxels at p = 1/26 predict exactly 1
+    flat = torch.zeros(1, 2, 3, 3, 3)
+    flat[:, 1] = torch.log(torch.tensor(1 / 25))  # softmax gives 1/26 for class 1
+    assert float(class_mass_loss(flat, x0, xt, 1)) < 1e-10
+
+
+def test_full_loss_adds_the_mass_term() -> None:
+    sched = CategoricalScheduler(num_classes=3, num_train_timesteps=20)
+    net = torch.nn.Conv3d(3, 3, 3, padding=1)
+
+    def model(x, t, *, context=None):
+        return net(x)
+
+    _, x0 = _batch(n=3, b=2, size=4)
+    loss_fn = CategoricalDiffusionLoss(ce_weight=0.5, mass_weight=0.3, mass_class=2)
+    out = loss_fn(model, sched, x0, generator=torch.Generator().manual_seed(0))
+    assert float(out.mass) > 0
+    torch.testing.assert_close(out.loss.detach(), out.kl + 0.5 * out.ce + 0.3 * out.mass)
+    off = CategoricalDiffusionLoss(ce_weight=0.5)(model, sched, x0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(off.loss.detach(), out.kl + 0.5 * out.ce)
+    with pytest.raises(ConfigError, match="mass_class"):
+        CategoricalDiffusionLoss(mass_weight=0.3)
+    with pytest.raises(ConfigError, match="mass_weight"):
+        CategoricalDiffusionLoss(mass_weight=-1.0, mass_class=2)
+
+
+def test_class_mass_loss_counts_near_and_far_voxels_apart() -> None:
+    # 1D for a hand count: x_t shows class 1 at index 3; with near=1, indices 2 and 4 are near
+    x0 = torch.tensor([[[0, 0, 1, 1, 0, 0, 0, 1]]])
+    xt = torch.tensor([[[0, 0, 0, 1, 0, 0, 0, 0]]])
+    p1 = torch.tensor([0.1, 0.0, 0.3, 0.9, 0.5, 0.2, 0.0, 0.6])
+    logits = torch.log(torch.stack([1 - p1, p1])[None].clamp_min(1e-12))
+    near_pred, near_true = 0.3 + 0.5, 1.0
+    far_pred, far_true = 0.1 + 0.0 + 0.2 + 0.0 + 0.6, 1.0
+    expected = (near_pred - near_true) ** 2 / 2 + (far_pred - far_true) ** 2 / 2
+    torch.testing.assert_close(class_mass_loss(logits, x0, xt, 1, near=1), torch.tensor(expected))
+    # one region: the same hidden voxels summed together
+    one = (near_pred + far_pred - 2.0) ** 2 / 3
+    torch.testing.assert_close(class_mass_loss(logits, x0, xt, 1), torch.tensor(one))
+    # probability moved from growing the shown component to starting a new one is caught only
+    # by the split: the total stays right
+    moved = p1.clone()
+    moved[4], moved[5] = 0.7, 0.0
+    lg = torch.log(torch.stack([1 - moved, moved])[None].clamp_min(1e-12))
+    torch.testing.assert_close(class_mass_loss(lg, x0, xt, 1), class_mass_loss(logits, x0, xt, 1))
+    assert float(class_mass_loss(lg, x0, xt, 1, near=1)) != float(class_mass_loss(logits, x0, xt, 1, near=1))
+    # 3D: a 5^3 neighbourhood (near=2) around the shown voxel
+    x3 = torch.zeros(1, 1, 7, 7, 7, dtype=torch.long)
+    x3[0, 0, 3, 3, 3] = 1
+    y3 = x3.clone()
+    y3[0, 0, 0, 0, 0] = 1  # a hidden component far from the shown one
+    flat = torch.zeros(1, 2, 7, 7, 7)
+    flat[:, 1] = -30.0
+    flat[0, 1, 0, 0, 0] = 30.0  # predicts the far voxel exactly, nothing near
+    assert float(class_mass_loss(flat, y3, x3, 1, near=2)) < 1e-8
+    with pytest.raises(ConfigError, match="near"):
+        class_mass_loss(flat, y3, x3, 1, near=-1)

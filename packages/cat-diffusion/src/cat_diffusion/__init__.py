@@ -8,6 +8,7 @@ from ._level_unet import LevelContextUNet
 from ._losses import (
     CategoricalDiffusionLoss,
     DiffusionLossOutput,
+    class_mass_loss,
     cross_entropy_loss,
     kl_loss,
     sample_timesteps,
@@ -33,6 +34,7 @@ __all__ = [
     "SemanticSynthesizer",
     "SynthesizerConfig",
     "__version__",
+    "class_mass_loss",
     "cross_entropy_loss",
     "get_preset",
     "kl_loss",

@@ -5,7 +5,9 @@
 ``x_1``) the true posterior is the
 one-hot ``e(x_0)`` and the KL reduces to the cross-entropy ``-log f_theta(x_0)``, the decoder
 term of Hoogeboom et al. 2021, so no special case is needed. An optional cross-entropy on the
-x0 prediction (what the authors' ``CategoricalDiffusionV2`` trains with) can be added or used alone.
+x0 prediction (what the authors' ``CategoricalDiffusionV2`` trains with) can be added or used alone,
+and so can a class-mass term (:func:`class_mass_loss`, not in the paper) for a rare class whose
+number of voxels matters.
 
 Training surface (the ctsynth convention): the loss holds no network and takes the model on every
 call, calling it only as ``model(x, t, context=context)``, so a ``DistributedDataParallel``-wrapped
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._random import draw_randint
@@ -28,6 +31,7 @@ from .exceptions import ConfigError, ShapeError, closest
 __all__ = [
     "CategoricalDiffusionLoss",
     "DiffusionLossOutput",
+    "class_mass_loss",
     "cross_entropy_loss",
     "kl_loss",
     "sample_timesteps",
@@ -150,21 +154,98 @@ def cross_entropy_loss(
     return _reduce(nll, _weights(x0, class_weights, model_output.shape[1], nll.dtype))
 
 
+def class_mass_loss(
+    model_output: Tensor,
+    x0: Tensor,
+    x_t: Tensor,
+    cls: int,
+    *,
+    class_weights: Sequence[float] | Tensor | None = None,
+    near: int = 0,
+) -> Tensor:
+    """Squared error of the predicted number of hidden voxels of one class, per sample.
+
+    The network's x0 prediction puts probability ``p_v(cls)`` on every voxel ``v`` that ``x_t`` does
+    not show as ``cls``; their sum is the number of such voxels it expects in ``x_0``. The true
+    number is ``M = #{v : x_0 = cls, x_t != cls}``. Per sample the loss is
+    ``(sum_v p_v - M)**2 / (1 + M)``, averaged over the batch. Its optimum is the same as the
+    cross-entropy's (the sum of calibrated marginals is the conditional mean of ``M``), but its
+    gradient reaches every voxel at once: when ``x_t`` already shows all of a rare class's
+    components, probability left anywhere else is penalised as a whole, not as many per-voxel
+    terms that are each too small to matter.
+
+    With ``near > 0`` the hidden voxels are split in two regions that are counted apart: those
+    within ``near`` voxels (Chebyshev distance) of a voxel that ``x_t`` shows as ``cls``, and the
+    rest. The far count is the number of voxels of components that ``x_t`` does not show yet, so
+    probability that would start a new component is told apart from probability that grows a
+    shown one.
+
+    Args:
+        model_output: logits ``(B, N, *S)`` of the x0 prediction.
+        x0: clean int label map ``(B, 1, *S)``.
+        x_t: noisy int label map ``(B, 1, *S)``.
+        cls: the class counted.
+        class_weights: the class weights of the other loss terms; ``-log w`` is added to the logits
+            first, which undoes the bias a weighted cross-entropy puts into them (its optimum is
+            ``p_w(c) ~ w_c p(c)``), so the count uses calibrated probabilities.
+        near: width of the region around shown voxels counted apart (0: one region).
+
+    Returns:
+        Scalar loss (voxels squared per voxel of ``1 + M``; with ``near``, the sum of both regions).
+    """
+    if model_output.ndim != x0.ndim or x0.shape != x_t.shape or model_output.shape[2:] != x0.shape[2:]:
+        raise ShapeError(
+            f"model_output (B, N, *S), x0 and x_t (B, 1, *S) disagree: {tuple(model_output.shape)}, "
+            f"{tuple(x0.shape)}, {tuple(x_t.shape)}."
+        )
+    n = model_output.shape[1]
+    if not 0 <= int(cls) < n:
+        raise ConfigError(f"cls must be a class index in [0, {n}), got {cls}.")
+    logits = model_output
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
+        if w.shape != (n,) or not bool((w > 0).all()):
+            raise ConfigError(
+                f"class_weights for the mass term must be {n} positive numbers, got shape {tuple(w.shape)}."
+            )
+        logits = logits - torch.log(w).reshape(1, n, *([1] * (logits.ndim - 2)))
+    if near < 0:
+        raise ConfigError(f"near must be >= 0, got {near}.")
+    p = torch.softmax(logits, dim=1)[:, int(cls)]
+    shown = x_t[:, 0] == cls
+    target = x0[:, 0] == cls
+    regions = [~shown]
+    if near > 0:
+        if x_t.ndim - 2 not in (1, 2, 3):
+            raise ShapeError(f"near needs 1-3 spatial dimensions, got x_t of shape {tuple(x_t.shape)}.")
+        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[x_t.ndim - 3]
+        close = pool(shown[:, None].to(p.dtype), 2 * near + 1, stride=1, padding=near)[:, 0] > 0
+        regions = [close & ~shown, ~close]
+    loss = p.new_zeros(p.shape[0])
+    for region in regions:
+        pred = (p * region).flatten(1).sum(1)
+        true = (target & region).flatten(1).sum(1).to(p.dtype)
+        loss = loss + (pred - true) ** 2 / (1 + true)
+    return loss.mean()
+
+
 @dataclass(frozen=True)
 class DiffusionLossOutput:
     """Result of one training loss evaluation.
 
     Attributes:
-        loss: scalar to back-propagate, ``kl_weight * kl + ce_weight * ce``.
+        loss: scalar to back-propagate, ``kl_weight * kl + ce_weight * ce + mass_weight * mass``.
         kl: scalar KL term of Eq. 6 (detached).
         ce: scalar cross-entropy on x0 (detached).
         timesteps: the ``(B,)`` timesteps used.
+        mass: scalar class-mass term (detached; 0 when off).
     """
 
     loss: Tensor
     kl: Tensor
     ce: Tensor
     timesteps: Tensor
+    mass: Tensor | None = None
 
 
 class CategoricalDiffusionLoss:
@@ -179,6 +260,9 @@ class CategoricalDiffusionLoss:
         class_weights: optional ``(N,)`` per-class voxel weights (by the true class).
         timestep_sampling: ``"uniform"`` or ``"power"`` (``P(t) ~ t**power``, authors: 1.5).
         power: exponent for ``"power"``.
+        mass_weight: weight of :func:`class_mass_loss` (default 0: off).
+        mass_class: the class it counts (required when ``mass_weight > 0``).
+        mass_near: ``near`` of :func:`class_mass_loss` (0: one region).
     """
 
     def __init__(
@@ -189,7 +273,15 @@ class CategoricalDiffusionLoss:
         class_weights: Sequence[float] | None = None,
         timestep_sampling: TimestepSampling = "uniform",
         power: float = 1.5,
+        mass_weight: float = 0.0,
+        mass_class: int | None = None,
+        mass_near: int = 0,
     ) -> None:
+        if not mass_weight >= 0 or (mass_weight > 0 and mass_class is None):
+            raise ConfigError(
+                f"mass_weight must be >= 0 and needs mass_class when > 0, got {mass_weight}, "
+                f"{mass_class}."
+            )
         if kl_weight < 0 or ce_weight < 0 or kl_weight + ce_weight <= 0:
             raise ConfigError(
                 f"kl_weight and ce_weight must be >= 0 and not both 0, got {kl_weight}, {ce_weight}."
@@ -204,6 +296,11 @@ class CategoricalDiffusionLoss:
         self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
         self.timestep_sampling = timestep_sampling
         self.power = float(power)
+        self.mass_weight = float(mass_weight)
+        self.mass_class = None if mass_class is None else int(mass_class)
+        if mass_near < 0:
+            raise ConfigError(f"mass_near must be >= 0, got {mass_near}.")
+        self.mass_near = int(mass_near)
 
     def __call__(
         self,
@@ -247,8 +344,21 @@ class CategoricalDiffusionLoss:
         zero = logits.new_zeros(())
         kl = kl_loss(scheduler, logits, x0, x_t, t, class_weights=self.class_weights) if self.kl_weight else zero
         ce = cross_entropy_loss(logits, x0, class_weights=self.class_weights) if self.ce_weight else zero
-        loss = self.kl_weight * kl + self.ce_weight * ce
-        return DiffusionLossOutput(loss=loss, kl=kl.detach(), ce=ce.detach(), timesteps=t)
+        mass = zero
+        if self.mass_weight:
+            assert self.mass_class is not None
+            mass = class_mass_loss(
+                logits,
+                x0,
+                x_t,
+                self.mass_class,
+                class_weights=self.class_weights,
+                near=self.mass_near,
+            )
+        loss = self.kl_weight * kl + self.ce_weight * ce + self.mass_weight * mass
+        return DiffusionLossOutput(
+            loss=loss, kl=kl.detach(), ce=ce.detach(), timesteps=t, mass=mass.detach()
+        )
 
 
 def _context_dtype(context: Any) -> torch.dtype:

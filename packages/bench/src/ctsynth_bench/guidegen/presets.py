@@ -48,6 +48,12 @@ class GuideGenPreset:
             (:func:`~.stages.perturb_tumours`), meant to teach the network to correct the count; 0 =
             off (the default: fine-tuning the demo TCSS for 4,140 steps with 0.5 did not raise the
             count match, 0.43 against 0.46 without it on 144 prompts).
+        mass_weight: weight of the tumour-mass term
+            (:func:`cat_diffusion.class_mass_loss`): the calibrated tumour probability the network
+            puts on voxels that ``x_t`` does not show as tumour should add up to the number of
+            such tumour voxels in ``x_0``; 0 = the paper's loss alone.
+        mass_near: voxels within this distance of a tumour voxel of ``x_t`` are counted apart
+            from the rest, so the term tells growing a shown tumour from starting a new one.
         calibrate: add ``-log(class weight)`` to the TCSS's x0 logits at sampling (undoes the
             weighted loss's bias towards the tumour class).
         lr: learning rate of the TCSS.
@@ -86,6 +92,8 @@ class GuideGenPreset:
     guidance: float = 2.0
     field_weight: float = 0.0
     count_augment: float = 0.0
+    mass_weight: float = 0.0
+    mass_near: int = 2
     calibrate: bool = True
     lr: float = 1e-3
     batch_size: int = 8

@@ -469,7 +469,11 @@ def train_tcss(
     net = TCSSNet(synth, probe, count_augment=preset.count_augment, seed=seed).to(device)
     tw = preset.tumour_weight if tumour_weight is None else tumour_weight
     loss_fn = CategoricalDiffusionLoss(
-        ce_weight=preset.ce_weight, class_weights=tumour_class_weights(tw)
+        ce_weight=preset.ce_weight,
+        class_weights=tumour_class_weights(tw),
+        mass_weight=preset.mass_weight,
+        mass_class=TUMOUR if preset.mass_weight > 0 else None,
+        mass_near=preset.mass_near,
     )
     sched = synth.make_scheduler()
     opt = torch.optim.AdamW(net.parameters(), lr=preset.lr, weight_decay=1e-4)
@@ -522,6 +526,8 @@ def train_tcss(
             }
             if fl is not None:
                 row["fields"] = float(fl.detach())
+            if preset.mass_weight > 0 and res.mass is not None:
+                row["mass"] = float(res.mass)
             rows.append(row)
             if on_log:
                 on_log(row)
