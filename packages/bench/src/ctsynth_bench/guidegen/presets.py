@@ -51,7 +51,9 @@ class GuideGenPreset:
         mass_weight: weight of the tumour-mass term
             (:func:`cat_diffusion.class_mass_loss`): the calibrated tumour probability the network
             puts on voxels that ``x_t`` does not show as tumour should add up to the number of
-            such tumour voxels in ``x_0``; 0 = the paper's loss alone.
+            such tumour voxels in ``x_0``; 0 = the paper's loss alone (the default: fine-tunes of
+            the demo TCSS with 0.05 and 0.2 gave a count match of 0.49 on 144 prompts, against
+            0.51 without it, and a lower site rate).
         mass_near: voxels within this distance of a tumour voxel of ``x_t`` are counted apart
             from the rest, so the term tells growing a shown tumour from starting a new one.
         calibrate: add ``-log(class weight)`` to the TCSS's x0 logits at sampling (undoes the
