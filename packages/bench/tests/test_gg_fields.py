@@ -61,6 +61,25 @@ def _count_gap(synth: SemanticSynthesizer, tokens: torch.Tensor, mask: torch.Ten
     return float(np.mean([float((x[1] - x[0]).norm() / x[0].norm()) for x in lv]))
 
 
+def _block_data(
+    bank: list[PromptFields], tumours: tuple[tuple[int, int, int], ...] = ()
+) -> tuple[TCSSData, torch.Tensor, torch.Tensor]:
+    """One map per prompt: a liver block in a 16^3 grid, with tumour voxels at ``tumours``."""
+    tokens, mask = encode_prompts(load_text_encoder("minilm"), [f.text for f in bank])
+    labels = torch.zeros(len(bank), 1, 16, 16, 16, dtype=torch.uint8)
+    labels[:, :, 4:12, 4:12, 4:12] = 3
+    for z, y, x in tumours:
+        labels[:, :, z, y, x] = TUMOUR
+    data = TCSSData(
+        labels=labels,
+        choices=torch.arange(len(bank))[:, None],
+        bank_tokens=tokens,
+        bank_mask=mask,
+        bank_fields=field_targets(bank),
+    )
+    return data, tokens, mask
+
+
 def test_probe_makes_the_count_reach_the_contexts() -> None:
     """Same training with and without the probe; only the probe's run carries the count."""
     torch.set_num_threads(1)
@@ -68,16 +87,7 @@ def test_probe_makes_the_count_reach_the_contexts() -> None:
     base = sample_fields(rng, site="liver", count=1, size="small").to_dict()
     bank = [PromptFields.from_dict({**base, "count": c}) for c in (1, 3)]
     bank += [sample_fields(rng) for _ in range(14)]
-    tokens, mask = encode_prompts(load_text_encoder("minilm"), [f.text for f in bank])
-    labels = torch.zeros(16, 1, 16, 16, 16, dtype=torch.uint8)
-    labels[:, :, 4:12, 4:12, 4:12] = 3
-    data = TCSSData(
-        labels=labels,
-        choices=torch.arange(16)[:, None],
-        bank_tokens=tokens,
-        bank_mask=mask,
-        bank_fields=field_targets(bank),
-    )
+    data, tokens, mask = _block_data(bank)
     gaps = {}
     for w in (0.0, 1.0):
         torch.manual_seed(0)
@@ -176,18 +186,7 @@ def test_tumour_mass_term_is_trained_only_when_its_weight_is_set() -> None:
     """``mass_weight`` adds cat_diffusion's class-mass term for the tumour, split at ``mass_near``."""
     torch.set_num_threads(1)
     bank = [sample_fields(np.random.default_rng(i)) for i in range(4)]
-    tokens, mask = encode_prompts(load_text_encoder("minilm"), [f.text for f in bank])
-    labels = torch.zeros(4, 1, 16, 16, 16, dtype=torch.uint8)
-    labels[:, :, 4:12, 4:12, 4:12] = 3
-    labels[:, :, 6, 6, 6] = TUMOUR
-    labels[:, :, 10, 10, 10] = TUMOUR
-    data = TCSSData(
-        labels=labels,
-        choices=torch.arange(4)[:, None],
-        bank_tokens=tokens,
-        bank_mask=mask,
-        bank_fields=field_targets(bank),
-    )
+    data, _, _ = _block_data(bank, tumours=((6, 6, 6), (10, 10, 10)))
     logs = {}
     for w in (0.0, 0.5):
         torch.manual_seed(0)
