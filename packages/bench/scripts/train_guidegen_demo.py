@@ -96,6 +96,14 @@ def _tcss(args: argparse.Namespace) -> None:
         preset = dataclasses.replace(preset, mass_weight=args.mass_weight)
     if args.mass_near is not None:
         preset = dataclasses.replace(preset, mass_near=args.mass_near)
+    if args.count_augment is not None:
+        preset = dataclasses.replace(preset, count_augment=args.count_augment)
+    if args.tumour_noise is not None:  # the tumour's weight in the noise marginal (organs: 1)
+        nw = list(preset.tcss.noise_weights or [1.0] * preset.tcss.num_classes)
+        nw[-1] = args.tumour_noise
+        preset = dataclasses.replace(
+            preset, tcss=dataclasses.replace(preset.tcss, noise_weights=tuple(nw))
+        )
     src = args.data or args.out
     d = np.load(src / "labels.npz")
     tokens, mask, fields = load_bank(src / "bank.safetensors")
@@ -258,6 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         "--mass-weight", type=float, default=None, help="override of the tumour-mass loss weight"
     )
     p.add_argument("--mass-near", type=int, default=None, help="override of the mass term's near")
+    p.add_argument(
+        "--count-augment", type=float, default=None, help="override of the preset's count_augment"
+    )
+    p.add_argument(
+        "--tumour-noise",
+        type=float,
+        default=None,
+        help="the tumour's weight in the TCSS noise marginal (each organ: 1; the demo preset: 0)",
+    )
     p.add_argument(
         "--lr", type=float, default=None, help="TCSS learning rate (default: the preset's)"
     )

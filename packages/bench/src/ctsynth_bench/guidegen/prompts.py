@@ -44,7 +44,7 @@ SITES: dict[str, str] = {
     "lung": "lung",
 }
 #: Allowed primary-tumour counts per site (small organs hold at most two separate tumours at the
-#: demo grid's 16 mm voxels).
+#: demo grid's 24 mm voxels).
 COUNTS: dict[str, tuple[int, ...]] = {
     "liver": (1, 2, 3),
     "kidney": (1, 2),
