@@ -1,6 +1,7 @@
 """Peak memory of GuideGen's inference at the ``paper`` preset's sizes, one stage per process.
 
     python paper_memory.py [--device cpu|cuda] [--stages tcss,generator,decoder]
+    python paper_memory.py --e2e [--device cuda] [--tcss-steps N] [--gen-steps N]
 
 The networks are built with the ``paper`` preset and random weights (memory does not depend on
 the values) and each runs the call that inference repeats, at full size:
@@ -15,6 +16,13 @@ A sampling loop keeps no activations from one step to the next, so one call's pe
 stage's peak. On CUDA the number is ``torch.cuda.max_memory_allocated``; on the CPU it is the
 growth of the process's peak resident set during the call (the weights are counted separately).
 The paper reports 8.9 GB for its whole inference on a GPU.
+
+``--e2e`` runs the whole inference instead, as ``bench synth guidegen`` does it, in one process
+with every network resident: a fast TCSS sampling of a 128^3 map, the latent generator's DDIM
+sampling and the tiled HDR decode of the 256^3 CT (``pipeline.sample_label_maps`` and
+``pipeline.labels_to_ct``). It prints each stage's time and peak and the whole run's peak (on CUDA
+``max_memory_allocated`` and ``max_memory_reserved``, the latter being what ``nvidia-smi`` shows
+less the CUDA context). The steps default to the preset's (100 fast TCSS steps, 200 DDIM steps).
 """
 
 from __future__ import annotations
@@ -36,14 +44,19 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _stage(stage: str, device: str, preset: str, queue: mp.Queue) -> None:
+def _preset(name: str, chunk: int | None):
+    from ctsynth_bench.guidegen.presets import get_preset
+
+    return get_preset(name) if chunk is None else get_preset(name, tcss_chunk=chunk)
+
+
+def _stage(stage: str, device: str, preset: str, chunk: int | None, queue: mp.Queue) -> None:
     import torch
     from cat_diffusion import SemanticSynthesizer
-    from ctsynth_bench.guidegen.presets import get_preset
     from ctsynth_bench.guidegen.stages import GuidedTCSS, make_autoencoder, make_generator
 
     torch.set_grad_enabled(False)
-    p = get_preset(preset)
+    p = _preset(preset, chunk)
     dev = torch.device(device)
     s = p.tcss.spatial_size[0]
     tokens = torch.randn(1, 45, p.tcss.context_dim, device=dev)
@@ -53,7 +66,7 @@ def _stage(stage: str, device: str, preset: str, queue: mp.Queue) -> None:
         net = SemanticSynthesizer(config=p.tcss).to(dev).eval()
         levels = net.encode_context(tokens, mask)
         null = net.encode_context(torch.zeros_like(tokens[:, :1]), mask[:, :1])
-        model = GuidedTCSS(net, levels, null, p.guidance)
+        model = GuidedTCSS(net, levels, null, p.guidance, chunk=p.tcss_chunk)
         x = torch.nn.functional.one_hot(labels[:, 0], p.tcss.num_classes).movedim(-1, 1).float()
 
         def call() -> None:
@@ -107,17 +120,152 @@ def _stage(stage: str, device: str, preset: str, queue: mp.Queue) -> None:
     )
 
 
+def _e2e(
+    device: str, preset: str, chunk: int | None, tcss_steps: int, gen_steps: int, queue: mp.Queue
+) -> None:
+    from pathlib import Path
+
+    import torch
+    from cat_diffusion import SemanticSynthesizer
+    from ctsynth_bench.guidegen.pipeline import labels_to_ct
+    from ctsynth_bench.guidegen.presets import tumour_class_weights
+    from ctsynth_bench.guidegen.stages import make_autoencoder, make_generator, sample_label_maps
+    from ctsynth_bench.guidegen.system import GuideGenSystem
+
+    torch.set_grad_enabled(False)
+    torch.manual_seed(0)
+    p = _preset(preset, chunk)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    system = GuideGenSystem(
+        preset=p,
+        tcss=SemanticSynthesizer(config=p.tcss).eval(),
+        autoencoder=make_autoencoder(p).eval(),
+        generator=make_generator(p).eval(),
+        text_encoder="random tokens",
+        path=Path("."),
+        info={},
+    ).to(dev)
+    weights = sum(
+        t.numel() * t.element_size()
+        for m in (system.tcss, system.autoencoder, system.generator)
+        for t in m.parameters()
+    )
+    tokens = torch.randn(1, 45, p.tcss.context_dim)
+    mask = torch.ones(1, 45, dtype=torch.bool)
+
+    def mark() -> tuple[float, int]:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+            return time.time(), torch.cuda.memory_allocated(dev)
+        return time.time(), _rss()
+
+    def peak() -> int:
+        if cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated(dev)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    rows: list[dict] = []
+
+    def log(stage: str, t0: float, base: int, **extra: object) -> None:
+        r = {"stage": stage, "seconds": time.time() - t0, "peak_bytes": peak(), "base_bytes": base}
+        r.update(extra)
+        rows.append(r)
+        print(
+            f"{stage}: {r['seconds']:.1f} s, peak {r['peak_bytes'] / GIB:.2f} GiB "
+            f"(resident before it {base / GIB:.2f} GiB)",
+            flush=True,
+        )
+
+    t_all, _ = mark()
+    t0, base = mark()
+    labels, calls = sample_label_maps(
+        system.tcss,
+        tokens,
+        mask,
+        guidance=p.guidance,
+        sampler="fast",
+        steps=tcss_steps,
+        class_weights=tumour_class_weights(p.tumour_weight) if p.calibrate else None,
+        chunk=p.tcss_chunk,
+    )
+    log("tcss", t0, base, calls=calls)
+    sample = system.generator.sample
+
+    def timed_sample(*args: object, **kw: object) -> torch.Tensor:
+        t0, base = mark()
+        out = sample(*args, **kw)
+        log("generator", t0, base, steps=kw.get("num_inference_steps"))
+        return out
+
+    system.generator.sample = timed_sample  # type: ignore[method-assign]
+    t0, base = mark()
+    ct = labels_to_ct(system, labels, tokens, steps=gen_steps)
+    log("generator+decode", t0, base, ct_shape=list(ct.shape))
+    whole = {
+        "seconds": time.time() - t_all,
+        "weights_bytes": weights,
+        "peak_bytes": max(r["peak_bytes"] for r in rows),
+    }
+    if cuda:
+        whole["reserved_peak_bytes"] = torch.cuda.max_memory_reserved(dev)
+        whole["gpu"] = torch.cuda.get_device_name(dev)
+    queue.put(
+        {
+            "device": device,
+            "preset": preset,
+            "tcss_chunk": p.tcss_chunk,
+            "stages": rows,
+            "whole": whole,
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stages", default="tcss,generator,decoder")
     ap.add_argument("--preset", default="paper", help="paper (default) or demo (a quick check)")
+    ap.add_argument(
+        "--tcss-chunk", type=int, default=None, help="samples per TCSS call (default: the preset's)"
+    )
+    ap.add_argument("--e2e", action="store_true", help="the whole inference in one process")
+    ap.add_argument("--tcss-steps", type=int, default=None, help="fast TCSS steps (--e2e)")
+    ap.add_argument("--gen-steps", type=int, default=None, help="generator DDIM steps (--e2e)")
     a = ap.parse_args(argv)
     ctx = mp.get_context("spawn")
+    if a.e2e:
+        from ctsynth_bench.guidegen.presets import get_preset
+
+        p = get_preset(a.preset)
+        steps = (a.tcss_steps or p.tcss.fast_steps, a.gen_steps or p.gen_steps)
+        q = ctx.Queue()
+        proc = ctx.Process(target=_e2e, args=(a.device, a.preset, a.tcss_chunk, *steps, q))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            print(f"e2e: failed (exit {proc.exitcode})", file=sys.stderr)
+            return 1
+        r = q.get()
+        print(json.dumps(r))
+        w = r["whole"]
+        print(
+            f"whole inference ({steps[0]} TCSS steps, tcss_chunk {r['tcss_chunk']}, "
+            f"{steps[1]} DDIM steps): {w['seconds']:.0f} s, "
+            f"peak {w['peak_bytes'] / GIB:.2f} GiB with every network resident "
+            f"(weights {w['weights_bytes'] / GIB:.2f} GiB; paper: 8.9 GB on a GPU)"
+        )
+        if "reserved_peak_bytes" in w:
+            print(
+                f"allocator's reserved peak: {w['reserved_peak_bytes'] / GIB:.2f} GiB on {w['gpu']}"
+            )
+        return 0
     rows = []
     for stage in a.stages.split(","):
         q = ctx.Queue()
-        proc = ctx.Process(target=_stage, args=(stage, a.device, a.preset, q))
+        proc = ctx.Process(target=_stage, args=(stage, a.device, a.preset, a.tcss_chunk, q))
         proc.start()
         proc.join()
         if proc.exitcode != 0:

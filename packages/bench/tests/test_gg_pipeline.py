@@ -139,3 +139,34 @@ def test_tiled_decode_matches_whole_volume_decode(run_dir: Path) -> None:
     assert float((tiled - whole).abs().mean()) < 1.0, float((tiled - whole).abs().mean())
     assert float((tiled - whole).abs().mean()) < 0.01 * float(whole.std())
     assert s.preset.decode_tile == 0 and get_preset("paper").decode_tile == 128
+
+
+def test_chunked_tcss_calls_give_the_same_maps(run_dir: Path) -> None:
+    """``tcss_chunk`` (the paper preset's memory saver) splits each guided call, not the result."""
+    from ctsynth_bench.guidegen.stages import GuidedTCSS, sample_label_maps
+
+    s = load_system(run_dir)
+    tok, mask = encode(s, [PROMPT_A, PROMPT_B, PROMPT_A], 3)
+    levels = s.tcss.encode_context(tok, mask)
+    null_t, null_m = encode(s, None, 3)
+    null = s.tcss.encode_context(null_t, null_m)
+    x = (
+        torch.nn.functional.one_hot(torch.randint(0, 21, (3, 16, 16, 16)), 21)
+        .movedim(-1, 1)
+        .float()
+    )
+    t = torch.tensor([40, 90, 150])
+    whole = GuidedTCSS(s.tcss, levels, null, 2.0)(x, t)
+    for chunk in (1, 2, 4, 6):
+        part = GuidedTCSS(s.tcss, levels, null, 2.0, chunk=chunk)(x, t)
+        assert torch.allclose(part, whole, atol=1e-4), (chunk, float((part - whole).abs().max()))
+
+    def maps(chunk: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(5)
+        return sample_label_maps(s.tcss, tok, mask, guidance=2.0, steps=4, generator=g, chunk=chunk)
+
+    (a, calls_a), (b, calls_b) = maps(0), maps(1)
+    assert torch.equal(a, b) and calls_a == calls_b == 4
+    assert get_preset("paper").tcss_chunk == 1 and s.preset.tcss_chunk == 0
+    with pytest.raises(ValueError, match="chunk must be >= 0"):
+        GuidedTCSS(s.tcss, levels, null, 2.0, chunk=-1)

@@ -116,6 +116,7 @@ def generate(
         steps=steps,
         class_weights=tumour_class_weights(p.tumour_weight) if cal else None,
         generator=generator,
+        chunk=p.tcss_chunk,
     )
     ct = (
         labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
@@ -154,6 +155,8 @@ def labels_to_ct(
         )
     p = system.preset
     dev = next(system.generator.parameters()).device
+    if dev.type == "cuda":  # hand the TCSS's cached blocks back before the CT stages' own
+        torch.cuda.empty_cache()
     z = system.generator.sample(
         labels.to(dev).long(),
         latent_size=(p.latent_size,) * 3,

@@ -249,6 +249,12 @@ class GuidedTCSS(nn.Module):
         levels: per-level contexts of the prompts (``synth.encode_context``).
         null_levels: per-level contexts of the null prompt, or None.
         guidance: guidance scale ``w``.
+        logit_bias: added to the guided logits, per class.
+        chunk: at most this many samples go through the network at once (0: the prompts and the
+            null prompt of the whole batch in one call). It trades speed for memory: the network's
+            activations scale with the samples in a call, and on the paper preset one guided call
+            on 128^3 peaks at 10.33 GiB batched and 5.49 GiB with ``chunk=1`` (H100). The result is
+            the same either way (the network treats samples independently).
     """
 
     def __init__(
@@ -258,6 +264,7 @@ class GuidedTCSS(nn.Module):
         null_levels: list[Tensor | None] | None,
         guidance: float,
         logit_bias: Tensor | None = None,
+        chunk: int = 0,
     ) -> None:
         super().__init__()
         self.synth = synth
@@ -265,6 +272,9 @@ class GuidedTCSS(nn.Module):
         self.null_levels = null_levels
         self.guidance = float(guidance)
         self.logit_bias = logit_bias
+        if chunk < 0:
+            raise ValueError(f"chunk must be >= 0 (0 = no chunking), got {chunk}")
+        self.chunk = int(chunk)
         self.calls = 0
 
     def forward(self, x: Tensor, t: Tensor, context: Any = None) -> Tensor:
@@ -276,14 +286,25 @@ class GuidedTCSS(nn.Module):
     def _guided(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         if self.null_levels is None or self.guidance == 1.0:
-            return self.synth.unet(x, t, context=self.levels)
+            return self._unet(x, t, self.levels)
         both = [
             None if a is None else torch.cat([a, b])
             for a, b in zip(self.levels, self.null_levels, strict=True)
         ]
-        out = self.synth.unet(torch.cat([x, x]), torch.cat([t, t]), context=both)
+        out = self._unet(torch.cat([x, x]), torch.cat([t, t]), both)
         cond, uncond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)
+
+    def _unet(self, x: Tensor, t: Tensor, levels: list[Tensor | None]) -> Tensor:
+        n = x.shape[0]
+        if not self.chunk or n <= self.chunk:
+            return self.synth.unet(x, t, context=levels)
+        parts = []
+        for i in range(0, n, self.chunk):
+            sl = slice(i, i + self.chunk)
+            ctx = [None if c is None else c[sl] for c in levels]
+            parts.append(self.synth.unet(x[sl], t[sl], context=ctx))
+        return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -297,6 +318,7 @@ def sample_label_maps(
     steps: int | None = None,
     class_weights: tuple[float, ...] | None = None,
     generator: torch.Generator | None = None,
+    chunk: int = 0,
 ) -> tuple[Tensor, int]:
     """Generate label maps for prompts (or with the text removed).
 
@@ -312,9 +334,12 @@ def sample_label_maps(
             optimum is ``p_w(c) ~ w_c p(c)``), so a tumour weight makes the cue strong in training
             without making tumours larger at sampling.
         generator: randomness (its device is where noise is drawn).
+        chunk: samples per network call (:class:`GuidedTCSS`; 0 = all at once). Lowers the peak
+            memory; the labels are the same.
 
     Returns:
-        ``(labels (B, 1, *S) int64, network calls)``.
+        ``(labels (B, 1, *S) int64, network calls)``; a call is one guided evaluation of the
+        whole batch, however it is chunked.
     """
     cfg = synth.config
     device = next(synth.parameters()).device
@@ -342,7 +367,7 @@ def sample_label_maps(
         if class_weights is None
         else -torch.log(torch.tensor(class_weights, dtype=torch.float32))
     )
-    model = GuidedTCSS(synth, levels, null_levels, guidance, bias)
+    model = GuidedTCSS(synth, levels, null_levels, guidance, bias, chunk)
     shape = (b, 1, *cfg.spatial_size)
     s = CategoricalSampler(scheduler=synth.make_scheduler())
     if sampler == "fast":
