@@ -170,3 +170,24 @@ def test_chunked_tcss_calls_give_the_same_maps(run_dir: Path) -> None:
     assert get_preset("paper").tcss_chunk == 1 and s.preset.tcss_chunk == 0
     with pytest.raises(ValueError, match="chunk must be >= 0"):
         GuidedTCSS(s.tcss, levels, null, 2.0, chunk=-1)
+
+
+def test_count_guidance_changes_the_maps_and_not_the_null_prompt(run_dir: Path) -> None:
+    s = load_system(run_dir)
+    assert s.preset.count_weight > 0
+
+    def maps(prompts: list[str] | None, counts: list[int] | None, w: float) -> torch.Tensor:
+        tok, mask = encode(s, prompts, 2)
+        g = torch.Generator().manual_seed(3)
+        return generate(
+            s, tok, mask, steps=4, with_ct=False, generator=g, counts=counts, count_weight=w
+        ).labels
+
+    off = maps([PROMPT_A] * 2, [2, 2], 0.0)
+    assert torch.equal(off, maps([PROMPT_A] * 2, None, 32.0))  # no counts: no guidance
+    assert not torch.equal(off, maps([PROMPT_A] * 2, [2, 2], 32.0))
+    assert not torch.equal(maps([PROMPT_A] * 2, [1, 1], 32.0), maps([PROMPT_A] * 2, [3, 3], 32.0))
+    null = maps(None, None, 0.0)
+    assert torch.equal(null, maps(None, [2, 2], 32.0))  # text removed: nothing to steer to
+    with pytest.raises(ValueError, match="counts: 1 entries for 2 prompts"):
+        maps([PROMPT_A] * 2, [1], 32.0)

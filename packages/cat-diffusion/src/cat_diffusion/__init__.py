@@ -16,6 +16,7 @@ from ._losses import (
 from ._model import PRESETS, SemanticSynthesizer, SynthesizerConfig, get_preset
 from ._sampler import CategoricalSampler
 from ._scheduler import CategoricalScheduler, CategoricalStepOutput
+from ._topology import count_guidance, expected_euler_characteristic
 
 try:
     __version__ = version("cat-diffusion")
@@ -35,7 +36,9 @@ __all__ = [
     "SynthesizerConfig",
     "__version__",
     "class_mass_loss",
+    "count_guidance",
     "cross_entropy_loss",
+    "expected_euler_characteristic",
     "get_preset",
     "kl_loss",
     "load_checkpoint",

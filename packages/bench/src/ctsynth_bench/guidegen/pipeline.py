@@ -91,6 +91,8 @@ def generate(
     ct_steps: int | None = None,
     calibrate: bool | None = None,
     generator: torch.Generator | None = None,
+    counts: Sequence[int] | None = None,
+    count_weight: float | None = None,
 ) -> Generated:
     """Label maps (and CTs) for encoded prompts.
 
@@ -103,6 +105,9 @@ def generate(
         ct_steps: DDIM steps of the latent generator (default: the preset's).
         calibrate: undo the tumour weight of the loss in the x0 logits (default: the preset's).
         generator: CPU generator for every draw.
+        counts: the prompted tumour count of each sample (the prompts' ``count`` field), which
+            the count guidance steers to; None = no count guidance (as for the null prompt).
+        count_weight: weight of the count guidance (default: the preset's; 0 = off).
     """
     p = system.preset
     w = p.guidance if guidance is None else guidance
@@ -117,6 +122,8 @@ def generate(
         class_weights=tumour_class_weights(p.tumour_weight) if cal else None,
         generator=generator,
         chunk=p.tcss_chunk,
+        counts=counts,
+        count_weight=p.count_weight if count_weight is None else count_weight,
     )
     ct = (
         labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
@@ -224,7 +231,15 @@ def synthesize_to_folder(
         chunk_seed = seed * 100003 + c
         g = torch.Generator().manual_seed(chunk_seed)
         tokens, mask = encode(system, [prompts[j] for j, _ in chunk], len(chunk), encoder)
-        res = generate(system, tokens, mask, sampler=sampler, steps=steps, generator=g)
+        res = generate(
+            system,
+            tokens,
+            mask,
+            sampler=sampler,
+            steps=steps,
+            generator=g,
+            counts=[fields[j].count for j, _ in chunk],
+        )
         for b, (j, k) in enumerate(chunk):
             name = f"gg_{j:03d}_{k:03d}"
             lab = res.labels[b].numpy().astype(np.uint8)
@@ -260,6 +275,7 @@ def synthesize_to_folder(
                     else system.preset.tcss.num_train_timesteps,
                     "tcss_calls": res.calls,
                     "guidance": system.preset.guidance,
+                    "count_weight": system.preset.count_weight,
                     "run": str(system.path),
                     "has_ct": res.ct is not None,
                 },

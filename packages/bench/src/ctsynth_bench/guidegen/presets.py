@@ -18,6 +18,10 @@ from ._labels import NUM_CLASSES, TUMOUR
 __all__ = ["GuideGenPreset", "get_preset", "tumour_class_weights"]
 
 
+#: Default weight of the count guidance (``GuideGenPreset.count_weight``), chosen on the demo.
+COUNT_WEIGHT = 32.0
+
+
 def tumour_class_weights(tumour_weight: float) -> tuple[float, ...]:
     """Loss weight per class: ``tumour_weight`` for the tumour, 1 for every other class."""
     w = [1.0] * NUM_CLASSES
@@ -39,6 +43,10 @@ class GuideGenPreset:
         cond_drop: probability of training a sample with the null prompt (enables guidance and
             the no-text measurement).
         guidance: classifier-free guidance scale of the TCSS at sampling (1 = off).
+        count_weight: weight of the count guidance at sampling
+            (:func:`cat_diffusion.count_guidance`, not in the paper): the x0 logits move towards
+            maps whose expected number of tumour pieces is the prompt's count; 0 = off (the
+            knowledge injection alone). See the bench README for what it changed on the demo.
         tcss_chunk: samples per TCSS network call at sampling (0 = the prompts and the null
             prompt of the whole batch in one call). The paper preset uses 1: on an H100 its whole
             inference then peaks at 6.69 GiB allocated instead of 11.53 GiB, for the same labels
@@ -96,6 +104,7 @@ class GuideGenPreset:
     ce_weight: float = 1.0
     cond_drop: float = 0.15
     guidance: float = 2.0
+    count_weight: float = COUNT_WEIGHT
     tcss_chunk: int = 0
     field_weight: float = 0.0
     count_augment: float = 0.0

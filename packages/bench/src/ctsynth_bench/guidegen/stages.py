@@ -26,7 +26,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from cat_diffusion import CategoricalDiffusionLoss, CategoricalSampler, SemanticSynthesizer
+from cat_diffusion import (
+    CategoricalDiffusionLoss,
+    CategoricalSampler,
+    SemanticSynthesizer,
+    count_guidance,
+)
 from torch import Tensor, nn
 
 from ._labels import NUM_CLASSES, TUMOUR
@@ -250,6 +255,10 @@ class GuidedTCSS(nn.Module):
         null_levels: per-level contexts of the null prompt, or None.
         guidance: guidance scale ``w``.
         logit_bias: added to the guided logits, per class.
+        counts: ``(B,)`` prompted tumour counts for the count guidance, or None (off).
+        count_weight: weight of :func:`cat_diffusion.count_guidance` on the tumour class: the
+            guided, calibrated x0 logits move down the gradient of ``(E[chi] - count)^2``, where
+            ``E[chi]`` is the expected number of tumour pieces of a map drawn from them.
         chunk: at most this many samples go through the network at once (0: the prompts and the
             null prompt of the whole batch in one call). It trades speed for memory: the network's
             activations scale with the samples in a call, and on the paper preset one guided call
@@ -265,6 +274,8 @@ class GuidedTCSS(nn.Module):
         guidance: float,
         logit_bias: Tensor | None = None,
         chunk: int = 0,
+        counts: Tensor | None = None,
+        count_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.synth = synth
@@ -275,12 +286,16 @@ class GuidedTCSS(nn.Module):
         if chunk < 0:
             raise ValueError(f"chunk must be >= 0 (0 = no chunking), got {chunk}")
         self.chunk = int(chunk)
+        self.counts = counts
+        self.count_weight = float(count_weight)
         self.calls = 0
 
     def forward(self, x: Tensor, t: Tensor, context: Any = None) -> Tensor:
         out = self._guided(x, t)
         if self.logit_bias is not None:
             out = out + self.logit_bias.to(out).reshape(1, -1, *([1] * (out.ndim - 2)))
+        if self.counts is not None and self.count_weight > 0:
+            out = count_guidance(out, TUMOUR, self.counts.to(out), self.count_weight)
         return out
 
     def _guided(self, x: Tensor, t: Tensor) -> Tensor:
@@ -319,6 +334,8 @@ def sample_label_maps(
     class_weights: tuple[float, ...] | None = None,
     generator: torch.Generator | None = None,
     chunk: int = 0,
+    counts: Sequence[int] | None = None,
+    count_weight: float = 0.0,
 ) -> tuple[Tensor, int]:
     """Generate label maps for prompts (or with the text removed).
 
@@ -336,6 +353,9 @@ def sample_label_maps(
         generator: randomness (its device is where noise is drawn).
         chunk: samples per network call (:class:`GuidedTCSS`; 0 = all at once). Lowers the peak
             memory; the labels are the same.
+        counts: the prompted number of tumours of each sample, for the count guidance (None: off,
+            as for the null prompt).
+        count_weight: the count guidance's weight (:class:`GuidedTCSS`; 0 = off).
 
     Returns:
         ``(labels (B, 1, *S) int64, network calls)``; a call is one guided evaluation of the
@@ -367,7 +387,18 @@ def sample_label_maps(
         if class_weights is None
         else -torch.log(torch.tensor(class_weights, dtype=torch.float32))
     )
-    model = GuidedTCSS(synth, levels, null_levels, guidance, bias, chunk)
+    if counts is not None and len(counts) != b:
+        raise ValueError(f"counts: {len(counts)} entries for {b} prompts")
+    model = GuidedTCSS(
+        synth,
+        levels,
+        null_levels,
+        guidance,
+        bias,
+        chunk,
+        counts=None if counts is None or is_null else torch.tensor([float(c) for c in counts]),
+        count_weight=count_weight,
+    )
     shape = (b, 1, *cfg.spatial_size)
     s = CategoricalSampler(scheduler=synth.make_scheduler())
     if sampler == "fast":
