@@ -191,3 +191,19 @@ def test_count_guidance_changes_the_maps_and_not_the_null_prompt(run_dir: Path) 
     assert torch.equal(null, maps(None, [2, 2], 32.0))  # text removed: nothing to steer to
     with pytest.raises(ValueError, match="counts: 1 entries for 2 prompts"):
         maps([PROMPT_A] * 2, [1], 32.0)
+
+
+def test_alignment_check_reports_the_count_with_and_without_guidance(run_dir: Path) -> None:
+    from ctsynth_bench.guidegen.run import _count_guidance_lines, alignment_check
+
+    s = load_system(run_dir)
+    a = alignment_check(s, n_per_site=1, n_ancestral=0, steps=3)
+    assert a["count_weight"] == s.preset.count_weight > 0
+    plain = a["fast_without_count_guidance"]
+    assert sum(sum(row) for row in plain["count_confusion"].values()) == a["fast"]["n"] == 5
+    assert "knowledge injection alone" in _count_guidance_lines(a)[0]
+    s_off = load_system(run_dir)
+    s_off.preset = get_preset("demo", gen_steps=3, count_weight=0.0)
+    off = alignment_check(s_off, n_per_site=1, n_ancestral=0, steps=3)
+    assert "fast_without_count_guidance" not in off
+    assert "off" in _count_guidance_lines(off)[0]

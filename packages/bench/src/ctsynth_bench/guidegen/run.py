@@ -98,22 +98,9 @@ def alignment_check(
 
     enc = encoder if encoder is not None else load_text_encoder(system.text_encoder)
     fields = _prompts(n_per_site, seed)
-    t0 = time.time()
-    maps, calls, _ = _batched(
-        system,
-        fields,
-        len(fields),
-        encoder=enc,
-        seed=seed,
-        guidance=guidance,
-        with_ct=False,
-        steps=steps,
-    )
-    fast = score_maps(maps, fields)
-    t_fast = time.time() - t0
-    cw = system.preset.count_weight
-    if cw > 0:  # the same prompts and draws without the count guidance: knowledge injection alone
-        plain_maps, _, _ = _batched(
+
+    def fast_maps(**kw: Any) -> tuple[list[np.ndarray], int]:
+        out, n_calls, _ = _batched(
             system,
             fields,
             len(fields),
@@ -122,8 +109,17 @@ def alignment_check(
             guidance=guidance,
             with_ct=False,
             steps=steps,
-            count_weight=0.0,
+            **kw,
         )
+        return out, n_calls
+
+    t0 = time.time()
+    maps, calls = fast_maps()
+    fast = score_maps(maps, fields)
+    t_fast = time.time() - t0
+    cw = system.preset.count_weight
+    if cw > 0:  # the same prompts and draws without the count guidance: knowledge injection alone
+        plain_maps, _ = fast_maps(count_weight=0.0)
         plain = score_maps(plain_maps, fields)
     null_maps, null_calls, _ = _batched(
         system, None, len(fields), encoder=enc, seed=seed + 1, with_ct=False, steps=steps
