@@ -33,6 +33,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
+from typing import Any
 
 GIB = 1024**3
 
@@ -223,6 +224,18 @@ def _e2e(
     )
 
 
+def _in_child(ctx: Any, name: str, target: Any, *args: Any) -> dict | None:
+    """Run ``target(*args, queue)`` in a fresh process (its own peak memory); its result or None."""
+    q = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, q))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        print(f"{name}: failed (exit {proc.exitcode})", file=sys.stderr)
+        return None
+    return q.get()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -241,14 +254,9 @@ def main(argv: list[str] | None = None) -> int:
 
         p = get_preset(a.preset)
         steps = (a.tcss_steps or p.tcss.fast_steps, a.gen_steps or p.gen_steps)
-        q = ctx.Queue()
-        proc = ctx.Process(target=_e2e, args=(a.device, a.preset, a.tcss_chunk, *steps, q))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0:
-            print(f"e2e: failed (exit {proc.exitcode})", file=sys.stderr)
+        r = _in_child(ctx, "e2e", _e2e, a.device, a.preset, a.tcss_chunk, *steps)
+        if r is None:
             return 1
-        r = q.get()
         print(json.dumps(r))
         w = r["whole"]
         print(
@@ -264,14 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for stage in a.stages.split(","):
-        q = ctx.Queue()
-        proc = ctx.Process(target=_stage, args=(stage, a.device, a.preset, a.tcss_chunk, q))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0:
-            print(f"{stage}: failed (exit {proc.exitcode})", file=sys.stderr)
+        r = _in_child(ctx, stage, _stage, stage, a.device, a.preset, a.tcss_chunk)
+        if r is None:
             return 1
-        r = q.get()
         rows.append(r)
         print(
             f"{stage}: weights {r['weights_bytes'] / GIB:.2f} GiB, one call's peak "

@@ -295,7 +295,7 @@ class GuidedTCSS(nn.Module):
         if self.logit_bias is not None:
             out = out + self.logit_bias.to(out).reshape(1, -1, *([1] * (out.ndim - 2)))
         if self.counts is not None and self.count_weight > 0:
-            out = count_guidance(out, TUMOUR, self.counts.to(out), self.count_weight)
+            out = count_guidance(out, TUMOUR, self.counts, self.count_weight)
         return out
 
     def _guided(self, x: Tensor, t: Tensor) -> Tensor:
