@@ -25,6 +25,7 @@ import torch
 from ctsynth_bench.guidegen.data import build_demo_set
 from ctsynth_bench.guidegen.presets import get_preset
 from ctsynth_bench.guidegen.prompts import PromptFields, cells, prompt_bank
+from ctsynth_bench.train import read_metrics
 
 PER_CELL = 16
 BANK_SEED = 0
@@ -178,14 +179,17 @@ def _ct(args: argparse.Namespace) -> None:
         ae,
         ct[n_hold:],
         labels[n_hold:],
+        run_dir=out,
         minutes=args.minutes_ae,
         max_steps=args.max_steps,
         device=args.device,
         seed=args.seed,
+        progress=True,
     )
+    ae.eval()
     err = autoencode_error(ae, ct[:n_hold], labels[:n_hold])
     scale = measure_scale(ae, ct[n_hold:], labels[n_hold:])
-    print("autoencoder", r_ae["steps"], err, "scale", scale, flush=True)
+    print("autoencoder", r_ae.step, err, "scale", scale, flush=True)
     ca.save_autoencoder(ae.cpu(), out / "autoencoder")
     ae.to(args.device)
     dev = torch.device(args.device)
@@ -222,12 +226,12 @@ def _ct(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "autoencoder": {
-                    "steps": r_ae["steps"],
-                    "seconds": r_ae["seconds"],
+                    "steps": r_ae.step,
+                    "seconds": r_ae.seconds,
                     **err,
                     "scale_factor": scale,
                     "held_out": n_hold,
-                    "log": r_ae["log"][-3:],
+                    "log": read_metrics(out / "autoencoder")[-3:],
                 },
                 "generator": {
                     "steps": r_gen["steps"],

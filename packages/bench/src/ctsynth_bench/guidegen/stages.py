@@ -637,61 +637,107 @@ def make_autoencoder(preset: GuideGenPreset) -> nn.Module:
     return ca.HDRAutoencoder(config=cfg)
 
 
+class _Volumes(torch.utils.data.Dataset):
+    """CT volumes with their label maps, item ``i`` is ``(ct[i], labels[i])``."""
+
+    def __init__(self, ct: Tensor, labels: Tensor) -> None:
+        if ct.shape[0] != labels.shape[0]:
+            raise ValueError(f"{ct.shape[0]} CT volumes but {labels.shape[0]} label maps")
+        self.ct, self.labels = ct, labels
+
+    def __len__(self) -> int:
+        return int(self.ct.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.ct[i], self.labels[i]
+
+
 def train_autoencoder(
     ae: nn.Module,
     ct: Tensor,
     labels: Tensor,
     *,
+    run_dir: str | Path,
+    stage: str = "autoencoder",
     minutes: float | None = None,
     max_steps: int | None = None,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    resume: bool = False,
+    checkpoint_every: int = 250,
     progress: bool = False,
-) -> dict[str, Any]:
-    """Train the HDR autoencoder (generator + both discriminators, Eq. 7-9) on HU volumes.
+) -> Any:
+    """Train the HDR autoencoder (generator + both discriminators, Eq. 7-9) on the training engine.
+
+    Each step is one update of the autoencoder (``ct_autoencoder.generator_loss``), then one of
+    the discriminators (``discriminator_loss``, once the adversarial terms start), each with Adam
+    (betas 0.5, 0.9, the autoencoder config's learning rate) as the authors train it. The stage
+    folder ``run_dir/stage`` holds the autoencoder as a ``ct_autoencoder`` checkpoint, the
+    discriminators in ``discriminators/``, the metrics, and the trainer state: ``resume=True``
+    continues exactly where a run stopped, and under torchrun both networks train with DDP.
 
     Args:
-        ae: ``HDRAutoencoder``.
+        ae: ``HDRAutoencoder`` (trained in place).
         ct: float ``(N, 1, X, Y, Z)`` HU.
         labels: int ``(N, 1, s, s, s)`` GuideGen label maps on the label grid.
-        progress: show a tqdm bar (steps done; out of max_steps when it is given).
+        batch_size: Global batch (split over torchrun's processes).
+        progress: show a tqdm bar.
+
+    Returns:
+        The engine's ``TrainResult`` (``step``, ``seconds``, ``loss``, ``stage_dir``, ...).
     """
     import ct_autoencoder as ca
-    from tqdm.auto import tqdm
 
-    device = torch.device(device)
-    ae.to(device).train()
-    disc = ca.Discriminators(config=ae.config).to(device).train()
-    opts = ca.make_optimizers(ae, disc)
-    g = torch.Generator().manual_seed(seed)  # ct_autoencoder draws on the CPU and moves the draws
-    ct, labels = ct.to(device), labels.to(device)
-    t0, step, rows = time.time(), 0, []
-    bar = tqdm(
-        total=max_steps, desc="autoencoder", disable=not progress, dynamic_ncols=True, leave=False
+    from .. import train as engine
+
+    def ae_loss(
+        model: nn.Module, batch: Any, g: torch.Generator, disc: nn.Module, step: int
+    ) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
+        hu, lab = batch
+        x = getattr(model, "module", model).normalize(hu.float())
+        lab = labels_to_ct_grid(lab.long(), x.shape[-1])
+        loss, logs, out = ca.generator_loss(model, disc, x, labels=lab, step=step, generator=g)
+        logs.pop("loss", None)  # the engine logs the loss itself
+        return loss, logs, (x, out.reconstruction)
+
+    def disc_loss(
+        disc: nn.Module, batch: Any, output: tuple[Tensor, Tensor], g: torch.Generator, step: int
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        x, rec = output
+        return ca.discriminator_loss(disc, x, rec, step=step, generator=g)
+
+    rate = ae.config.learning_rate
+    return engine.train(
+        ae,
+        ae_loss,  # type: ignore[arg-type]
+        _Volumes(ct, labels),
+        run_dir=run_dir,
+        stage=stage,
+        config=engine.TrainConfig(
+            max_steps=max_steps,
+            minutes=minutes,
+            batch_size=batch_size,
+            lr=rate,
+            betas=(0.5, 0.9),  # Adam as the authors use it (no weight decay, no clipping)
+            weight_decay=0.0,
+            grad_clip=None,
+            checkpoint_every=checkpoint_every,
+            log_every=10,
+            seed=seed,
+            precision="fp32",
+        ),
+        save_fn=lambda m, folder: ca.save_checkpoint(m, folder),
+        resume=resume,
+        device=device,
+        progress=progress,
+        adversary=engine.Adversary(
+            model=ca.Discriminators(config=ae.config),
+            loss_fn=disc_loss,  # type: ignore[arg-type]
+            name="discriminators",
+            save_fn=lambda m, folder: ca.save_checkpoint(m, folder),
+        ),
     )
-    while (max_steps is None or step < max_steps) and (
-        minutes is None or time.time() - t0 < minutes * 60
-    ):
-        idx = torch.randint(ct.shape[0], (batch_size,), generator=g).to(device)
-        x = ae.normalize(ct[idx].float())
-        lab = labels_to_ct_grid(labels[idx].long(), x.shape[-1])
-        logs = ca.training_step(ae, disc, x, opts, step=step, labels=lab, generator=g)
-        step += 1
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(rec=f"{float(logs['rec']):.3f}", refresh=False)
-        if step % 100 == 0 or step == 1:
-            rows.append(
-                {
-                    "step": step,
-                    **{k: float(v) for k, v in logs.items()},
-                    "seconds": time.time() - t0,
-                }
-            )
-    bar.close()
-    ae.eval()
-    return {"steps": step, "seconds": time.time() - t0, "log": rows}
 
 
 @torch.no_grad()

@@ -1,10 +1,10 @@
 """``bench train guidegen``: the demo set (or a user's set), then TCSS, autoencoder, generator.
 
-The TCSS and the latent generator train on the shared engine (:func:`ctsynth_bench.train.train`:
-budgets, EMA, resume, DDP under torchrun, run folder). The HDR autoencoder alternates a generator
-and a discriminator update with two optimisers, which the engine's one-optimiser loop does not
-do; it trains in :func:`.stages.train_autoencoder` (bounded, not resumable) and its held-out error
-against the non-learned baseline is recorded in ``guidegen.json``.
+Every stage trains on the shared engine (:func:`ctsynth_bench.train.train`: budgets, EMA,
+resume, DDP under torchrun, run folder). The HDR autoencoder uses the engine's adversary: each
+step updates the autoencoder, then its two discriminators, with an optimiser each
+(:func:`.stages.train_autoencoder`); its held-out error against the non-learned baseline is
+recorded in ``guidegen.json``.
 
 A user's set (``--data DIR``) holds ``imagesTr/<case>_0000.nii.gz`` (CT), ``organs/<case>.nii.gz``
 (TotalSegmentator v1/v2 ids), optional ``labelsTr/<case>.nii.gz`` (tumour mask) and
@@ -424,26 +424,33 @@ def train_guidegen(
                 ae,
                 ct[n_hold:],
                 clab[n_hold:],
+                run_dir=out,
                 minutes=share("autoencoder"),
                 max_steps=max_steps,
                 batch_size=p.ae_batch_size,
                 device=dev,
                 seed=seed,
+                resume=resume,
                 progress=progress,
             )
+            ae.eval()
             err = autoencode_error(ae, ct[:n_hold], clab[:n_hold])
             measure_scale(ae, ct[n_hold:], clab[n_hold:])
-            ca.save_autoencoder(ae.cpu(), out / "autoencoder")
+            if engine.dist_info().is_main:  # now with its scale factor
+                ca.save_autoencoder(ae.cpu(), out / "autoencoder")
+            if torch.distributed.is_initialized():  # the generator stage reads it on every rank
+                torch.distributed.barrier()
             report["autoencoder"] = {
-                "steps": r["steps"],
-                "seconds": r["seconds"],
+                "steps": r.step,
+                "seconds": r.seconds,
+                "loss": r.loss,
                 "held_out": n_hold,
                 **err,
                 "scale_factor": float(ae.scale_factor),
             }
             log.info(
                 "autoencoder: %d steps, held-out MAE %.1f HU (baseline %.1f HU)",
-                r["steps"],
+                r.step,
                 err["autoencoder_mae_hu"],
                 err["baseline_mae_hu"],
             )

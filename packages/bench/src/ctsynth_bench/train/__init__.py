@@ -1,6 +1,6 @@
 """One training engine for every stage of both systems.
 
-:func:`train` runs AdamW with optional EMA, gradient clipping and accumulation, bf16 autocast on
+:func:`train` runs AdamW (and an optional adversary, e.g. GAN discriminators) with optional EMA, gradient clipping and accumulation, bf16 autocast on
 CUDA, step and time budgets, checkpoints with exact resume, and DDP under ``torchrun``. A run
 folder holds ``manifest.json`` (:func:`start_run`), one folder per stage and a model card
 (:func:`write_model_card`).
@@ -9,7 +9,15 @@ folder holds ``manifest.json`` (:func:`start_run`), one folder per stage and a m
 from ._dist import DistInfo, ShardedBatches, dist_info, init_distributed
 from ._ema import EMA
 from ._errors import RunFolderError, TrainConfigError, TrainingError
-from ._loop import LossFn, TrainConfig, TrainResult, cpu_threads_for, train
+from ._loop import (
+    Adversary,
+    AdversaryLossFn,
+    LossFn,
+    TrainConfig,
+    TrainResult,
+    cpu_threads_for,
+    train,
+)
 from ._run import (
     data_hash,
     manifest_lock,
@@ -23,6 +31,8 @@ from ._state import read_trainer_state, save_model
 
 __all__ = [
     "EMA",
+    "Adversary",
+    "AdversaryLossFn",
     "DistInfo",
     "LossFn",
     "RunFolderError",

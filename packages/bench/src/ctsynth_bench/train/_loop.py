@@ -12,6 +12,9 @@ Batch sizes are global: ``config.batch_size`` samples make one optimiser step, s
 ``batch_size / (K * grad_accum)`` samples, and one process with batch ``B`` takes the same
 steps as ``K`` processes with ``B / K`` each (up to the rank-dependent random draws of the loss).
 
+With an :class:`Adversary` (a GAN's discriminators) each step is one update of the model, then
+one of the adversary, each with its own AdamW; see :class:`Adversary` for the two losses.
+
 Resume is exact on the CPU (bit-identical weights to an uninterrupted run) when the dataset is
 deterministic per index or draws from torch's global CPU generator with ``num_workers=0`` (its
 state is saved and restored), and the loss draws only from the generator it is given.
@@ -44,6 +47,9 @@ from ._errors import RunFolderError, TrainConfigError, TrainingError
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, Mapping[str, float]]]
+AdversaryLossFn = Callable[
+    [nn.Module, Any, Any, torch.Generator, int], tuple[torch.Tensor | None, Mapping[str, float]]
+]
 
 #: Settings that must not change when a run is resumed (they change the trajectory).
 _RESUME_KEYS = (
@@ -146,6 +152,33 @@ class TrainConfig:
             raise TrainConfigError(f"threads must be a positive integer or None: {self.threads!r}")
         if self.num_workers < 0:
             raise TrainConfigError(f"num_workers must be >= 0, got {self.num_workers!r}")
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """A network that trains against the stage's model (a GAN's discriminators).
+
+    With an adversary, :func:`train` calls the model's loss as ``loss_fn(model, batch, generator,
+    adversary, step) -> (loss, logs, output)``, where ``adversary`` is the (possibly
+    DDP-wrapped) adversary for the model's adversarial terms and ``step`` counts the optimiser
+    steps done before this one. After the model's update it calls ``adversary.loss_fn(adversary,
+    batch, output, generator, step) -> (loss or None, logs)`` and updates the adversary with its
+    own AdamW (the config's lr, warm-up, betas, weight decay and clipping); a ``None`` loss skips
+    the update (e.g. before the adversarial terms start). The adversary's weights and optimiser
+    are part of the trainer state, so resume stays exact, and each checkpoint also saves it to
+    ``RUN/<stage>/<name>/`` (like the model: ``save_fn``, ``config_dict()`` or ``save()``).
+
+    Attributes:
+        model: The adversary (unwrapped).
+        loss_fn: Its loss, as above; ``output`` is what the model's loss returned third.
+        name: Its folder in the stage folder (letters, digits, ``_`` and ``-``).
+        save_fn: Writes its weights and config into a folder.
+    """
+
+    model: nn.Module
+    loss_fn: AdversaryLossFn
+    name: str = "adversary"
+    save_fn: _state.SaveFn | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +303,7 @@ def train(
     device: torch.device | str | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     progress: bool = True,
+    adversary: Adversary | None = None,
 ) -> TrainResult:
     """Train ``model`` for one stage and write ``RUN/<stage>/``.
 
@@ -294,6 +328,8 @@ def train(
             picks ``cuda:LOCAL_RANK``.
         collate_fn: Turns a list of items into a batch.
         progress: Show a tqdm bar with loss and ETA (rank 0 only).
+        adversary: A network trained against the model, one update after each of the model's
+            (changes how ``loss_fn`` is called; see :class:`Adversary`). Needs ``grad_accum=1``.
 
     Returns:
         A :class:`TrainResult`.
@@ -319,6 +355,24 @@ def train(
             f"dataset must be a map-style torch Dataset with __len__, got {type(dataset).__name__}"
         ) from None
     _state.check_savable(model, save_fn)
+    if adversary is not None:
+        if not isinstance(adversary, Adversary) or not isinstance(adversary.model, nn.Module):
+            raise TrainConfigError("adversary must be an Adversary(model=nn.Module, loss_fn=...)")
+        if not callable(adversary.loss_fn):
+            raise TrainConfigError(
+                "adversary.loss_fn must be callable as loss_fn(adversary, batch, output, "
+                "generator, step)"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", adversary.name):
+            raise TrainConfigError(
+                f"adversary.name must be letters, digits, '_' or '-', got {adversary.name!r}"
+            )
+        if config.grad_accum != 1:
+            raise TrainConfigError(
+                f"an adversary needs grad_accum=1 (one model update, then one adversary update "
+                f"per batch), got grad_accum={config.grad_accum}"
+            )
+        _state.check_savable(adversary.model, adversary.save_fn)
 
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -347,6 +401,18 @@ def train(
         params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     ema = EMA(model, decay=config.ema_decay) if config.ema_decay is not None else None
+    adv_params: list[nn.Parameter] = []
+    adv_optimizer: torch.optim.Optimizer | None = None
+    if adversary is not None:
+        adversary.model.to(device)
+        adv_params = [p for p in adversary.model.parameters() if p.requires_grad]
+        if not adv_params:
+            raise TrainConfigError(
+                f"the adversary {type(adversary.model).__name__} has no trainable parameters"
+            )
+        adv_optimizer = torch.optim.AdamW(
+            adv_params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
     sampler = ShardedBatches(
         n=n,
         global_batch=micro_global,
@@ -357,6 +423,8 @@ def train(
     )
     generator = torch.Generator(device=device).manual_seed(_rank_seed(config.seed, info.rank))
     settings = _settings(config, info.world_size)
+    if adversary is not None:  # only when used, so runs saved without one still resume
+        settings["adversary"] = adversary.name
 
     step, seconds_before = 0, 0.0
     saved = _state.read_trainer_state(stage_dir)
@@ -368,10 +436,11 @@ def train(
     if saved is not None:
         meta, tensors = saved
         state_path = stage_dir / _state.STATE_FILE
-        diffs = {
-            k: (meta.get("settings", {}).get(k), v)
-            for k, v in settings.items()
-            if meta.get("settings", {}).get(k) != v
+        before = meta.get("settings", {})
+        diffs = {  # a key on one side only (warm-up, an adversary) is a change too
+            k: (before.get(k), settings.get(k))
+            for k in sorted(set(settings) | set(before))
+            if before.get(k) != settings.get(k)
         }
         if diffs:
             listed = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diffs.items())
@@ -383,6 +452,16 @@ def train(
             if ema is not None:
                 ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
             _state.optimizer_from_parts(optimizer, tensors, meta["optimizer"])
+            if adversary is not None and adv_optimizer is not None:
+                adversary.model.load_state_dict(
+                    {k[10:]: v for k, v in tensors.items() if k.startswith("adversary/")},
+                    strict=True,
+                )
+                _state.optimizer_from_parts(
+                    adv_optimizer,
+                    {k[4:]: v for k, v in tensors.items() if k.startswith("adv_optim/")},
+                    meta["adversary_optimizer"],
+                )
             generator.set_state(tensors[f"rng/generator/{info.rank}"])
             torch.set_rng_state(tensors[f"rng/torch_cpu/{info.rank}"])
         except (KeyError, RuntimeError, ValueError) as exc:
@@ -423,6 +502,13 @@ def train(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=config.find_unused_parameters,
         )
+    adv_wrapped: nn.Module | None = adversary.model if adversary is not None else None
+    if info.distributed and adversary is not None:
+        adv_wrapped = nn.parallel.DistributedDataParallel(
+            adversary.model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.find_unused_parameters,
+        )
     comm = device if device.type == "cuda" else torch.device("cpu")
     use_bf16 = device.type == "cuda" and config.precision in ("auto", "bf16")
     batches = _batch_stream(
@@ -453,6 +539,13 @@ def train(
             tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
         optim_tensors, optim_meta = _state.optimizer_to_parts(optimizer)
         tensors.update(optim_tensors)
+        extra_meta: dict[str, Any] = {}
+        if adversary is not None and adv_optimizer is not None:
+            tensors.update({f"adversary/{k}": v for k, v in adversary.model.state_dict().items()})
+            adv_tensors, extra_meta["adversary_optimizer"] = _state.optimizer_to_parts(
+                adv_optimizer
+            )
+            tensors.update({f"adv_{k}": v for k, v in adv_tensors.items()})
         for kind, states in rng.items():
             tensors.update({f"rng/{kind}/{r}": s for r, s in enumerate(states)})
         _state.write_trainer_state(
@@ -466,9 +559,12 @@ def train(
                 "optimizer": optim_meta,
                 "elapsed_seconds": elapsed(),
                 "world_size": info.world_size,
+                **extra_meta,
             },
         )
         _state.save_model(model, stage_dir, save_fn)
+        if adversary is not None:
+            _state.save_model(adversary.model, stage_dir / adversary.name, adversary.save_fn)
         if ema is not None:
             _atomic.write_safetensors(stage_dir / _state.EMA_FILE, ema.state_dict())
         _run.plot_loss(stage_dir, title=stage)
@@ -497,6 +593,8 @@ def train(
         dynamic_ncols=True,
     )
     model.train()
+    if adversary is not None:
+        adversary.model.train()
     stopped_by = budget_left()
     try:
         while stopped_by is None:
@@ -515,8 +613,18 @@ def train(
                         if use_bf16
                         else contextlib.nullcontext()
                     )
+                    output = None
                     with autocast:
-                        loss, logs = loss_fn(wrapped, batch, generator)
+                        if adversary is None:
+                            loss, logs = loss_fn(wrapped, batch, generator)
+                        else:
+                            got = loss_fn(wrapped, batch, generator, adv_wrapped, step)  # type: ignore[call-arg]
+                            if not isinstance(got, tuple) or len(got) != 3:
+                                raise TrainConfigError(
+                                    "with an adversary, loss_fn must return (scalar tensor, "
+                                    "dict of floats, output for the adversary's loss)"
+                                )
+                            loss, logs, output = got
                     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                         raise TrainConfigError(
                             "loss_fn must return (scalar tensor, dict of floats), got "
@@ -540,6 +648,34 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
             optimizer.step()
+            if adversary is not None and adv_optimizer is not None:
+                adv_optimizer.zero_grad(set_to_none=True)  # drops the grads the model's loss left
+                autocast = (
+                    torch.autocast("cuda", dtype=torch.bfloat16)
+                    if use_bf16
+                    else contextlib.nullcontext()
+                )
+                with autocast:
+                    adv_loss, adv_logs = adversary.loss_fn(
+                        adv_wrapped, batch, output, generator, step
+                    )
+                del output
+                if adv_loss is not None:
+                    adv_value = float(adv_loss.detach())
+                    if not math.isfinite(adv_value):
+                        raise TrainingError(
+                            f"stage {stage}: the adversary's loss is {adv_value} at step "
+                            f"{step + 1} on rank {info.rank}; lower lr or check the data"
+                        )
+                    adv_loss.backward()
+                    if config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(adv_params, config.grad_clip)
+                    for group in adv_optimizer.param_groups:
+                        group["lr"] = optimizer.param_groups[0]["lr"]
+                    adv_optimizer.step()
+                    interval.setdefault("adversary_loss", []).append(adv_value)
+                for key, v in (adv_logs or {}).items():
+                    interval.setdefault(key, []).append(float(v))
             if ema is not None:
                 ema.update(model)
             step += 1
