@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "perf": "ctsynth_bench.cli.perf",
     "eval": "ctsynth_bench.cli.eval",
     "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
+    "perf_guidegen": "ctsynth_bench.cli.perf_guidegen",  # joins the perf group
 }
 
 log = logging.getLogger("ctsynth_bench")
