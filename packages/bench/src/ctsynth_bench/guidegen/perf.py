@@ -451,7 +451,7 @@ def _measure_preset(
                 for b in range(batch)
             ],
         )
-        rows["prompt"] += (batch,)
+        rows["prompt"] += (1,)  # one encoder call for the batch
         rows["write"] += (2 * batch,)
         return rows
 
