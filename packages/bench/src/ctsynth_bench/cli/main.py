@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "eval": "ctsynth_bench.cli.eval",
     "guidegen": "ctsynth_bench.cli.guidegen",  # last: joins the train/synth/run groups
     "text2lesion": "ctsynth_bench.cli.text2lesion",  # joins the synth group
+    "perf_guidegen": "ctsynth_bench.cli.perf_guidegen",  # joins the perf group
 }
 
 log = logging.getLogger("ctsynth_bench")

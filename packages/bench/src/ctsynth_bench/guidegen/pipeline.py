@@ -30,12 +30,24 @@ import torch
 from ..exceptions import BenchError
 from ._labels import GUIDEGEN_CLASSES
 from .data import grid_affine
-from .presets import tumour_class_weights
+from .presets import GuideGenPreset, tumour_class_weights
 from .prompts import PromptFields, parse_prompt
 from .stages import labels_to_ct_grid, null_prompt, sample_label_maps
 from .system import GuideGenSystem
 
-__all__ = ["CHUNK", "Generated", "encode", "generate", "labels_to_ct", "synthesize_to_folder"]
+__all__ = [
+    "CHUNK",
+    "Generated",
+    "affines",
+    "decode_latents",
+    "encode",
+    "generate",
+    "labels_to_ct",
+    "sample_labels",
+    "sample_latents",
+    "synthesize_to_folder",
+    "write_volumes",
+]
 
 log = logging.getLogger(__name__)
 CHUNK = 8
@@ -109,14 +121,64 @@ def generate(
             the count guidance steers to; None = no count guidance (as for the null prompt).
         count_weight: weight of the count guidance (default: the preset's; 0 = off).
     """
+    labels, calls = sample_labels(
+        system,
+        tokens,
+        mask,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        calibrate=calibrate,
+        generator=generator,
+        counts=counts,
+        count_weight=count_weight,
+    )
+    ct = (
+        labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
+        if with_ct and system.has_ct
+        else None
+    )
+    label_affine, ct_affine = affines(system.preset)
+    return Generated(
+        labels=labels[:, 0].cpu(),
+        ct=ct,
+        label_affine=label_affine,
+        ct_affine=ct_affine,
+        calls=calls,
+    )
+
+
+def affines(preset: GuideGenPreset) -> tuple[np.ndarray, np.ndarray]:
+    """RAS affines of the preset's label grid and CT grid (the same field of view)."""
+    s = preset.tcss.spatial_size[-1]
+    return (
+        grid_affine(s, preset.label_spacing),
+        grid_affine(preset.ct_size, preset.label_spacing * s / preset.ct_size),
+    )
+
+
+@torch.no_grad()
+def sample_labels(
+    system: GuideGenSystem,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    sampler: Literal["fast", "ancestral"] = "fast",
+    steps: int | None = None,
+    guidance: float | None = None,
+    calibrate: bool | None = None,
+    generator: torch.Generator | None = None,
+    counts: Sequence[int] | None = None,
+    count_weight: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """The TCSS stage of :func:`generate` (same arguments): ``(labels (B, 1, S, S, S), calls)``."""
     p = system.preset
-    w = p.guidance if guidance is None else guidance
     cal = p.calibrate if calibrate is None else calibrate
-    labels, calls = sample_label_maps(
+    return sample_label_maps(
         system.tcss,
         tokens,
         mask,
-        guidance=w,
+        guidance=p.guidance if guidance is None else guidance,
         sampler=sampler,
         steps=steps,
         class_weights=tumour_class_weights(p.tumour_weight) if cal else None,
@@ -124,19 +186,6 @@ def generate(
         chunk=p.tcss_chunk,
         counts=counts,
         count_weight=p.count_weight if count_weight is None else count_weight,
-    )
-    ct = (
-        labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
-        if with_ct and system.has_ct
-        else None
-    )
-    s = labels.shape[-1]
-    return Generated(
-        labels=labels[:, 0].cpu(),
-        ct=ct,
-        label_affine=grid_affine(s, p.label_spacing),
-        ct_affine=grid_affine(p.ct_size, p.label_spacing * s / p.ct_size),
-        calls=calls,
     )
 
 
@@ -156,15 +205,34 @@ def labels_to_ct(
     guidance) on scaled latents, then the HDR decoder conditioned on the same label map, tile by
     tile when the CT is larger than ``tile`` (default: the preset's ``decode_tile``; 0 = whole).
     """
+    z = sample_latents(system, labels, tokens, steps=steps, generator=generator)
+    return decode_latents(system, z, labels, tile=tile)
+
+
+def _check_ct_stages(system: GuideGenSystem) -> None:
     if not system.has_ct:
         raise BenchError(
             f"{system.path}: no CT stages (autoencoder/ and generator/); train them first"
         )
+
+
+@torch.no_grad()
+def sample_latents(
+    system: GuideGenSystem,
+    labels: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The latent generator's stage of :func:`labels_to_ct`: scaled latents ``(B, c, l, l, l)``
+    on the generator's device (DDIM, ``steps`` default: the preset's)."""
+    _check_ct_stages(system)
     p = system.preset
     dev = next(system.generator.parameters()).device
     if dev.type == "cuda":  # hand the TCSS's cached blocks back before the CT stages' own
         torch.cuda.empty_cache()
-    z = system.generator.sample(
+    return system.generator.sample(
         labels.to(dev).long(),
         latent_size=(p.latent_size,) * 3,
         context=tokens.to(dev).float(),
@@ -172,6 +240,17 @@ def labels_to_ct(
         guidance_scale=p.gen_guidance,
         generator=generator,
     )
+
+
+@torch.no_grad()
+def decode_latents(
+    system: GuideGenSystem, z: torch.Tensor, labels: torch.Tensor, *, tile: int | None = None
+) -> torch.Tensor:
+    """The HDR decode of :func:`labels_to_ct`: CT in HU ``(B, C, C, C)`` (CPU) for scaled latents
+    and the label maps ``(B, 1, S, S, S)`` they were made from."""
+    _check_ct_stages(system)
+    p = system.preset
+    dev = z.device
     lab_ct = labels_to_ct_grid(labels.to(dev), p.ct_size)
     z = z / system.autoencoder.scale_factor
     tile = p.decode_tile if tile is None else tile
@@ -182,6 +261,29 @@ def labels_to_ct(
     else:
         x = system.autoencoder.decode_stage_2_outputs(z, lab_ct)
     return system.autoencoder.denormalize(x)[:, 0].clamp(-1024, 3071).cpu()
+
+
+def write_volumes(
+    out: str | Path,
+    name: str,
+    labels: np.ndarray,
+    ct: np.ndarray | None,
+    label_affine: np.ndarray,
+    ct_affine: np.ndarray,
+) -> None:
+    """Write one case's NIfTI files (module docstring): the CT (int16 HU) and its label map
+    upsampled to the CT grid, or the label map alone on its own grid when ``ct`` is None."""
+    from ..data import save_nifti
+
+    out = Path(out)
+    lab = labels.astype(np.uint8)
+    if ct is None:
+        save_nifti(out / "labelsTr" / f"{name}.nii.gz", lab, label_affine, dtype="uint8")
+        return
+    f = ct.shape[-1] // lab.shape[-1]
+    lab_out = lab.repeat(f, 0).repeat(f, 1).repeat(f, 2)
+    save_nifti(out / "imagesTr" / f"{name}_0000.nii.gz", ct, ct_affine, dtype="int16")
+    save_nifti(out / "labelsTr" / f"{name}.nii.gz", lab_out, ct_affine, dtype="uint8")
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -206,8 +308,6 @@ def synthesize_to_folder(
     Raises:
         PromptError: a prompt outside the template or vocabulary (before anything is written).
     """
-    from ..data import save_nifti
-
     fields = [parse_prompt(p) for p in prompts]  # validate every prompt first
     if n < 1:
         raise BenchError(f"--n must be >= 1, got {n}")
@@ -242,23 +342,14 @@ def synthesize_to_folder(
         )
         for b, (j, k) in enumerate(chunk):
             name = f"gg_{j:03d}_{k:03d}"
-            lab = res.labels[b].numpy().astype(np.uint8)
-            if res.ct is not None:
-                f = res.ct.shape[-1] // lab.shape[-1]
-                lab_out = lab.repeat(f, 0).repeat(f, 1).repeat(f, 2)
-                save_nifti(
-                    out / "imagesTr" / f"{name}_0000.nii.gz",
-                    res.ct[b].numpy(),
-                    res.ct_affine,
-                    dtype="int16",
-                )
-                save_nifti(
-                    out / "labelsTr" / f"{name}.nii.gz", lab_out, res.ct_affine, dtype="uint8"
-                )
-            else:
-                save_nifti(
-                    out / "labelsTr" / f"{name}.nii.gz", lab, res.label_affine, dtype="uint8"
-                )
+            write_volumes(
+                out,
+                name,
+                res.labels[b].numpy(),
+                None if res.ct is None else res.ct[b].numpy(),
+                res.label_affine,
+                res.ct_affine,
+            )
             _write_json(
                 out / "meta" / f"{name}.json",
                 {
