@@ -74,11 +74,106 @@ def _cmd_eval_lesiondiffusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gg_sections(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        out = ()
+    if not out or any(k not in range(1, 8) for k in out):
+        raise argparse.ArgumentTypeError(f"sections are a comma list of 1..7; got {text!r}")
+    return out
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        out = ()
+    if not out or any(k < 0 for k in out):
+        raise argparse.ArgumentTypeError(
+            f"sizes are a comma list of generated-pair counts >= 0, e.g. 0,100,200,500; got {text!r}"
+        )
+    return out
+
+
+def _cmd_eval_guidegen(args: argparse.Namespace) -> int:
+    from ..eval.guidegen import GGEvalSettings, evaluate_guidegen
+
+    kw = {
+        name: getattr(args, name)
+        for name in (
+            "n_per_site",
+            "n_real",
+            "n_sampler",
+            "baseline_minutes",
+            "ablation_minutes",
+            "ae_minutes",
+            "classifier_minutes",
+            "seg_minutes",
+            "downstream_sizes",
+            "n_real_train",
+            "n_tumour_test",
+            "n_train",
+            "max_steps",
+            "baseline_steps",
+            "seed",
+        )
+        if getattr(args, name) is not None
+    }
+    summary = evaluate_guidegen(
+        args.run,
+        out=args.out,
+        settings=GGEvalSettings(**kw),
+        sections=args.sections,
+        progress=not args.quiet,
+    )
+    total = sum(summary.seconds.values())
+    print(f"report: {summary.report} ({total / 60:.1f} min)")
+    return 0
+
+
+def _register_guidegen(systems: argparse._SubParsersAction) -> None:
+    p = systems.add_parser(
+        "guidegen",
+        help="mask and image quality, alignment, prompt alignment, ablations, sampler, downstream",
+        description="The GuideGen paper's experiments on a run (default: the shipped demo): (1) "
+        "FID/LPIPS of label maps with two baselines, (2) FID/LPIPS/FVD of CTs from generated (G) "
+        "and real (R) maps, (3) image-mask Dice per organ, (4) tumour site and count accuracy and a "
+        "site classifier, (5) ablations retrained here (plain cross-attention, no anatomy pyramid, "
+        "no HDR window), (6) fast vs ancestral sampler, (7) a segmenter trained on generated pairs "
+        "with and without real ones. Writes OUT/report.md with PNGs; an interrupted run resumes.",
+    )
+    p.add_argument("--run", help="run folder (default: the shipped demo system)")
+    p.add_argument("--out", default="gg_eval", help="evaluation folder (default gg_eval)")
+    p.add_argument(
+        "--sections", type=_gg_sections, default=(1, 2, 3, 4, 5, 6, 7),
+        help="comma list of sections to run (default 1,2,3,4,5,6,7)",
+    )  # fmt: skip
+    p.add_argument("--n-per-site", type=int, help="held-out prompts per tumour site (default 8)")
+    p.add_argument("--n-real", type=int, help="real cases compared with (default 40)")
+    p.add_argument("--n-sampler", type=int, help="prompts of the sampler comparison (default 10)")
+    p.add_argument("--baseline-minutes", type=float, help="continuous baseline budget (default 4)")
+    p.add_argument("--baseline-steps", type=int, help="continuous baseline DDIM steps (default 50)")
+    p.add_argument("--ablation-minutes", type=float, help="budget per TCSS arm (default 4)")
+    p.add_argument("--ae-minutes", type=float, help="budget per autoencoder arm (default 2)")
+    p.add_argument("--classifier-minutes", type=float, help="site classifier budget (default 1)")
+    p.add_argument("--seg-minutes", type=float, help="budget per downstream segmenter (default 1)")
+    p.add_argument(
+        "--downstream-sizes", type=_sizes, help="generated pairs per arm (default 0,100,200,500)"
+    )
+    p.add_argument("--n-real-train", type=int, help="real training pairs of section 7 (default 40)")
+    p.add_argument("--n-tumour-test", type=int, help="copies of the real tumour case (default 12)")
+    p.add_argument("--n-train", type=int, help="real cases the trained baselines use (default 160)")
+    p.add_argument("--max-steps", type=int, help="cap on every training's steps (quick runs)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_eval_guidegen)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench eval lesiondiffusion``."""
     parser = sub.add_parser(
         "eval",
-        help="the paper's experiments on a trained system (lesiondiffusion)",
+        help="the paper's experiments on a trained system (lesiondiffusion, guidegen)",
         description="Evaluate a trained system; see 'bench eval SYSTEM -h'.",
     )
     parser.set_defaults(group_parser=parser)
@@ -146,3 +241,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="DDIM steps (default: the preset's)")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=_cmd_eval_lesiondiffusion)
+    _register_guidegen(systems)

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     parser = sub.add_parser(
         "perf",
-        help="time and memory of a full system (lesiondiffusion)",
+        help="time and memory of a full system (lesiondiffusion, guidegen)",
         description="Measure a full system; see 'bench perf SYSTEM -h'.",
     )
     parser.set_defaults(group_parser=parser)

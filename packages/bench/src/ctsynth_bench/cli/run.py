@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     parser = sub.add_parser(
         "run",
-        help="run a full system end to end with its report (lesiondiffusion)",
+        help="run a full system end to end with its report (lesiondiffusion, guidegen)",
         description="Run a full system end to end; see 'bench run SYSTEM -h'.",
     )
     parser.set_defaults(group_parser=parser)

@@ -266,7 +266,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     parser = sub.add_parser(
         "synth",
-        help="synthesize with a full system (lesiondiffusion)",
+        help="synthesize with a full system (lesiondiffusion, guidegen, text2lesion)",
         description="Synthesize with a full system; see 'bench synth SYSTEM -h'.",
     )
     parser.set_defaults(group_parser=parser)

@@ -302,10 +302,13 @@ class GuidedTCSS(nn.Module):
         self.calls += 1
         if self.null_levels is None or self.guidance == 1.0:
             return self._unet(x, t, self.levels)
-        both = [
-            None if a is None else torch.cat([a, b])
-            for a, b in zip(self.levels, self.null_levels, strict=True)
-        ]
+        pairs = list(zip(self.levels, self.null_levels, strict=True))
+        if any(a is not None and a.shape[1:] != b.shape[1:] for a, b in pairs):
+            # plain cross-attention: prompt and null prompt have different token counts
+            cond = self._unet(x, t, self.levels)
+            uncond = self._unet(x, t, self.null_levels)
+            return uncond + self.guidance * (cond - uncond)
+        both = [None if a is None else torch.cat([a, b]) for a, b in pairs]
         out = self._unet(torch.cat([x, x]), torch.cat([t, t]), both)
         cond, uncond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..exceptions import BenchError
 from .data import build_demo_set
-from .presets import get_preset, tumour_class_weights
+from .presets import GuideGenPreset, get_preset, tumour_class_weights
 from .prompts import PromptFields, cells, parse_prompt, prompt_bank
 from .system import write_manifest
 
@@ -219,7 +219,7 @@ def _train_worker(job: dict[str, Any]) -> dict[str, Any]:
 def train_guidegen(
     out: str | Path,
     *,
-    preset: str = "demo",
+    preset: str | GuideGenPreset = "demo",
     data: str | Path | None = None,
     stages: Sequence[str] = STAGES,
     max_steps: int | None = None,
@@ -264,7 +264,11 @@ def train_guidegen(
     if max_steps is None and minutes is None:
         raise BenchError("give a budget: --max-steps N and/or --minutes M")
     out = Path(out)
-    p = get_preset(preset)
+    p = preset if isinstance(preset, GuideGenPreset) else get_preset(preset)
+    if not isinstance(preset, str):
+        if parallel:
+            raise BenchError("parallel training takes a preset name, not a preset object")
+        preset = p.name
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     d = prepare_data(
         out,

@@ -1,0 +1,127 @@
+"""``bench eval guidegen``: all seven sections on the shipped demo at a tiny size, resume, errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ctsynth_bench.eval.guidegen import (
+    GGEvalSettings,
+    draw_maps,
+    evaluate_guidegen,
+    fid_25d,
+    lpips_25d,
+    tumour_only,
+)
+from ctsynth_bench.exceptions import BenchError
+
+TINY = GGEvalSettings(
+    n_per_site=2, n_real=6, n_sampler=2, baseline_minutes=1, ablation_minutes=1, ae_minutes=1,
+    classifier_minutes=1, seg_minutes=1, downstream_sizes=(0, 4), n_real_train=4,
+    n_tumour_test=2, n_train=8, max_steps=2, baseline_steps=2, slices_per_axis=2,
+)  # fmt: skip
+
+
+def _finite(tree: object) -> bool:
+    if isinstance(tree, dict):
+        return all(_finite(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(_finite(v) for v in tree)
+    if isinstance(tree, float):
+        return math.isfinite(tree)
+    return True
+
+
+def test_all_seven_sections_measure_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    summary = evaluate_guidegen(None, out=out, settings=TINY, progress=False)
+    assert set(summary.results) == {1, 2, 3, 4, 5, 6, 7}
+    r = summary.results
+    report = summary.report.read_text()
+    for head in (
+        "## 1. Mask quality", "## 2. Image quality", "## 3. Image-mask alignment",
+        "## 4. Prompt alignment", "## 5. Ablations", "## 6. Sampler", "## 7. Downstream",
+    ):  # fmt: skip
+        assert head in report
+    for png in ("masks.png", "cts.png", "downstream.png"):
+        assert (out / png).stat().st_size > 1000
+    # 1: three sources and the real halves, every value a number
+    rows = r[1]["rows"]
+    assert len(rows) == 4 and all(
+        v["fid_full"] >= 0 and v["lpips_full"] >= 0 for v in rows.values()
+    )
+    # 2: G, R and real halves with FID, LPIPS and FVD
+    assert {"fid", "lpips", "fvd"} <= set(r[2]["rows"]["R (real label maps)"])
+    # 3: Dice per organ for generated CTs and real CTs
+    assert r[3]["real_cts"] and r[3]["generated_from_generated_maps"]
+    # 4: the shipped system follows its prompt: far above the text-removed rate
+    assert r[4]["generated"]["site_rate"] >= r[4]["text_removed"]["site_rate"] + 0.4
+    assert 0 <= r[4]["classifier"]["real_accuracy"] <= 1
+    # 5: both TCSS arms and three autoencoder arms trained with the same cap
+    assert set(r[5]["tcss"]) == {"knowledge injection", "plain cross-attention"}
+    assert len(r[5]["autoencoder"]) == 3
+    assert all(v["steps"] == TINY.max_steps for v in r[5]["autoencoder"].values())
+    # 6: the fast sampler makes 10x fewer calls
+    assert r[6]["call_ratio"] >= 10
+    # 7: real only, generated only, generated + real
+    assert [(x["generated"], x["real"] > 0) for x in r[7]["rows"]] == [
+        (0, True), (4, False), (4, True),
+    ]  # fmt: skip
+    assert all(_finite(v) for v in r.values())
+    # resume: everything is read back, nothing recomputed (the cached parts are not rewritten)
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    again = evaluate_guidegen(None, out=out, settings=TINY, progress=False, sections=(1, 6))
+    assert again.results[1] == r[1] and again.results[6] == r[6]
+    assert {p: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == stamp
+    # other settings in the same folder are refused, not mixed
+    with pytest.raises(BenchError, match="other settings"):
+        evaluate_guidegen(None, out=out, settings=GGEvalSettings(n_real=8), progress=False)
+
+
+def test_map_metrics_are_zero_for_identical_sets_and_grow_with_change() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 21, size=(4, 16, 16, 16)).astype(np.uint8)
+    maps[:, 4:8, 4:8, 4:8] = 20
+    grey = draw_maps(maps)
+    assert grey.min() >= -1000 and grey.max() <= 1000 and len(np.unique(grey)) > 10
+    assert set(np.unique(tumour_only(maps))) == {-1000.0, 1000.0}
+    same = lpips_25d(grey, grey, window=(-1000, 1100), slices=2, paired=True)
+    other = np.roll(grey, 5, axis=1)
+    moved = lpips_25d(grey, other, window=(-1000, 1100), slices=2, paired=True)
+    assert same < 1e-6 < moved
+    fid_same = fid_25d(grey, grey, window=(-1000, 1100), slices=2)["mean"]
+    fid_blank = fid_25d(grey, np.full_like(grey, -1000) + rng.normal(0, 5, grey.shape).astype(np.float32),
+                        window=(-1000, 1100), slices=2)["mean"]  # fmt: skip
+    assert fid_same < 1e-3 * fid_blank
+
+
+def test_bad_settings_and_inputs_write_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="n_real must be an integer >= 2"):
+        GGEvalSettings(n_real=1)
+    with pytest.raises(BenchError, match="downstream_sizes"):
+        GGEvalSettings(downstream_sizes=(-1,))
+    with pytest.raises(BenchError, match="sections must be"):
+        evaluate_guidegen(None, out=tmp_path / "a", settings=TINY, sections=(8,))
+    with pytest.raises(BenchError, match="not a GuideGen run folder"):
+        evaluate_guidegen(tmp_path / "nothing", out=tmp_path / "b", settings=TINY)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ctsynth_bench.cli.main import main
+
+    for argv, words in (
+        (["eval", "guidegen", "--sections", "0,9"], "comma list of 1..7"),
+        (["eval", "guidegen", "--downstream-sizes", "a"], "generated-pair counts"),
+        (["eval", "guidegen", "--n-real", "1", "--out", str(tmp_path / "x")], "n_real"),
+    ):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # option errors stop in argparse
+            code = exc.code
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
