@@ -20,7 +20,7 @@ from ctsynth_bench.exceptions import BenchError
 TINY = GGEvalSettings(
     n_per_site=2, n_real=6, n_sampler=2, baseline_minutes=1, ablation_minutes=1, ae_minutes=1,
     classifier_minutes=1, seg_minutes=1, downstream_sizes=(0, 4), n_real_train=4,
-    n_tumour_test=2, n_train=8, max_steps=2, baseline_steps=2, slices_per_axis=2,
+    n_tumour_test=2, n_train=8, max_steps=2, baseline_steps=2, slices_per_axis=1, fvd_clips=1,
 )  # fmt: skip
 
 
@@ -34,7 +34,12 @@ def _finite(tree: object) -> bool:
     return True
 
 
-def test_all_seven_sections_measure_and_resume(tmp_path: Path) -> None:
+def test_all_seven_sections_measure_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctsynth_bench.guidegen import training
+
+    monkeypatch.setattr(training, "PER_CELL", 1)  # the ablation arms encode 24 prompts, not 480
     out = tmp_path / "eval"
     summary = evaluate_guidegen(None, out=out, settings=TINY, progress=False)
     assert set(summary.results) == {1, 2, 3, 4, 5, 6, 7}

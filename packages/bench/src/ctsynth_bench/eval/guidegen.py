@@ -81,6 +81,7 @@ class GGEvalSettings:
         max_steps: cap on every training's steps (for quick runs and tests).
         baseline_steps: DDIM steps of the continuous baseline's sampler.
         slices_per_axis: slices per volume and axis for FID and LPIPS.
+        fvd_clips: clips of 16 axial slices per volume for FVD.
         seed: seed of the prompts and of every draw.
     """
 
@@ -99,6 +100,7 @@ class GGEvalSettings:
     max_steps: int | None = None
     baseline_steps: int = 50
     slices_per_axis: int = 4
+    fvd_clips: int = 2
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -128,6 +130,8 @@ class GGEvalSettings:
             raise BenchError(f"downstream_sizes must be integers >= 0, got {sizes!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise BenchError(f"max_steps must be >= 1, got {self.max_steps!r}")
+        if not 1 <= self.fvd_clips <= 8:
+            raise BenchError(f"fvd_clips must be in 1..8, got {self.fvd_clips!r}")
         if not 1 <= self.slices_per_axis <= 32:
             raise BenchError(f"slices_per_axis must be in 1..32, got {self.slices_per_axis!r}")
 
@@ -299,8 +303,8 @@ def lpips_25d(
     )
 
 
-def fvd_volumes(a: np.ndarray, b: np.ndarray) -> float:
-    """FVD (I3D, 16 axial slices per clip, 2 clips per volume) of two sets of CTs."""
+def fvd_volumes(a: np.ndarray, b: np.ndarray, clips: int = 2) -> float:
+    """FVD (I3D, 16 axial slices per clip, ``clips`` per volume) of two sets of CTs."""
     import shape_metrics
 
     return float(
@@ -308,7 +312,7 @@ def fvd_volumes(a: np.ndarray, b: np.ndarray) -> float:
             np.ascontiguousarray(a, np.float32),
             np.ascontiguousarray(b, np.float32),
             frames=min(16, a.shape[-1]),
-            clips_per_volume=2,
+            clips_per_volume=clips,
             window=CT_WINDOW,
             device="cpu",
         )
@@ -565,7 +569,14 @@ def evaluate_guidegen(
     parts = _Parts(root)
     prior = root / "settings.json"
     here = {"settings": dataclasses.asdict(s), "run": str(system.path)}
-    if prior.exists() and json.loads(prior.read_text()) != json.loads(json.dumps(here)):
+    if prior.exists():
+        before = json.loads(prior.read_text())
+        # a setting added since that evaluation began counts as its default
+        before["settings"] = {
+            **json.loads(json.dumps(dataclasses.asdict(GGEvalSettings()))),
+            **before.get("settings", {}),
+        }
+    if prior.exists() and before != json.loads(json.dumps(here)):
         raise BenchError(
             f"{root} holds an evaluation with other settings or another run ({prior}); "
             "use another --out folder"
@@ -716,13 +727,13 @@ def evaluate_guidegen(
                 "lpips": lpips_25d(
                     G["ct"], R["ct"], window=CT_WINDOW, slices=sl, paired=False, seed=s.seed
                 ),
-                "fvd": fvd_volumes(R["ct"], G["ct"]),
+                "fvd": fvd_volumes(R["ct"], G["ct"], s.fvd_clips),
                 "lpips_pairing": "random real CT",
             },
             "R (real label maps)": {
                 "fid": fid_25d(from_real, R["ct"], window=CT_WINDOW, slices=sl)["mean"],
                 "lpips": lpips_25d(from_real, R["ct"], window=CT_WINDOW, slices=sl, paired=True),
-                "fvd": fvd_volumes(R["ct"], from_real),
+                "fvd": fvd_volumes(R["ct"], from_real, s.fvd_clips),
                 "lpips_pairing": "the real CT of the same label map",
             },
             "real vs real (two halves)": {
@@ -730,7 +741,7 @@ def evaluate_guidegen(
                 "lpips": lpips_25d(
                     R["ct"][:half], R["ct"][half:], window=CT_WINDOW, slices=sl, paired=True
                 ),
-                "fvd": fvd_volumes(R["ct"][:half], R["ct"][half:]),
+                "fvd": fvd_volumes(R["ct"][:half], R["ct"][half:], s.fvd_clips),
                 "lpips_pairing": "another real CT",
             },
         }
