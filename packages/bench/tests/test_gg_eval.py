@@ -12,6 +12,7 @@ from ctsynth_bench.eval.guidegen import (
     draw_maps,
     evaluate_guidegen,
     fid_25d,
+    fvd_volumes,
     lpips_25d,
     tumour_only,
 )
@@ -130,3 +131,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
+
+
+def test_cached_fvd_equals_shape_metrics_fvd() -> None:
+    import shape_metrics
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 300, (3, 32, 32, 32)).astype(np.float32)
+    b = a + rng.normal(0, 200, a.shape).astype(np.float32)
+    ours = fvd_volumes(a, b, 1)
+    ref = shape_metrics.fvd(a, b, frames=16, clips_per_volume=1, window=(-1000.0, 1000.0))
+    assert ours == pytest.approx(ref, rel=1e-9) and ours > 0
+    assert fvd_volumes(a, a, 1) == pytest.approx(0.0, abs=1e-6)

@@ -250,17 +250,32 @@ def tumour_only(maps: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------- metrics
 
 
+#: Network features already computed in this process, by the volumes' digest and the settings:
+#: the real set is compared with every other set, and its features are computed once.
+_FEATURES: dict[tuple[Any, ...], Any] = {}
+
+
+def _digest(vols: np.ndarray) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(vols, np.float32)
+    return hashlib.sha256(a.tobytes()).hexdigest() + str(a.shape)
+
+
 def _features(vols: np.ndarray, window: tuple[float, float], slices: int) -> dict[str, np.ndarray]:
     import shape_metrics
 
-    f = shape_metrics.inception_features_2_5d(
-        np.ascontiguousarray(vols, np.float32),
-        window=window,
-        slices_per_axis=slices,
-        central_fraction=0.8,
-        device="cpu",
-    )
-    return {a: f[a] for a in ("x", "y", "z")}
+    key = ("inception", _digest(vols), tuple(window), slices)
+    if key not in _FEATURES:
+        f = shape_metrics.inception_features_2_5d(
+            np.ascontiguousarray(vols, np.float32),
+            window=window,
+            slices_per_axis=slices,
+            central_fraction=0.8,
+            device="cpu",
+        )
+        _FEATURES[key] = {a: f[a] for a in ("x", "y", "z")}
+    return _FEATURES[key]
 
 
 def fid_25d(
@@ -304,19 +319,28 @@ def lpips_25d(
 
 
 def fvd_volumes(a: np.ndarray, b: np.ndarray, clips: int = 2) -> float:
-    """FVD (I3D, 16 axial slices per clip, ``clips`` per volume) of two sets of CTs."""
+    """FVD (I3D, 16 axial slices per clip, ``clips`` per volume) of two sets of CTs.
+
+    The same number as ``shape_metrics.fvd`` (biased covariance of the I3D embeddings, then the
+    Fréchet distance), with each set's embeddings computed once per process.
+    """
     import shape_metrics
 
-    return float(
-        shape_metrics.fvd(
-            np.ascontiguousarray(a, np.float32),
-            np.ascontiguousarray(b, np.float32),
-            frames=min(16, a.shape[-1]),
-            clips_per_volume=clips,
-            window=CT_WINDOW,
-            device="cpu",
-        )
-    )
+    def stats(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = ("i3d", _digest(v), clips)
+        if key not in _FEATURES:
+            f = shape_metrics.i3d_features(
+                np.ascontiguousarray(v, np.float32),
+                frames=min(16, v.shape[-1]),
+                clips_per_volume=clips,
+                window=CT_WINDOW,
+                device="cpu",
+            )
+            mu = f.mean(axis=0)
+            _FEATURES[key] = (mu, f.T @ f / len(f) - np.outer(mu, mu))
+        return _FEATURES[key]
+
+    return float(shape_metrics.frechet_distance(*stats(a), *stats(b)))
 
 
 def _prompt_scores(maps: np.ndarray, fields: Sequence[Any]) -> dict[str, float]:
