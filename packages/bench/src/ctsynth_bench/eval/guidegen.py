@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..exceptions import BenchError
+from .lesiondiffusion import _json_default
 
 __all__ = ["GGEvalSettings", "evaluate_guidegen"]
 
@@ -161,7 +162,7 @@ class _Parts:
             return json.loads(path.read_text())
         value = fn()
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(value, indent=1, default=_plain))
+        tmp.write_text(json.dumps(value, indent=1, default=_json_default))
         tmp.replace(path)
         return json.loads(path.read_text())
 
@@ -175,16 +176,6 @@ class _Parts:
         np.savez_compressed(tmp, **value)
         tmp.replace(path)
         return value
-
-
-def _plain(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON: {type(o).__name__}")
 
 
 # ------------------------------------------------------------------------------ data & maps
@@ -402,13 +393,6 @@ def train_onehot_diffusion(
     x0 = torch.nn.functional.one_hot(torch.from_numpy(labels).long(), NUM_CLASSES)
     x0 = x0.movedim(-1, 1).float() * 2 - 1
 
-    class _Set(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(x0)
-
-        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return x0[i], tokens[i]
-
     def loss_fn(model: nn.Module, batch: Any, g: torch.Generator) -> tuple[torch.Tensor, dict]:
         z, tok = batch
         zeros = torch.zeros((z.shape[0], 1, *z.shape[2:]), dtype=torch.long, device=z.device)
@@ -417,7 +401,7 @@ def train_onehot_diffusion(
     engine.train(
         gen,
         loss_fn,
-        _Set(),
+        torch.utils.data.TensorDataset(x0, tokens),
         run_dir=out,
         stage="onehot_diffusion",
         config=engine.TrainConfig(
@@ -513,13 +497,6 @@ def train_site_classifier(
     x = torch.from_numpy(ct[:, None].astype(np.float32))
     y = torch.from_numpy(sites.astype(np.int64))
 
-    class _Set(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(x)
-
-        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return x[i], y[i]
-
     def loss_fn(model: nn.Module, batch: Any, g: torch.Generator) -> tuple[torch.Tensor, dict]:
         xb, yb = batch
         return nn.functional.cross_entropy(model(xb), yb), {}
@@ -527,7 +504,7 @@ def train_site_classifier(
     engine.train(
         net,
         loss_fn,
-        _Set(),
+        torch.utils.data.TensorDataset(x, y),
         run_dir=out,
         stage="site_classifier",
         config=engine.TrainConfig(
