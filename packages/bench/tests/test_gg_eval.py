@@ -19,7 +19,7 @@ from ctsynth_bench.eval.guidegen import (
 from ctsynth_bench.exceptions import BenchError
 
 TINY = GGEvalSettings(
-    n_per_site=2, n_real=6, n_sampler=2, baseline_minutes=1, ablation_minutes=1, ae_minutes=1,
+    n_per_site=2, n_real=4, n_sampler=2, baseline_minutes=1, ablation_minutes=1, ae_minutes=1,
     classifier_minutes=1, seg_minutes=1, downstream_sizes=(0, 4), n_real_train=4,
     n_tumour_test=2, n_train=8, max_steps=2, baseline_steps=2, slices_per_axis=1, fvd_clips=1,
 )  # fmt: skip
@@ -80,6 +80,9 @@ def test_all_seven_sections_measure_and_resume(
     stamp = {p: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
     again = evaluate_guidegen(None, out=out, settings=TINY, progress=False, sections=(1, 6))
     assert again.results[1] == r[1] and again.results[6] == r[6]
+    # the report keeps the time each section took when it was computed, not the read-back time
+    assert again.seconds == {k: pytest.approx(summary.seconds[k]) for k in (1, 6)}
+    assert "section 1: " in again.report.read_text()
     assert {p: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == stamp
     # other settings in the same folder are refused, not mixed
     with pytest.raises(BenchError, match="other settings"):
@@ -143,3 +146,32 @@ def test_cached_fvd_equals_shape_metrics_fvd() -> None:
     ref = shape_metrics.fvd(a, b, frames=16, clips_per_volume=1, window=(-1000.0, 1000.0))
     assert ours == pytest.approx(ref, rel=1e-9) and ours > 0
     assert fvd_volumes(a, a, 1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_section_3_with_nnunet_trains_on_real_cases_and_reads_every_set(tmp_path: Path) -> None:
+    """Section 3's nnU-Net v2 path: export of real cases, nnU-Net's own plan and integrity check,
+    a capped training, then Dice per organ for each set; a second call reuses the model."""
+    import dataclasses
+
+    from ctsynth_bench.eval import guidegen as gg
+
+    s = dataclasses.replace(TINY, segmenter="nnunet", n_train=4, max_steps=2)
+    parts = gg._Parts(tmp_path)
+    real = gg._real_cases(3, 5)
+    sets = {key: (real["labels"], real["ct"]) for key in ("G", "R", "real")}
+    said: list[str] = []
+    r = gg._nnunet_alignment(s, tmp_path, parts, said.append, sets)
+    assert r["nnunet"]["iterations"] == 2 and "nnU-Net v2" in r["segmenter"]
+    for key in ("generated_from_generated_maps", "generated_from_real_maps", "real_cts"):
+        d = r[key]
+        assert {"liver", "spleen"} <= set(d) and "tumour" not in d
+        assert all(0.0 <= v <= 1.0 for v in d.values())
+    log = next((tmp_path / "nnunet" / "logs").glob("plan_and_preprocess_*.log")).read_text()
+    assert "verify_dataset_integrity Done" in log
+    record = tmp_path / "nnunet" / "model.json"
+    stamp = record.stat().st_mtime_ns
+    again = gg._nnunet_alignment(s, tmp_path, parts, said.append, sets)
+    assert again == r and record.stat().st_mtime_ns == stamp
+    assert sum("nnU-Net v2 on" in line for line in said) == 1  # trained once
+    with pytest.raises(BenchError, match="segmenter must be 'run' or 'nnunet'"):
+        GGEvalSettings(segmenter="unet")

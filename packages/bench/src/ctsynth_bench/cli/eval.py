@@ -110,6 +110,8 @@ def _cmd_eval_guidegen(args: argparse.Namespace) -> int:
             "ae_minutes",
             "classifier_minutes",
             "seg_minutes",
+            "segmenter",
+            "nnunet_minutes",
             "downstream_sizes",
             "n_real_train",
             "n_tumour_test",
@@ -158,6 +160,12 @@ def _register_guidegen(systems: argparse._SubParsersAction) -> None:
     p.add_argument("--ae-minutes", type=float, help="budget per autoencoder arm (default 2)")
     p.add_argument("--classifier-minutes", type=float, help="site classifier budget (default 1)")
     p.add_argument("--seg-minutes", type=float, help="budget per downstream segmenter (default 1)")
+    p.add_argument(
+        "--segmenter", choices=("run", "nnunet"),
+        help="section 3's segmenter: the run's own (default) or nnU-Net v2 trained here on real "
+        "cases (needs the 'nnunet' extra)",
+    )  # fmt: skip
+    p.add_argument("--nnunet-minutes", type=float, help="section 3's nnU-Net budget (default 10)")
     p.add_argument(
         "--downstream-sizes", type=_sizes, help="generated pairs per arm (default 0,100,200,500)"
     )

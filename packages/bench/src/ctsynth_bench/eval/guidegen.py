@@ -32,9 +32,11 @@ is cached under ``OUT/parts/``, so an interrupted evaluation resumes where it st
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +76,10 @@ class GGEvalSettings:
         ae_minutes: training budget of each autoencoder arm (section 5).
         classifier_minutes: training budget of the site classifier (section 4).
         seg_minutes: training budget of each downstream segmenter (section 7).
+        segmenter: section 3's segmenter: ``"run"`` (the run's own segmenter/ stage) or
+            ``"nnunet"`` (nnU-Net v2, 3d_fullres, trained here on real cases for
+            ``nnunet_minutes``; needs the ``nnunet`` extra).
+        nnunet_minutes: training budget of section 3's nnU-Net.
         downstream_sizes: numbers of generated pairs of section 7 (0 = real only).
         n_real_train: real training pairs of section 7.
         n_tumour_test: deformed copies of the real lung tumour case (section 7).
@@ -94,6 +100,8 @@ class GGEvalSettings:
     ae_minutes: float = 2.0
     classifier_minutes: float = 1.0
     seg_minutes: float = 1.0
+    segmenter: str = "run"
+    nnunet_minutes: float = 10.0
     downstream_sizes: tuple[int, ...] = (0, 100, 200, 500)
     n_real_train: int = 40
     n_tumour_test: int = 12
@@ -105,8 +113,9 @@ class GGEvalSettings:
     seed: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.n_per_site, int) or self.n_per_site < 1:
+            raise BenchError(f"n_per_site must be an integer >= 1, got {self.n_per_site!r}")
         for name in (
-            "n_per_site",
             "n_real",
             "n_sampler",
             "n_real_train",
@@ -122,10 +131,13 @@ class GGEvalSettings:
             "ae_minutes",
             "classifier_minutes",
             "seg_minutes",
+            "nnunet_minutes",
         ):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise BenchError(f"{name} must be > 0 minutes, got {v!r}")
+        if self.segmenter not in ("run", "nnunet"):
+            raise BenchError(f"segmenter must be 'run' or 'nnunet', got {self.segmenter!r}")
         sizes = self.downstream_sizes
         if not sizes or any(not isinstance(k, int) or k < 0 for k in sizes):
             raise BenchError(f"downstream_sizes must be integers >= 0, got {sizes!r}")
@@ -565,6 +577,11 @@ def evaluate_guidegen(
             f"{system.path}: sections 2, 3 and 7 need the CT stages (autoencoder/, generator/); "
             "train them with 'bench train guidegen --stages autoencoder,generator'"
         )
+    if 3 in sections and s.segmenter == "nnunet" and importlib.util.find_spec("nnunetv2") is None:
+        raise BenchError(
+            "segmenter 'nnunet' needs nnU-Net v2: install the 'nnunet' extra "
+            "(in this repository: uv sync --extra nnunet), or use segmenter 'run'"
+        )
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     parts = _Parts(root)
@@ -606,13 +623,22 @@ def evaluate_guidegen(
 
     timed: dict[int, float] = {}
 
+    clock = root / "parts" / "seconds.json"
+    spent = json.loads(clock.read_text()) if clock.is_file() else {}
+
     def section(k: int, fn: Callable[[], Any]) -> None:
         if k not in sections:
             return
         t0 = time.time()
         say(f"section {k}")
+        fresh = not (root / "parts" / f"section{k}.json").is_file()
         summary.results[k] = parts.json(f"section{k}", fn)
-        timed[k] = time.time() - t0
+        if fresh:  # the time a section took when it was computed, kept for the report
+            spent[str(k)] = time.time() - t0
+            tmp = clock.with_suffix(".tmp")
+            tmp.write_text(json.dumps(spent, indent=1))
+            tmp.replace(clock)
+        timed[k] = spent.get(str(k), time.time() - t0)
 
     # ---------------------------------------------------------------- 1. mask quality
     def s1() -> dict[str, Any]:
@@ -755,6 +781,11 @@ def evaluate_guidegen(
         from ..guidegen.run import segmenter_alignment
 
         from_real = parts.arrays("ct_from_real", ct_from_real)["ct"]
+        if s.segmenter == "nnunet":
+            return _nnunet_alignment(
+                s, root, parts, say, {"G": (G["labels"], G["ct"]), "R": (R["labels"], from_real),
+                                      "real": (R["labels"], R["ct"])},
+            )  # fmt: skip
         g = segmenter_alignment(system, list(G["labels"]), list(G["ct"]))
         r = segmenter_alignment(system, list(R["labels"]), list(from_real))
         if g is None or r is None:
@@ -765,6 +796,7 @@ def evaluate_guidegen(
             "generated_from_real_maps": r["generated_dice"],
             "real_cts": real_read,
             "n": len(G["ct"]),
+            "segmenter": "the run's segmenter/ stage (a small 3D UNet trained on real CTs)",
         }
 
     section(3, s3)
@@ -872,17 +904,103 @@ def _class_distance(maps: np.ndarray, real: np.ndarray) -> float:
 
 def _segment_real(system: Any, R: dict[str, np.ndarray]) -> dict[str, float]:
     """The alignment segmenter's Dice per organ on the real CTs of this evaluation."""
-    from ..guidegen._labels import GUIDEGEN_CLASSES, NUM_CLASSES, TUMOUR
-    from ..segment import dice_per_class, load_segmenter, predict
+    from ..segment import load_segmenter, predict
 
     seg = load_segmenter(system.path / "segmenter")
-    lab = _on_ct_grid(R["labels"], R["ct"].shape[-1])
     pred = predict(seg, torch.from_numpy(R["ct"][:, None]))
-    d = dice_per_class(pred.numpy(), lab, num_classes=NUM_CLASSES)
+    return _organ_dice(pred.numpy(), _on_ct_grid(R["labels"], R["ct"].shape[-1]))
+
+
+#: nnU-Net dataset id of section 3's real training set (one per evaluation folder).
+NNUNET_DATASET_ID = 601
+
+
+def _organ_dice(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from ..guidegen._labels import GUIDEGEN_CLASSES, NUM_CLASSES, TUMOUR
+    from ..segment import dice_per_class
+
+    d = dice_per_class(pred, labels, num_classes=NUM_CLASSES)
     return {
         GUIDEGEN_CLASSES[i + 1]: float(v)
         for i, v in enumerate(d)
         if np.isfinite(v) and i + 1 != TUMOUR
+    }
+
+
+def _nnunet_alignment(
+    s: GGEvalSettings,
+    root: Path,
+    parts: _Parts,
+    say: Callable[[str], None],
+    sets: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
+    """Section 3 with nnU-Net v2 (3d_fullres, fold ``all``) trained here on ``n_train`` real
+    cases, then reading each set's CTs: Dice per organ against the set's label maps."""
+    from ..guidegen._labels import GUIDEGEN_CLASSES
+    from ..guidegen.data import CT_SPACING, grid_affine
+    from .nnunet import (
+        NnunetCase,
+        export_dataset,
+        nnunet_env,
+        plan_and_preprocess,
+        predict_nnunet,
+        train_nnunet,
+    )
+
+    nn_root = root / "nnunet"
+    train = parts.arrays("alignment_train", lambda: _real_cases(s.n_train, TRAIN_SEED + 4))
+    size = train["ct"].shape[-1]
+    record = nn_root / "model.json"
+    if not record.is_file():
+        say(f"section 3: nnU-Net v2 on {len(train['ct'])} real cases, {s.nnunet_minutes} min")
+        affine = grid_affine(size, CT_SPACING)
+        labels = _on_ct_grid(train["labels"], size)
+        export_dataset(
+            [
+                NnunetCase(f"real{i:04d}", train["ct"][i], labels[i], affine)
+                for i in range(len(labels))
+            ],
+            nnunet_env(nn_root)["nnUNet_raw"],
+            dataset_id=NNUNET_DATASET_ID,
+            name="GuideGenAlignment",
+            labels={name: i for i, name in enumerate(GUIDEGEN_CLASSES)},
+            overwrite=True,
+        )
+        plan_and_preprocess(NNUNET_DATASET_ID, nn_root)
+        it = min(25, s.max_steps or 25)
+        model_dir = train_nnunet(
+            NNUNET_DATASET_ID,
+            nn_root,
+            epochs=10**6 if s.max_steps is None else -(-s.max_steps // it),
+            iterations_per_epoch=it,
+            minutes=s.nnunet_minutes,
+            seed=s.seed,
+        )
+        done = json.loads((model_dir / "fold_all" / "short_training.json").read_text())
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model": str(model_dir), **done}))
+        tmp.replace(record)
+    info = json.loads(record.read_text())
+    cts = np.concatenate([ct for _, ct in sets.values()])
+    say(f"section 3: nnU-Net reads {len(cts)} CTs")
+    # one predictor process for every set (each start imports torch and nnU-Net)
+    pred = predict_nnunet(info["model"], cts, spacing=CT_SPACING, work_dir=nn_root / "predict")
+    shutil.rmtree(nn_root / "predict", ignore_errors=True)
+    out: dict[str, Any] = {}
+    start = 0
+    for key, (maps, ct) in sets.items():
+        out[key] = _organ_dice(pred[start : start + len(ct)], _on_ct_grid(maps, size))
+        start += len(ct)
+    return {
+        "generated_from_generated_maps": out["G"],
+        "generated_from_real_maps": out["R"],
+        "real_cts": out["real"],
+        "n": len(sets["G"][1]),
+        "segmenter": (
+            f"nnU-Net v2 (3d_fullres, fold all) trained on {len(train['ct'])} real cases for "
+            f"{info['iterations']} iterations ({info['seconds'] / 60:.1f} min)"
+        ),
+        "nnunet": {k: info[k] for k in ("iterations", "seconds", "epochs") if k in info},
     }
 
 

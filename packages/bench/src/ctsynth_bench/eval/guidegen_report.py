@@ -191,8 +191,10 @@ def write_guidegen_report(root: Path, summary: Any, settings: Any, system: Any) 
         lines += [
             "## 3. Image-mask alignment (Tab. 3)",
             "",
-            "Dice per organ between each label map and the alignment segmenter (trained on real "
-            "CTs only) reading the CT; the real row is its reading of real CTs.",
+            "Dice per organ between each label map and a segmenter trained on real CTs only "
+            "reading the CT; the real row is its reading of real CTs. Segmenter: "
+            + r.get("segmenter", "the run's segmenter/ stage")
+            + ".",
             "",
         ]
         organs = sorted(r["real_cts"])
@@ -300,7 +302,9 @@ def write_guidegen_report(root: Path, summary: Any, settings: Any, system: Any) 
         lines += [
             "## Time",
             "",
-            ", ".join(f"section {k}: {v / 60:.1f} min" for k, v in summary.seconds.items()),
+            "Minutes each section took when it was computed: "
+            + ", ".join(f"section {k}: {v / 60:.1f}" for k, v in sorted(summary.seconds.items()))
+            + ".",
             "",
         ]
     path = root / "report.md"

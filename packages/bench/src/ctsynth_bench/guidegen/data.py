@@ -29,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -104,11 +105,39 @@ def grid_affine(n: int, spacing: float) -> np.ndarray:
     return a
 
 
+#: Templates already read in this process, by the names asked for and the case files behind
+#: them (path and modification time), so a changed or newly fetched case is read again.
+_TEMPLATES: dict[tuple, tuple[GGTemplate, ...]] = {}
+
+
 def load_gg_templates(names: Sequence[str] | None = None) -> list[GGTemplate]:
-    """Load the real templates (bundled + fetched cases that have an organ map)."""
+    """Load the real templates (bundled + fetched cases that have an organ map).
+
+    Each set is read once per process; the arrays of the templates returned are read-only, as
+    they are shared between calls.
+    """
     from .. import data
 
     infos = data.list_cases()
+    key = (
+        None if names is None else tuple(names),
+        tuple(
+            (i.name, str(i.path), (i.path / "ct.nii.gz").stat().st_mtime_ns, i.has_organs)
+            for i in infos
+        ),
+    )
+    if key not in _TEMPLATES:
+        templates = _read_templates(infos, names)
+        for t in templates:
+            for a in (t.ct, t.labels, t.affine, t.centre):
+                a.setflags(write=False)
+        _TEMPLATES[key] = tuple(templates)
+    return list(_TEMPLATES[key])
+
+
+def _read_templates(infos: Sequence[Any], names: Sequence[str] | None) -> list[GGTemplate]:
+    from .. import data
+
     if names is None:
         names = list(
             dict.fromkeys(i.name for i in infos if i.has_organs)
