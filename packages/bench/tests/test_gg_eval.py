@@ -60,6 +60,7 @@ def test_all_seven_sections_measure_and_resume(
     )
     # 2: G, R and real halves with FID, LPIPS and FVD
     assert {"fid", "lpips", "fvd"} <= set(r[2]["rows"]["R (real label maps)"])
+    assert r[2]["blank"]["real CTs"] == []  # a real CT always shows its organs
     # 3: Dice per organ for generated CTs and real CTs
     assert r[3]["real_cts"] and r[3]["generated_from_generated_maps"]
     # 4: the shipped system follows its prompt: far above the text-removed rate
@@ -175,3 +176,19 @@ def test_section_3_with_nnunet_trains_on_real_cases_and_reads_every_set(tmp_path
     assert sum("nnU-Net v2 on" in line for line in said) == 1  # trained once
     with pytest.raises(BenchError, match="segmenter must be 'run' or 'nnunet'"):
         GGEvalSettings(segmenter="unet")
+
+
+def test_blank_cts_are_those_that_show_air_where_the_map_has_solid_organs() -> None:
+    from ctsynth_bench.eval.guidegen import blank_cts
+    from ctsynth_bench.guidegen._labels import class_id
+
+    maps = np.zeros((4, 16, 16, 16), np.uint8)
+    maps[:, 4:12, 4:12, 4:12] = class_id("liver")
+    maps[:, 2:6, 2:14, 2:14] = class_id("lung")
+    ct = np.full((4, 32, 32, 32), -1024.0, np.float32)
+    ct[:, 8:24, 8:24, 8:24] = 50.0  # liver on the CT grid (2x the map grid)
+    ct[:, 4:12, 4:28, 4:28] = -950.0  # lungs below -900: not what makes a CT blank
+    ct[1] = -1024.0  # all air
+    ct[2, 8:24, 8:24, 8:15] = -1024.0  # just under half the liver is air: still not blank
+    ct[3, 8:24, 8:24, 8:17] = -1024.0  # over half of it is air: blank
+    assert blank_cts(ct, maps) == [1, 3]

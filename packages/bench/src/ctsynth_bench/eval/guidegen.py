@@ -258,6 +258,17 @@ def tumour_only(maps: np.ndarray) -> np.ndarray:
 _FEATURES: dict[tuple[Any, ...], Any] = {}
 
 
+def blank_cts(cts: np.ndarray, maps: np.ndarray, body_hu: float = -900.0) -> list[int]:
+    """Indices of CTs that came out as air where their label map has solid organs: fewer than
+    half the voxels of the map's organs other than the lungs are above ``body_hu``."""
+    from ..guidegen._labels import class_id
+
+    lab = _on_ct_grid(maps, cts.shape[-1])
+    solid = (lab > 0) & (lab != class_id("lung"))
+    above = ((cts > body_hu) & solid).sum(axis=(1, 2, 3))
+    return [int(i) for i in np.flatnonzero(above < 0.5 * solid.sum(axis=(1, 2, 3)))]
+
+
 def _digest(vols: np.ndarray) -> str:
     import hashlib
 
@@ -772,7 +783,16 @@ def evaluate_guidegen(
                 "lpips_pairing": "another real CT",
             },
         }
-        return {"rows": rows, "n_generated": len(G["ct"]), "n_real": len(R["ct"])}
+        return {
+            "rows": rows,
+            "n_generated": len(G["ct"]),
+            "n_real": len(R["ct"]),
+            "blank": {
+                "G (generated label maps)": blank_cts(G["ct"], G["labels"]),
+                "R (real label maps)": blank_cts(from_real, R["labels"]),
+                "real CTs": blank_cts(R["ct"], R["labels"]),
+            },
+        }
 
     section(2, s2)
 

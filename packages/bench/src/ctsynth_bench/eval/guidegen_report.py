@@ -184,6 +184,14 @@ def write_guidegen_report(root: Path, summary: Any, settings: Any, system: Any) 
             ],
         )
         lines.append("")
+        if "blank" in r:
+            b = r["blank"]
+            lines += [
+                "Blank CTs (under half the voxels of the map's solid organs above -900 HU): "
+                + ", ".join(f"{k} {len(v)}" for k, v in b.items())
+                + ". They count in the FID, LPIPS and FVD above.",
+                "",
+            ]
         if "cts" in fig:
             lines += [f"![CTs]({fig['cts']})", ""]
     r = res.get(3)
