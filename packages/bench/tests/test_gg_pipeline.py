@@ -207,3 +207,44 @@ def test_alignment_check_reports_the_count_with_and_without_guidance(run_dir: Pa
     off = alignment_check(s_off, n_per_site=1, n_ancestral=0, steps=3)
     assert "fast_without_count_guidance" not in off
     assert "off" in _count_guidance_lines(off)[0]
+
+
+def test_blank_cts_are_named_and_drawn_again(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CT that comes out as air where its map has organs is listed, and ``redraw_blank`` draws
+    only those again (the decoder is replaced by one that answers 40 HU or air on demand)."""
+    from ctsynth_bench.guidegen import pipeline
+
+    system = load_system(run_dir)
+    tok, mask = encode(system, [PROMPT_A, PROMPT_B], 2)
+    sizes: list[int] = []
+    air_on: set[tuple[int, int]] = set()  # (decode call, sample) pairs that come out as air
+
+    def decode(system, z, labels, *, tile=None):
+        sizes.append(len(z))
+        ct = torch.full((len(z), *(system.preset.ct_size,) * 3), 40.0)
+        for call, b in air_on:
+            if call == len(sizes) - 1:
+                ct[b] = -1024.0
+        return ct
+
+    monkeypatch.setattr(pipeline, "decode_latents", decode)
+
+    def run(redraw: int) -> pipeline.Generated:
+        sizes.clear()
+        g = torch.Generator().manual_seed(0)
+        return generate(system, tok, mask, generator=g, redraw_blank=redraw)
+
+    air_on.update({(0, 1)})  # the first draw of the second case is air
+    kept = run(0)
+    assert kept.blank == [1] and kept.redrawn == [] and sizes == [2]
+    assert float(kept.ct[1].max()) == -1024.0
+    fixed = run(2)
+    assert fixed.blank == [] and fixed.redrawn == [1] and sizes == [2, 1]
+    assert float(fixed.ct[1].min()) == 40.0 and torch.equal(fixed.labels, kept.labels)
+    air_on.update({(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)})  # every draw is air
+    stuck = run(2)
+    assert stuck.blank == [0, 1] and stuck.redrawn == [0, 1, 0, 1] and sizes == [2, 2, 2]
+    with pytest.raises(Exception, match="redraw_blank must be >= 0"):
+        run(-1)

@@ -161,3 +161,28 @@ def test_shipped_ct_follows_its_label_map() -> None:
     ct2 = labels_to_ct(system, swapped, tok, generator=torch.Generator().manual_seed(0))
     liver = lab_ct == class_id("liver")
     assert float((ct2 - ct)[liver].mean()) < -LIVER_TO_LUNG_DROP_MIN
+
+
+def test_shipped_generator_blank_ct_is_redrawn_with_a_body() -> None:
+    """A real failure of the shipped CT generator: the first ten real maps of ``bench eval
+    guidegen`` (seed 1), drawn together with its seed, give one CT that is air where its map has
+    organs (case 5). ``redraw_blank`` draws that one again from new noise and it comes out with a
+    body; the other nine are the same as without redraws."""
+    from ctsynth_bench.eval.guidegen import REAL_SEED
+    from ctsynth_bench.guidegen.control import blank_ct
+    from ctsynth_bench.guidegen.pipeline import labels_to_ct_checked
+    from ctsynth_bench.guidegen.stages import labels_to_ct_grid
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    system = load_system()
+    cases = _demo_cases(10, seed=REAL_SEED + 1)
+    lab = torch.from_numpy(np.stack([c.labels for c in cases])[:, None].astype(np.int64))
+    tok, _ = encode(system, [c.fields.text for c in cases], len(cases))
+    ct, blank, redrawn = labels_to_ct_checked(
+        system, lab, tok, generator=torch.Generator().manual_seed(31), redraw_blank=3
+    )
+    assert redrawn[:1] == [5] and set(redrawn) == {5} and blank == []
+    lab_ct = labels_to_ct_grid(lab, system.preset.ct_size)[:, 0].numpy()
+    assert not blank_ct(ct.numpy(), lab_ct).any()
+    body = (ct[5] > -900).float().mean()
+    assert body > 0.2, body  # a torso, not a few voxels

@@ -33,6 +33,16 @@ def _group(
     return group.add_subparsers(dest="system", metavar="SYSTEM")
 
 
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return v
+
+
 def _stages(text: str) -> tuple[str, ...]:
     from ..guidegen.training import STAGES
 
@@ -90,9 +100,22 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         progress=not args.quiet,
+        redraw_blank=args.redraw_blank,
     )
     kind = "CT + label map" if system.has_ct else "label map"
     print(f"{len(names)} cases ({kind}) in {args.out} ({time.time() - t:.0f} s)")
+    blank = [
+        n for n in names if json.loads((args.out / "meta" / f"{n}.json").read_text()).get("blank_ct")
+    ]
+    if blank:
+        print(
+            f"{len(blank)} blank CT(s) (air where the label map has organs): {', '.join(blank)}; "
+            + (
+                "--redraw-blank N draws them again from new noise"
+                if not args.redraw_blank
+                else f"still blank after {args.redraw_blank} redraw(s)"
+            )
+        )
     return 0
 
 
@@ -165,6 +188,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=["fast", "ancestral"], default="fast")
     p.add_argument("--steps", type=int, default=None, help="fast-sampler steps")
+    p.add_argument(
+        "--redraw-blank", type=_non_negative, default=0, metavar="N",
+        help="draw a CT that came out blank (air where its map has organs) again, up to N times "
+        "(default 0: keep it and name it)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_synth)
 

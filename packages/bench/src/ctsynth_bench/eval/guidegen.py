@@ -258,15 +258,12 @@ def tumour_only(maps: np.ndarray) -> np.ndarray:
 _FEATURES: dict[tuple[Any, ...], Any] = {}
 
 
-def blank_cts(cts: np.ndarray, maps: np.ndarray, body_hu: float = -900.0) -> list[int]:
-    """Indices of CTs that came out as air where their label map has solid organs: fewer than
-    half the voxels of the map's organs other than the lungs are above ``body_hu``."""
-    from ..guidegen._labels import class_id
+def blank_cts(cts: np.ndarray, maps: np.ndarray) -> list[int]:
+    """Indices of CTs that came out as air where their label map (label grid) has solid organs
+    (:func:`ctsynth_bench.guidegen.control.blank_ct`)."""
+    from ..guidegen.control import blank_ct
 
-    lab = _on_ct_grid(maps, cts.shape[-1])
-    solid = (lab > 0) & (lab != class_id("lung"))
-    above = ((cts > body_hu) & solid).sum(axis=(1, 2, 3))
-    return [int(i) for i in np.flatnonzero(above < 0.5 * solid.sum(axis=(1, 2, 3)))]
+    return [int(i) for i in np.flatnonzero(blank_ct(cts, _on_ct_grid(maps, cts.shape[-1])))]
 
 
 def _digest(vols: np.ndarray) -> str:

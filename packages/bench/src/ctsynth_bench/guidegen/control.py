@@ -201,6 +201,25 @@ def null_site_rates(maps: Sequence[np.ndarray], *, rule: str = "touch") -> dict[
     return {s: float(np.mean([fn(m, s) for m in maps])) for s in SITES}
 
 
+#: A CT voxel above this HU is body, not air (lungs excepted, see :func:`blank_ct`).
+BODY_HU = -900.0
+
+
+def blank_ct(ct: np.ndarray, labels_on_ct: np.ndarray) -> np.ndarray:
+    """Which CTs came out as air where their label map has solid organs.
+
+    A CT is blank when fewer than half the voxels of its map's organs other than the lungs are
+    above :data:`BODY_HU` (a real CT puts soft tissue near 0 HU there). Works on one CT
+    ``(X, Y, Z)`` or a batch ``(B, X, Y, Z)`` with label maps on the same grid; returns a bool
+    (or a bool array of length B).
+    """
+    ct, lab = np.asarray(ct), np.asarray(labels_on_ct)
+    solid = (lab > 0) & (lab != class_id("lung"))
+    axes = tuple(range(ct.ndim - 3, ct.ndim))
+    above = ((ct > BODY_HU) & solid).sum(axis=axes)
+    return above < 0.5 * solid.sum(axis=axes)
+
+
 def organ_hu(ct: np.ndarray, labels_on_ct: np.ndarray) -> dict[str, tuple[float, bool]]:
     """Median HU per organ of :data:`HU_RANGES` present (>= 4 voxels, eroded once when possible).
 

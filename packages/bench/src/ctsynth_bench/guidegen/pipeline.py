@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +63,10 @@ class Generated:
         label_affine: RAS affine of the label grid.
         ct_affine: RAS affine of the CT grid.
         calls: TCSS network calls (guidance batches prompt and null in one call).
+        blank: indices of CTs that are still blank (air where the map has solid organs,
+            :func:`.control.blank_ct`) after the redraws.
+        redrawn: the index of each CT drawn again because it was blank, once per redraw
+            (``redraw_blank`` of :func:`generate`).
     """
 
     labels: torch.Tensor
@@ -70,6 +74,8 @@ class Generated:
     label_affine: np.ndarray
     ct_affine: np.ndarray
     calls: int
+    blank: list[int] = field(default_factory=list)
+    redrawn: list[int] = field(default_factory=list)
 
 
 def encode(
@@ -105,6 +111,7 @@ def generate(
     generator: torch.Generator | None = None,
     counts: Sequence[int] | None = None,
     count_weight: float | None = None,
+    redraw_blank: int = 0,
 ) -> Generated:
     """Label maps (and CTs) for encoded prompts.
 
@@ -120,7 +127,11 @@ def generate(
         counts: the prompted tumour count of each sample (the prompts' ``count`` field), which
             the count guidance steers to; None = no count guidance (as for the null prompt).
         count_weight: weight of the count guidance (default: the preset's; 0 = off).
+        redraw_blank: draw a blank CT (air where its map has solid organs; the demo generator
+            makes a few) again from new noise, up to this many times; the label map is kept.
     """
+    if redraw_blank < 0:  # before the label maps are drawn
+        raise BenchError(f"redraw_blank must be >= 0, got {redraw_blank}")
     labels, calls = sample_labels(
         system,
         tokens,
@@ -133,11 +144,11 @@ def generate(
         counts=counts,
         count_weight=count_weight,
     )
-    ct = (
-        labels_to_ct(system, labels, tokens, steps=ct_steps, generator=generator)
-        if with_ct and system.has_ct
-        else None
-    )
+    ct, blank, redrawn = None, [], []
+    if with_ct and system.has_ct:
+        ct, blank, redrawn = labels_to_ct_checked(
+            system, labels, tokens, steps=ct_steps, generator=generator, redraw_blank=redraw_blank
+        )
     label_affine, ct_affine = affines(system.preset)
     return Generated(
         labels=labels[:, 0].cpu(),
@@ -145,7 +156,45 @@ def generate(
         label_affine=label_affine,
         ct_affine=ct_affine,
         calls=calls,
+        blank=blank,
+        redrawn=redrawn,
     )
+
+
+@torch.no_grad()
+def labels_to_ct_checked(
+    system: GuideGenSystem,
+    labels: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+    redraw_blank: int = 0,
+) -> tuple[torch.Tensor, list[int], list[int]]:
+    """:func:`labels_to_ct`, then every blank CT (:func:`.control.blank_ct`) drawn again from new
+    noise, up to ``redraw_blank`` times. Returns the CTs, the indices still blank and the index
+    of each CT drawn again (once per redraw)."""
+    if redraw_blank < 0:
+        raise BenchError(f"redraw_blank must be >= 0, got {redraw_blank}")
+    ct = labels_to_ct(system, labels, tokens, steps=steps, generator=generator)
+    blank, redrawn = _blank(system, ct, labels), []
+    for _ in range(redraw_blank):
+        if not blank:
+            break
+        idx = torch.tensor(blank)
+        ct[idx] = labels_to_ct(system, labels[idx], tokens[idx], steps=steps, generator=generator)
+        redrawn += blank
+        blank = [blank[i] for i in _blank(system, ct[idx], labels[idx])]
+    if blank:
+        log.info("%d of %d CTs are blank (air where the map has organs)", len(blank), len(ct))
+    return ct, blank, redrawn
+
+
+def _blank(system: GuideGenSystem, ct: torch.Tensor, labels: torch.Tensor) -> list[int]:
+    from .control import blank_ct
+
+    lab = labels_to_ct_grid(labels.cpu(), system.preset.ct_size)[:, 0]
+    return [int(i) for i in np.flatnonzero(blank_ct(ct.numpy(), lab.numpy()))]
 
 
 def affines(preset: GuideGenPreset) -> tuple[np.ndarray, np.ndarray]:
@@ -302,8 +351,12 @@ def synthesize_to_folder(
     sampler: Literal["fast", "ancestral"] = "fast",
     steps: int | None = None,
     progress: bool = False,
+    redraw_blank: int = 0,
 ) -> list[str]:
     """Write ``n`` cases per prompt (nnU-Net layout, module docstring); returns the case names.
+
+    ``redraw_blank`` is :func:`generate`'s; each case's ``meta`` JSON says whether its CT is
+    blank (``blank_ct``).
 
     Raises:
         PromptError: a prompt outside the template or vocabulary (before anything is written).
@@ -339,6 +392,7 @@ def synthesize_to_folder(
             steps=steps,
             generator=g,
             counts=[fields[j].count for j, _ in chunk],
+            redraw_blank=redraw_blank,
         )
         for b, (j, k) in enumerate(chunk):
             name = f"gg_{j:03d}_{k:03d}"
@@ -369,6 +423,8 @@ def synthesize_to_folder(
                     "count_weight": system.preset.count_weight,
                     "run": str(system.path),
                     "has_ct": res.ct is not None,
+                    "blank_ct": b in res.blank,
+                    "redraw_blank": redraw_blank,
                 },
             )
         if progress:
