@@ -183,7 +183,9 @@ DDP_SCRIPT = GAN_SOURCE + textwrap.dedent(
     config = TrainConfig(max_steps=8, batch_size=8, lr=5e-3, checkpoint_every=4, log_every=4)
     result = train(gen, gen_loss, Points(), run_dir=sys.argv[1], stage="gan", config=config,
                    adversary=Adversary(model=critic, loss_fn=critic_loss, name="critic"))
-    print("RANK", dist_info().rank, "WORLD", dist_info().world_size, "STEP", result.step)
+    # one file per rank (RUN.rankK.txt): two processes printing to one pipe may not both reach it
+    with open(f"{sys.argv[1]}.rank{dist_info().rank}.txt", "w") as f:
+        f.write(f"RANK {dist_info().rank} WORLD {dist_info().world_size} STEP {result.step}")
     """
 )
 
@@ -209,7 +211,10 @@ def test_two_processes_train_both_networks_like_one(tmp_path):
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "RANK 0 WORLD 2 STEP 8" in two.stdout and "RANK 1 WORLD 2 STEP 8" in two.stdout
+    for k in (0, 1):
+        done = tmp_path / f"two.rank{k}.txt"
+        assert done.is_file(), (two.stdout[-2000:], two.stderr[-2000:])
+        assert done.read_text() == f"RANK {k} WORLD 2 STEP 8"
     for sub in ("", "critic"):
         a = load_file(str(tmp_path / "one" / "gan" / sub / "model.safetensors"))
         b = load_file(str(tmp_path / "two" / "gan" / sub / "model.safetensors"))

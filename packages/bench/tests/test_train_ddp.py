@@ -53,7 +53,9 @@ SCRIPT = textwrap.dedent(
         log_every=4,
     )
     result = train(net, loss_fn, Data(), run_dir=sys.argv[1], stage="s", config=config)
-    print("RANK", dist_info().rank, "WORLD", dist_info().world_size, "STEP", result.step)
+    # one file per rank (RUN.rankK.txt): two processes printing to one pipe may not both reach it
+    with open(f"{sys.argv[1]}.rank{dist_info().rank}.txt", "w") as f:
+        f.write(f"RANK {dist_info().rank} WORLD {dist_info().world_size} STEP {result.step}")
     """
 )
 
@@ -73,7 +75,10 @@ def test_two_processes_match_one_process(tmp_path):
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "RANK 0 WORLD 2 STEP 12" in two.stdout and "RANK 1 WORLD 2 STEP 12" in two.stdout
+    for k in (0, 1):
+        done = tmp_path / f"two.rank{k}.txt"
+        assert done.is_file(), (two.stdout[-2000:], two.stderr[-2000:])
+        assert done.read_text() == f"RANK {k} WORLD 2 STEP 12"
     # Only rank 0 shows progress: one bar, not two. Count bar starts, not refreshes: tqdm may
     # redraw the final "12/12" more than once depending on timing.
     assert two.stderr.count("| 0/12 [") == one.stderr.count("| 0/12 [") == 1
